@@ -1,0 +1,419 @@
+"""AutoDistillation: the seed API's pipeline (propose -> build -> flash-distil -> evaluate -> tell).
+
+Code written against the seed API runs unchanged::
+
+    ad = AutoDistillation(model_builder, "config.yaml")     # or a dict / AutoDistillationConfig
+    ad.train_func = train_func                               # optional: train_func(model)
+    ad.eval_func = eval_func                                 # optional: eval_func(model) -> metrics
+    best_archs = ad.search()                                 # the Pareto-optimal archs, as dicts
+
+``eval_func`` may return a dict keyed by metric name, a list / tuple in the config's ``metrics`` order,
+or a bare number when there is one metric. Without ``train_func`` / ``eval_func``, and with
+``teacher_model``, ``train_dataset`` and ``eval_dataset`` set, the built-in flash distiller
+(:class:`nas_distill.distill.torch.distiller.FlashDistiller`, settings from the config's
+``flash_distillation`` section) trains and :func:`nas_distill.evaluate.evaluate` measures.
+
+Every trial lives in one Optuna study (``study`` section of the config: storage URL, study name, run
+folder), so any number of processes can run ``search()`` on the same study and share the budget
+(``max_trials`` COMPLETE trials in total) and the results; see :mod:`nas_distill.study` and
+:mod:`nas_distill.runner`. The answer is the Pareto front of the study's COMPLETE trials, never a
+weighted sum.
+
+Extra keyword arguments (not in the seed): ``storage``, ``study_name``, ``run_dir`` override the config's
+``study`` section; ``max_trials`` overrides the search budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from . import study as study_mod
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AutoDistillation", "load_config"]
+
+
+def load_config(conf: Any):
+    """An :class:`~nas_distill.config.AutoDistillationConfig` from a path, a dict or a config object."""
+    from . import config as config_mod
+
+    cls = getattr(config_mod, "AutoDistillationConfig", None)
+    if cls is None:  # pragma: no cover - only while config.py is being written
+        raise ConfigError("config", "nas_distill.config.AutoDistillationConfig is not available")
+    if isinstance(conf, cls):
+        return conf
+    if isinstance(conf, (str, os.PathLike)) and Path(conf).is_file():
+        from .workers import read_config_file, split_task
+
+        data, task = split_task(read_config_file(conf))
+        if task is not None:  # a CLI config (with a task entry point) used from Python: fine
+            return cls(data)
+    if isinstance(conf, (str, os.PathLike)):
+        for name in ("from_yaml", "from_file", "load"):
+            loader = getattr(cls, name, None)
+            if loader is not None:
+                return loader(str(conf))
+    if isinstance(conf, Mapping):
+        conf = {k: v for k, v in conf.items() if k != "task"}
+        for name in ("from_dict",):
+            loader = getattr(cls, name, None)
+            if loader is not None:
+                return loader(dict(conf))
+    return cls(conf)
+
+
+def _config_dict(conf: Any) -> dict:
+    to_dict = getattr(conf, "to_dict", None)
+    if callable(to_dict):
+        try:
+            return to_dict()
+        except Exception:  # noqa: BLE001 - the record is informative only
+            log.debug("config.to_dict() failed", exc_info=True)
+    return {}
+
+
+class AutoDistillation:
+    """The whole pipeline of auto-distillation: model exploration, flash distillation, evaluation.
+
+    Args:
+        model_builder: ``model_builder(arch: dict) -> student model``.
+        conf_fname_or_obj: a YAML path, a dict in the seed layout, or an ``AutoDistillationConfig``.
+        framework: ``'pytorch'`` (default) or ``'tensorflow'``; the config's ``model.framework`` wins
+            when the argument is left at its default.
+    """
+
+    def __init__(
+        self,
+        model_builder: Callable[[dict], Any],
+        conf_fname_or_obj: Any,
+        framework: str = "pytorch",
+        *,
+        storage: str | None = None,
+        study_name: str | None = None,
+        run_dir: str | os.PathLike | None = None,
+        max_trials: int | None = None,
+    ):
+        if not callable(model_builder):
+            raise ConfigError("model_builder", f"expected a callable arch -> model, got {model_builder!r}")
+        self.model_builder = model_builder
+        self.framework = framework
+        self._teacher_model = None
+        self._student_model = None
+        self._train_func = None
+        self._eval_func = None
+        self._advisor = None
+        self._study = None
+        self.train_dataset = None
+        self.eval_dataset = None
+        self.metric_fn = None  # optional metric_fn(predictions, labels) for the built-in evaluator
+        self.flash_distillers: list[Any] = []
+        self.regular_distillers: list[Any] = []
+        self._distiller = None
+        self.search_results: dict[tuple, dict[str, float]] = {}
+        self.resumed_search_results: dict[tuple, dict[str, float]] = {}
+        self.best_model_archs: list[dict[str, Any]] = []
+        self.model_paths: dict[tuple, str] = {}
+        self._overrides = {"storage": storage, "study_name": study_name,
+                           "run_dir": None if run_dir is None else str(run_dir)}
+        self._max_trials_override = max_trials
+        self.init_by_cfg(conf_fname_or_obj)
+        if framework == "pytorch":  # the default: the config's model.framework decides
+            self.framework = getattr(self.conf, "framework", None) or framework
+
+    # ------------------------------------------------------------------ seed properties
+    @property
+    def teacher_model(self):
+        """Getter of teacher model."""
+        return self._teacher_model
+
+    @teacher_model.setter
+    def teacher_model(self, model):
+        self._teacher_model = model
+        self._distiller = None
+
+    @property
+    def student_model(self):
+        """Getter of student model (the one being trained, during a trial)."""
+        return self._student_model
+
+    @student_model.setter
+    def student_model(self, model):
+        self._student_model = model
+
+    @property
+    def advisor(self):
+        """Getter of advisor: the searcher (an Optuna sampler wrapper) that proposes architectures."""
+        if self._advisor is None:
+            self._advisor = self._make_advisor()
+        return self._advisor
+
+    @advisor.setter
+    def advisor(self, advisor):
+        self._advisor = advisor
+
+    @property
+    def train_func(self):
+        """Getter of train function: ``train_func(model)`` trains the student in place."""
+        return self._train_func
+
+    @train_func.setter
+    def train_func(self, func):
+        if func is not None and not callable(func):
+            raise ConfigError("train_func", f"expected a callable model -> None, got {func!r}")
+        self._train_func = func
+
+    @property
+    def eval_func(self):
+        """Getter of evaluation function: ``eval_func(model)`` -> metrics (dict, sequence or number)."""
+        return self._eval_func
+
+    @eval_func.setter
+    def eval_func(self, func):
+        if func is not None and not callable(func):
+            raise ConfigError("eval_func", f"expected a callable model -> metrics, got {func!r}")
+        self._eval_func = func
+
+    # ------------------------------------------------------------------ config
+    def init_by_cfg(self, conf_fname_or_obj: Any) -> None:
+        """Use auto distillation config to init the instance of autodistillation."""
+        conf = load_config(conf_fname_or_obj)
+        self.conf = conf
+        self.search_space = dict(conf.search_space)
+        self.search_algorithm = conf.search_algorithm
+        self.metrics = list(conf.metrics)
+        self.higher_is_better = [bool(h) for h in conf.higher_is_better]
+        self.max_trials = int(self._max_trials_override or conf.max_trials)
+        self.seed = conf.seed
+        study = conf.study
+        self.storage = self._overrides["storage"] or study.storage
+        self.study_name = self._overrides["study_name"] or study.study_name
+        self.run_dir = self._overrides["run_dir"] or study.run_dir
+        self.heartbeat_interval = study.heartbeat_interval
+        self.grace_period = study.grace_period
+        self.init_search_cfg(conf)
+
+    def init_search_cfg(self, config: Any) -> None:
+        """Init advisor based on config (the searcher is created when first used: it opens the study)."""
+        self._search_cfg = config
+        self._advisor = None
+        self._study = None
+
+    @property
+    def storage_url(self) -> str:
+        return study_mod.resolve_storage_url(self.storage, self.run_dir)
+
+    @property
+    def study(self):
+        """The shared Optuna study (created or loaded on first use)."""
+        if self._study is None:
+            if self._advisor is not None and getattr(self._advisor, "_study", None) is not None:
+                self._study = self._advisor.study
+            else:
+                self._study = study_mod.open_study(
+                    self.storage_url,
+                    self.study_name,
+                    metrics=self.metrics,
+                    higher_is_better=self.higher_is_better,
+                    config=_config_dict(self.conf),
+                    search_space=self.search_space,
+                    heartbeat_interval=self.heartbeat_interval,
+                    grace_period=self.grace_period,
+                )
+        return self._study
+
+    def _make_advisor(self):
+        from .search.searchers import make_searcher
+
+        cfg = self._search_cfg
+        return make_searcher(cfg.search_algorithm, cfg.search_space, seed=cfg.seed, study=self.study)
+
+    # ------------------------------------------------------------------ proposing / measuring
+    def model_arch_proposition(self) -> dict[str, Any]:
+        """Propose architecture of the model based on search algorithm for next search iteration."""
+        return self.advisor.suggestion()
+
+    def params_vec2params_dict(self, paras_vec: Sequence[Any]) -> dict[str, Any]:
+        """Transfer the vector (values in sorted-key order) into a dict holding the parameters."""
+        keys = sorted(self.search_space)
+        paras_vec = list(paras_vec)
+        if len(paras_vec) != len(keys):
+            raise ValueError(f"expected {len(keys)} values (keys {keys}), got {paras_vec!r}")
+        return dict(zip(keys, paras_vec))
+
+    def create_distillers(self) -> None:
+        """Create the flash (knowledge transfer) and regular distillers from the config.
+
+        One :class:`~nas_distill.distill.torch.distiller.FlashDistiller` runs every stage (knowledge
+        transfer blocks, then regular distillation); ``flash_distillers`` / ``regular_distillers`` list
+        its stages of each kind, as the seed's attributes did.
+        """
+        if self.framework != "pytorch":
+            raise ConfigError(
+                "model.framework",
+                f"the built-in flash distiller supports 'pytorch' only, got {self.framework!r}; "
+                "set train_func and eval_func",
+            )
+        missing = [n for n in ("teacher_model", "train_dataset") if getattr(self, n) is None]
+        if missing:
+            raise ConfigError(
+                missing[0],
+                "the built-in flash distillation needs teacher_model and train_dataset "
+                "(or set train_func / eval_func)",
+            )
+        from .distill.torch.distiller import FlashDistiller
+
+        flash = self.conf.flash
+        cache_dir = flash.teacher_cache.dir or str(Path(self.run_dir) / "teacher_cache")
+        self._distiller = FlashDistiller(self.teacher_model, self.train_dataset, flash, cache_dir=cache_dir)
+        stages = list(getattr(flash, "stages", []) or [])
+        self.flash_distillers = [s for s in stages if s.kind == "knowledge_transfer"]
+        self.regular_distillers = [s for s in stages if s.kind == "regular_distillation"]
+
+    def _train(self, model) -> Any:
+        if self.train_func is not None:
+            return self.train_func(model)
+        if self._distiller is None:
+            self.create_distillers()
+        seed = (self.seed or 0) + int(getattr(getattr(self.advisor, "current_trial", None), "number", 0) or 0)
+        return self._distiller.distill(model, seed=seed)
+
+    def _evaluate(self, model) -> Any:
+        if self.eval_func is not None:
+            return self.eval_func(model)
+        if self.eval_dataset is None:
+            raise ConfigError("eval_dataset", "set eval_dataset (or eval_func) to measure the students")
+        if self.framework != "pytorch":
+            raise ConfigError("model.framework", "the built-in evaluator supports 'pytorch' only; set eval_func")
+        from .evaluate import evaluate
+
+        return evaluate(model, self.eval_dataset, self.metrics, settings=self.conf.evaluation,
+                        metric_fn=self.metric_fn)
+
+    def _estimate_overridden(self) -> bool:
+        return type(self).estimate is not AutoDistillation.estimate
+
+    def estimate(self, model) -> Any:
+        """Train and evaluate the model. Returns its metrics (as ``eval_func`` gives them)."""
+        self._train(model)
+        return self._evaluate(model)
+
+    # ------------------------------------------------------------------ metrics
+    def _metrics_list(self, metrics: Any) -> list[float]:
+        """Raw metric values in ``self.metrics`` order, from a dict, a sequence or a number."""
+        if hasattr(metrics, "tolist") and not isinstance(metrics, (dict, str)):
+            metrics = metrics.tolist()
+        if isinstance(metrics, Mapping):
+            missing = [m for m in self.metrics if m not in metrics]
+            if missing:
+                raise ValueError(f"eval_func returned {sorted(metrics)}; missing metric(s) {missing}")
+            values = [metrics[m] for m in self.metrics]
+        elif isinstance(metrics, (list, tuple)):
+            if len(metrics) != len(self.metrics):
+                raise ValueError(
+                    f"eval_func returned {len(metrics)} value(s), expected {len(self.metrics)} "
+                    f"(metrics {self.metrics})"
+                )
+            values = list(metrics)
+        else:
+            if len(self.metrics) != 1:
+                raise ValueError(f"eval_func returned one number, expected {len(self.metrics)} ({self.metrics})")
+            values = [metrics]
+        out = []
+        for name, value in zip(self.metrics, values):
+            if hasattr(value, "item"):
+                value = value.item()
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"metric {name!r} must be a number, got {value!r}")
+            if not math.isfinite(float(value)):
+                raise FloatingPointError(f"metric {name!r} is {value}")
+            out.append(float(value))
+        return out
+
+    def raw_metric_values(self, metrics: Any) -> list[float]:
+        """Metric values in ``metrics`` order, as measured (what the study stores)."""
+        return self._metrics_list(metrics)
+
+    def metrics_conversion(self, metrics: Any) -> list[float]:
+        """Convert the metrics to a list in ``metrics`` order, every one higher-is-better (seed)."""
+        values = self._metrics_list(metrics)
+        return [v if h else -v for v, h in zip(values, self.higher_is_better)]
+
+    # ------------------------------------------------------------------ search
+    def search(self, res_save_path: str | os.PathLike | None = None, model_cls: Any = None) -> list[dict]:
+        """Auto distillation search process.
+
+        Runs trials on the shared study until it holds ``max_trials`` COMPLETE trials (counting every
+        worker's) or the space is exhausted. With ``res_save_path``, the results are also written there
+        (``AutoDistillationSearch/search_results.{txt,json}``). With ``model_cls``, each student is
+        saved and rebuilt by ``model_cls.from_pretrained`` before training (seed behaviour).
+
+        Returns:
+            The Pareto-optimal architectures found (dicts), best trade-offs of all metrics.
+        """
+        from .runner import TrialRunner
+
+        runner = TrialRunner(self, model_cls=model_cls, progress=getattr(self, "progress", None))
+        self.last_run = runner.run()
+        self.find_best_model_archs()
+        if res_save_path is not None:
+            folder = Path(res_save_path) / "AutoDistillationSearch"
+            folder.mkdir(parents=True, exist_ok=True)
+            self.dump_search_results(folder / "search_results.txt")
+        return self.best_model_archs
+
+    def _sync_results(self) -> None:
+        """Rebuild ``search_results`` (arch vector -> metrics) from the study's COMPLETE trials."""
+        from .results import complete_records
+
+        self.search_results = {
+            tuple(rec["arch"][k] for k in sorted(rec["arch"])): dict(zip(self.metrics, rec["values"]))
+            for rec in complete_records(self.study, self.metrics)
+        }
+
+    def find_best_model_archs(self) -> list[dict[str, Any]]:
+        """Find the model architectures on the Pareto front of every COMPLETE trial of the study."""
+        from .results import pareto_records, complete_records
+
+        records = complete_records(self.study, self.metrics)
+        self._sync_results()
+        front = pareto_records(records, self.higher_is_better)
+        seen = set()
+        archs = []
+        for rec in front:
+            key = tuple(sorted(rec["arch"].items(), key=lambda kv: kv[0]))
+            if key not in seen:
+                seen.add(key)
+                archs.append(dict(rec["arch"]))
+        self.best_model_archs = archs
+        return archs
+
+    # ------------------------------------------------------------------ results files
+    def dump_search_results(self, path: str | os.PathLike) -> None:
+        """Write the study's results: a readable text report at ``path`` and JSON next to it."""
+        from .results import dump_results
+
+        dump_results(self.study, path, metrics=self.metrics, higher_is_better=self.higher_is_better)
+
+    def load_search_results(self, path: str | os.PathLike) -> int:
+        """Load previous search results into this study (answered from the store, never retrained).
+
+        ``path``: a results JSON written by :meth:`dump_search_results` (or its folder), or a storage URL
+        (``sqlite:///...``, ``postgresql+psycopg://...``, optionally ``#study_name``). Imported trials are
+        COMPLETE with ``imported_from`` set; they do not use the ``max_trials`` budget. Returns how many
+        trials were imported (already present archs are skipped).
+        """
+        from .results import import_results, read_results
+
+        results = read_results(path)
+        self.resumed_search_results = {
+            tuple(r["arch"][k] for k in sorted(r["arch"])): dict(zip(results["metrics"], r["values"]))
+            for r in results["trials"]
+        }
+        return import_results(self.study, results, metrics=self.metrics, search_space=self.search_space,
+                              source=study_mod.mask_url(str(path)))

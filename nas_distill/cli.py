@@ -1,0 +1,342 @@
+"""``nas-distill``: run a search, join one as a worker, and read a study.
+
+Commands::
+
+    nas-distill run CONFIG [--workers N]        search (N local worker processes)
+    nas-distill worker CONFIG --storage URL --study NAME   join a search from anywhere
+    nas-distill status [CONFIG]                 trials by state and the Pareto front
+    nas-distill pareto [CONFIG] [--json|--csv]  the Pareto-optimal trials
+    nas-distill report [CONFIG] [-o FILE]       an HTML report
+    nas-distill dashboard [CONFIG]              optuna-dashboard on the study (127.0.0.1 by default)
+    nas-distill export [CONFIG] [--trial N] -o DIR   a trained student, loadable with from_pretrained
+    nas-distill demo                            the quickest real search there is
+
+Common flags: ``--storage URL``, ``--study NAME``, ``--run-dir DIR`` (override the config's ``study``
+section), ``--debug`` (tracebacks). Errors print one line and exit non-zero. ``--help`` imports
+neither torch nor Optuna.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+PROG = "nas-distill"
+
+
+class CLIError(Exception):
+    """A problem to report in one line (exit code 2)."""
+
+
+# ------------------------------------------------------------------------------------------ parser
+def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
+    if config_required:
+        p.add_argument("config", help="YAML config (with a 'task: module:function' entry point)")
+    else:
+        p.add_argument("config", nargs="?", help="YAML config (optional: gives storage, study and metrics)")
+    p.add_argument("--storage", help="study storage URL (sqlite:///..., postgresql+psycopg://..., journal:///...;"
+                                      " default: $NAS_DISTILL_STORAGE for 'worker', else the config's)")
+    p.add_argument("--study", dest="study_name", help="study name")
+    p.add_argument("--run-dir", help="run folder (default study.db, artifacts)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", help="task entry point 'package.module:function' (overrides the config's)")
+    p.add_argument("--max-trials", type=int, help="COMPLETE trials the study should end with")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Auto-distillation on a shared Optuna study.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="run a search (N local worker processes)")
+    _common(p, config_required=True)
+    _run_flags(p)
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+
+    p = sub.add_parser("worker", help="join a search as one worker")
+    _common(p, config_required=True)
+    _run_flags(p)
+    p.add_argument("--label", help="worker name shown in progress lines and trial records")
+
+    p = sub.add_parser("status", help="trials by state and the Pareto front")
+    _common(p)
+
+    p = sub.add_parser("pareto", help="the Pareto-optimal trials")
+    _common(p)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="JSON output")
+    fmt.add_argument("--csv", action="store_true", help="CSV output")
+
+    p = sub.add_parser("report", help="write an HTML report")
+    _common(p)
+    p.add_argument("-o", "--output", help="HTML file (default <run-dir>/report.html)")
+
+    p = sub.add_parser("dashboard", help="start optuna-dashboard on the study")
+    _common(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+
+    p = sub.add_parser("export", help="copy a trained student to a folder")
+    _common(p)
+    p.add_argument("--trial", type=int, help="trial number (default: best of the first metric on the front)")
+    p.add_argument("-o", "--output", required=True, help="folder to write (loadable with from_pretrained)")
+
+    p = sub.add_parser("demo", help="run the quickest real search there is")
+    p.add_argument("--run-dir", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--max-trials", type=int, default=6, help="trials (default 6)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--debug", action="store_true")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _config_data(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    from .workers import read_config_file, split_task
+
+    return split_task(read_config_file(path))[0]
+
+
+def _study_target(args) -> tuple[str, str | None, str, int | None]:
+    """(storage URL, study name or None, run dir, max_trials or None) from flags, then the config."""
+    from .study import resolve_storage_url
+
+    storage, name, run_dir, max_trials = args.storage, args.study_name, args.run_dir, None
+    data = _config_data(getattr(args, "config", None))
+    if data:
+        from .autodistill import load_config
+
+        cfg = load_config(data)
+        storage = storage or cfg.study.storage
+        name = name or cfg.study.study_name
+        run_dir = run_dir or cfg.study.run_dir
+        max_trials = cfg.max_trials
+    run_dir = run_dir or "runs/default"
+    url = resolve_storage_url(storage, run_dir)
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if path and not Path(path).exists():
+            raise CLIError(f"no study database at {path} (give --storage, --run-dir or a CONFIG)")
+    return url, name, run_dir, max_trials
+
+
+def _open(args):
+    from .study import load_study
+
+    url, name, run_dir, max_trials = _study_target(args)
+    study = load_study(url, name)
+    if max_trials is None:
+        config = study.user_attrs.get("config") or {}
+        max_trials = (config.get("auto_distillation", {}).get("search", {}) or {}).get("max_trials") \
+            if isinstance(config, dict) else None
+    return study, run_dir, max_trials
+
+
+def _quiet_optuna(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
+    except ImportError:  # pragma: no cover
+        pass
+    if not debug:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        try:
+            from optuna.exceptions import ExperimentalWarning
+
+            warnings.filterwarnings("ignore", category=ExperimentalWarning)
+        except ImportError:  # pragma: no cover
+            pass
+
+
+# ------------------------------------------------------------------------------------------ commands
+def cmd_run(args) -> int:
+    from .workers import ProgressPrinter, run_local, run_worker
+
+    if args.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers == 1:
+        code = run_worker(args.config, task=args.task, storage=args.storage, study_name=args.study_name,
+                          run_dir=args.run_dir, max_trials=args.max_trials, threads=args.threads,
+                          progress=ProgressPrinter(), label="w0")
+    else:
+        code = run_local(args.config, args.workers, task=args.task, storage=args.storage,
+                         study_name=args.study_name, run_dir=args.run_dir, max_trials=args.max_trials,
+                         threads=args.threads, debug=args.debug)
+    if code in (0,):
+        _print_status_after_run(args)
+    return code
+
+
+def _print_status_after_run(args) -> None:
+    if not sys.stdout.isatty():
+        return
+    try:
+        print(_status_text(args))
+    except Exception:  # noqa: BLE001 - the run itself succeeded
+        pass
+
+
+def cmd_worker(args) -> int:
+    from .workers import ProgressPrinter, run_worker
+
+    storage = args.storage or os.environ.get("NAS_DISTILL_STORAGE") or None
+    return run_worker(args.config, task=args.task, storage=storage, study_name=args.study_name,
+                      run_dir=args.run_dir, max_trials=args.max_trials, threads=args.threads,
+                      progress=ProgressPrinter(), label=args.label)
+
+
+def _status_text(args) -> str:
+    from .results import status_text, study_results
+
+    study, _, max_trials = _open(args)
+    return status_text(study_results(study), max_trials=max_trials)
+
+
+def cmd_status(args) -> int:
+    print(_status_text(args))
+    return 0
+
+
+def cmd_pareto(args) -> int:
+    from .results import pareto_csv, pareto_table, study_results
+
+    study, _, _ = _open(args)
+    data = study_results(study)
+    if args.json:
+        front = [r for r in data["trials"] if r.get("pareto")]
+        print(json.dumps({"study_name": data["study_name"], "metrics": data["metrics"],
+                          "higher_is_better": data["higher_is_better"], "trials": front}, indent=2))
+    elif args.csv:
+        sys.stdout.write(pareto_csv(data))
+    else:
+        print(pareto_table(data))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .results import all_trial_rows, basic_html, study_results
+
+    study, run_dir, _ = _open(args)
+    out = Path(args.output or Path(run_dir) / "report.html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(basic_html(study_results(study), all_trial_rows(study)))
+    print(out)
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise CLIError("optuna-dashboard is not installed (pip install 'nas-distill[dashboard]')") from None
+    from .study import artifact_store, make_storage, mask_url
+
+    url, _, run_dir, _ = _study_target(args)
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (storage {mask_url(url)})", flush=True)
+    optuna_dashboard.run_server(make_storage(url), host=args.host, port=args.port,
+                                artifact_store=artifact_store(run_dir))
+    return 0
+
+
+def cmd_export(args) -> int:
+    import tempfile
+
+    from optuna.artifacts import download_artifact
+    from optuna.trial import TrialState
+
+    from .results import complete_records, pareto_records
+    from .runner import extract_student
+    from .study import artifact_store
+
+    study, run_dir, _ = _open(args)
+    if args.trial is None:
+        higher = [d.name.lower() == "maximize" for d in study.directions]
+        front = pareto_records(complete_records(study), higher)
+        if not front:
+            raise CLIError("the study has no COMPLETE trial to export")
+        sign = 1 if higher[0] else -1
+        number = max(front, key=lambda r: sign * r["values"][0])["number"]
+    else:
+        number = args.trial
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if not trials:
+        raise CLIError(f"no trial {number} in study {study.study_name!r}")
+    trial = trials[0]
+    if trial.state != TrialState.COMPLETE:
+        raise CLIError(f"trial {number} is {trial.state.name}, not COMPLETE")
+    artifact_id = trial.user_attrs.get("artifact_id")
+    if not artifact_id:
+        raise CLIError(f"trial {number} has no saved student (artifact_id)")
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = os.path.join(tmp, "student.tar")
+        download_artifact(artifact_store=artifact_store(run_dir), file_path=archive, artifact_id=artifact_id)
+        out = extract_student(archive, args.output)
+    print(f"trial {number} -> {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from . import demo
+
+    return demo.main(run_dir=args.run_dir, max_trials=args.max_trials, workers=args.workers, debug=args.debug)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "worker": cmd_worker,
+    "status": cmd_status,
+    "pareto": cmd_pareto,
+    "report": cmd_report,
+    "dashboard": cmd_dashboard,
+    "export": cmd_export,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    _quiet_optuna(debug)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `nas-distill pareto --csv | head`
+        return 0
+    except Exception as exc:  # noqa: BLE001 - one line, no traceback (unless --debug)
+        if debug:
+            raise
+        from .errors import ConfigError
+
+        kind = "config error" if isinstance(exc, ConfigError) else "error"
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"{PROG}: {kind}: {message}", file=sys.stderr)
+        return 2 if isinstance(exc, (ConfigError, CLIError)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

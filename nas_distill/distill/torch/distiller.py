@@ -1,0 +1,543 @@
+"""Flash distillation of one candidate student from a frozen teacher (PyTorch).
+
+One :class:`FlashDistiller` serves a whole study in one worker process: it holds the teacher, the
+collated training data and the teacher-output cache. :meth:`FlashDistiller.distill` trains one student:
+
+1. knowledge-transfer stages in order, each training only the parameters of its block (module-path
+   prefixes, matched exactly: ``encoder.layer.1`` never unfreezes ``encoder.layer.10``) on intermediate
+   layer losses over its layer mappings;
+2. regular distillation: logit distillation (or the stage's mappings), optionally plus the task loss.
+
+Per step the work is: gather a batch by index (one ``index_select`` per field), gather the teacher's
+outputs for those indices from the cache (or run the teacher under ``inference_mode`` with hooks on the
+mapped modules only), one student forward with hooks on its mapped modules, the loss, backward, step.
+
+This module knows nothing of Optuna; the orchestrator passes a per-trial ``seed`` and records the
+returned :class:`DistillResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from nas_distill.distill.mappings import LayerMapping, Output, parse_layer_mapping
+from nas_distill.errors import InvalidArchitecture, NasDistillError
+
+from . import cache as cache_mod
+from .data import CollatedData, batch_indices, prepare_data
+from .hooks import OutputCapture, resolve_modules, use_eager_attention
+from .losses import canonical_loss_type, distillation_loss, task_loss
+from .matchers import FeatureMatchers
+
+logger = logging.getLogger(__name__)
+
+LOGITS = None  # the key of the model's logits among teacher outputs (a feature key is a string)
+
+
+class DistillationDiverged(NasDistillError, FloatingPointError):
+    """The distillation loss became NaN or infinite. The orchestrator records the trial as failed."""
+
+
+# --------------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class StageResult:
+    name: str
+    kind: str
+    steps: int
+    seconds: float
+    final_loss: float  # loss of the last step
+    mean_loss_last: float  # mean loss over the last 10% of steps (less noisy)
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class DistillResult:
+    stages: list[StageResult] = field(default_factory=list)
+    seconds: float = 0.0
+    teacher_cache: str = "disabled"  # 'disk' | 'memory' | 'disabled' | 'bypassed'
+    teacher_forward_calls: int = 0  # teacher forwards during this trial (0 with a warm, complete cache)
+
+    @property
+    def final_loss(self) -> float:
+        return self.stages[-1].final_loss if self.stages else float("nan")
+
+    def as_dict(self) -> dict:
+        """JSON-able summary (for the trial's user attributes)."""
+        d = asdict(self)
+        d["final_loss"] = self.final_loss
+        return d
+
+
+# --------------------------------------------------------------------------------------------------
+# stage plans
+# --------------------------------------------------------------------------------------------------
+def feature_key(layer: str, output: Output) -> str:
+    """A teacher (or student) output's stable name: ``'encoder.layer.1'`` or ``'encoder.layer.1@0'``."""
+    return layer if output is None else f"{layer}@{output}"
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One weighted loss between a student output and a teacher output (``None`` side = logits)."""
+
+    kind: str
+    weight: float
+    mapping: Optional[LayerMapping]
+
+    @property
+    def teacher_key(self) -> Optional[str]:
+        m = self.mapping
+        return LOGITS if m is None else feature_key(m.teacher_layer, m.teacher_output)
+
+    @property
+    def matcher_key(self) -> str:
+        m = self.mapping
+        if m is None:
+            return "logits"
+        return feature_key(m.student_layer, m.student_output) + "->" + self.teacher_key
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str
+    kind: str
+    block_names: tuple[str, ...]
+    terms: tuple[LossTerm, ...]
+    add_origin_loss: bool
+    train_steps: int
+    temperature: float
+
+    @property
+    def student_layers(self) -> set[str]:
+        return {t.mapping.student_layer for t in self.terms if t.mapping is not None}
+
+    @property
+    def teacher_keys(self) -> set:
+        return {t.teacher_key for t in self.terms}
+
+
+def _broadcast(values: Sequence, n: int, what: str, stage: str) -> list:
+    values = list(values or ())
+    if len(values) == 1 and n > 1:
+        return values * n
+    if len(values) != n:
+        raise ValueError(f"stage {stage!r}: {len(values)} {what} for {n} mappings")
+    return values
+
+
+def plan_stage(stage: Any) -> StagePlan:
+    """Normalise a ``DistillStage`` (or any object with its fields) into loss terms.
+
+    Mappings present: one term per mapping; ``loss_types`` one per mapping or one for all (default
+    ``MSE``); ``loss_weights`` likewise (default ``1/n``). No mappings: the models' logits, with each of
+    ``loss_types`` (default ``KL``) weighted by ``loss_weights`` (default ``1/len(loss_types)``).
+    """
+    name = getattr(stage, "name", "stage")
+    kind = getattr(stage, "kind", "regular_distillation")
+    mappings = [parse_layer_mapping(m, f"{name}.mappings") for m in (getattr(stage, "mappings", ()) or ())]
+    types = list(getattr(stage, "loss_types", ()) or ())
+    weights = list(getattr(stage, "loss_weights", ()) or ())
+    if mappings:
+        n = len(mappings)
+        types = _broadcast(types or ["MSE"], n, "loss types", name)
+        weights = _broadcast(weights or [1.0 / n], n, "loss weights", name)
+        terms = [LossTerm(canonical_loss_type(t), float(w), m) for t, w, m in zip(types, weights, mappings)]
+    else:
+        types = types or ["KL"]
+        weights = _broadcast(weights or [1.0 / len(types)], len(types), "loss weights", name)
+        terms = [LossTerm(canonical_loss_type(t), float(w), None) for t, w in zip(types, weights)]
+    steps = int(getattr(stage, "train_steps", 100))
+    temperature = float(getattr(stage, "temperature", 1.0))
+    if steps < 0 or temperature <= 0:
+        raise ValueError(f"stage {name!r}: train_steps must be >= 0 and temperature > 0")
+    return StagePlan(name, kind, tuple(getattr(stage, "block_names", ()) or ()), tuple(terms),
+                     bool(getattr(stage, "add_origin_loss", False)), steps, temperature)
+
+
+def default_stage() -> Any:
+    """Regular distillation on logits (KL, T=1) plus nothing else, 100 steps: used when none is given."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name="regular_distillation", kind="regular_distillation", block_names=(),
+                           mappings=(), loss_types=("KL",), loss_weights=(1.0,), add_origin_loss=False,
+                           train_steps=100, temperature=1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+def resolve_device(device: Any = "auto") -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def in_block(name: str, prefixes: Sequence[str]) -> bool:
+    """Exact module-path prefix match: ``a.b.1`` covers ``a.b.1`` and ``a.b.1.x``, never ``a.b.10``."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def model_logits(output: Any) -> torch.Tensor:
+    """The logits of a model's return value (ModelOutput ``.logits``, else its first tensor)."""
+    logits = getattr(output, "logits", None)
+    if logits is not None:
+        return logits
+    if isinstance(output, dict):
+        return next(iter(output.values()))
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return output
+
+
+def input_keys(model: torch.nn.Module, available: Sequence[str]) -> list[str]:
+    """The batch fields ``model.forward`` accepts by name (labels excluded: we compute losses)."""
+    params = inspect.signature(model.forward).parameters
+    keys = [k for k in available if k != "labels" and k in params]
+    if keys:
+        return keys
+    return [k for k in available if k != "labels"]
+
+
+def make_optimizer(name: str, params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    name = str(name).lower()
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; known: adamw, adam, sgd")
+
+
+class _Counter:
+    """Counts a module's forward calls (a forward pre-hook costs one Python call per forward)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.calls = 0
+        self._handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.calls += 1
+
+    def remove(self):
+        self._handle.remove()
+
+
+# --------------------------------------------------------------------------------------------------
+# the distiller
+# --------------------------------------------------------------------------------------------------
+class FlashDistiller:
+    """Flash distillation from one teacher on one training set, for every trial of a study.
+
+    Args:
+        teacher: the frozen teacher (put in eval mode, ``requires_grad_(False)``, moved to the device).
+        train_data: a DataLoader, map-style Dataset of dicts, or ``datasets.Dataset`` (see ``data.py``).
+        settings: a ``FlashSettings`` (optimizer, lr, weight decay, batch size, device, teacher cache,
+            augmentation, stages). ``None`` = the defaults.
+        stages: overrides ``settings.stages``; when both are empty one regular-distillation stage on
+            the logits is used.
+        cache_dir: overrides ``settings.teacher_cache.dir``: the folder shared by every worker of the
+            study (e.g. ``<run_dir>/teacher_cache``). No folder = an in-process cache only.
+    """
+
+    def __init__(self, teacher: torch.nn.Module, train_data: Any, settings: Any = None, *,
+                 stages: Optional[Sequence[Any]] = None, cache_dir: Optional[str] = None,
+                 device: Any = None):
+        if settings is None:
+            from nas_distill.config import FlashSettings
+
+            settings = FlashSettings()
+        self.settings = settings
+        self.device = resolve_device(device if device is not None else settings.device)
+        self.teacher = teacher.eval().requires_grad_(False).to(self.device)
+        cache_cfg = settings.teacher_cache
+        self.cache_dir = cache_dir if cache_dir is not None else cache_cfg.dir
+        self.data = prepare_data(train_data, augmentation=bool(settings.augmentation))
+        if isinstance(self.data, CollatedData):
+            self.data = self.data.to(self.device)
+        raw_stages = list(stages if stages is not None else settings.stages) or [default_stage()]
+        self.plans = [plan_stage(s) for s in raw_stages]
+        # Fail early (before any trial) if the teacher lacks a mapped module.
+        self._teacher_feature_keys = sorted({k for p in self.plans for k in p.teacher_keys if k is not None})
+        self._teacher_layers = {k: self._teacher_term(k) for k in self._teacher_feature_keys}
+        resolve_modules(self.teacher, {layer for layer, _ in self._teacher_layers.values()}, "teacher")
+        use_eager_attention(self.teacher, self._teacher_layers.values())
+        self._teacher_inputs = input_keys(self.teacher, self._fields())
+        self._cached: dict = {}  # teacher key (None = logits) -> array indexed by example index
+        self.matchers: Optional[FeatureMatchers] = None  # the last trial's projections (inspection only)
+        self.cache_status = "pending"
+        self.prepare_seconds = 0.0
+
+    @classmethod
+    def from_config(cls, config: Any, teacher: torch.nn.Module, train_data: Any, *,
+                    device: Any = None) -> "FlashDistiller":
+        """The distiller of a study: ``config.flash`` settings and stages, and the teacher cache in
+        ``config.flash.teacher_cache.dir`` or, by default, ``<config.study.run_dir>/teacher_cache``
+        (the folder every worker of the study on this machine shares)."""
+        import os
+
+        flash = config.flash
+        cache_dir = flash.teacher_cache.dir
+        if cache_dir is None:
+            cache_dir = os.path.join(config.study.run_dir, "teacher_cache")
+        return cls(teacher, train_data, flash, cache_dir=cache_dir, device=device)
+
+    def _autocast(self):
+        """bf16 autocast on CUDA (a fresh context each time: autocast objects hold their entry state)."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---- data / cache -------------------------------------------------------------------------
+    def _fields(self) -> list[str]:
+        if isinstance(self.data, CollatedData):
+            return list(self.data.fields)
+        return list(self.data.batch(torch.arange(min(1, len(self.data)))).keys())
+
+    def _teacher_term(self, key: str) -> tuple[str, Output]:
+        for plan in self.plans:
+            for term in plan.terms:
+                if term.teacher_key == key:
+                    return term.mapping.teacher_layer, term.mapping.teacher_output
+        raise KeyError(key)
+
+    def _cache_enabled(self) -> bool:
+        enabled = self.settings.teacher_cache.enabled
+        if enabled is False or str(enabled).lower() in ("false", "off", "no", "0"):
+            return False
+        if self.data.live:  # augmentation configured or detected: outputs differ per read
+            if enabled is True:
+                logger.warning("teacher cache requested but the training data is augmented; bypassing it")
+            return False
+        return True
+
+    def prepare(self) -> str:
+        """Load or build the teacher cache (once per distiller). Returns the cache status."""
+        if self.cache_status != "pending":
+            return self.cache_status
+        start = time.perf_counter()
+        if not self._cache_enabled():
+            self.cache_status = "bypassed" if self.data.live else "disabled"
+            return self.cache_status
+        cfg = self.settings.teacher_cache
+        dtype = str(cfg.dtype)
+        if self.cache_dir:
+            fp = cache_mod.fingerprint(
+                self.teacher, self.data.fields, self._teacher_feature_keys,
+                extra={"device": self.device.type, "budget_mb": float(cfg.feature_budget_mb), "dtype": dtype},
+            )
+            entry, built = cache_mod.load_or_build(
+                str(self.cache_dir), fp, lambda: self._run_teacher_over_data(cfg.feature_budget_mb, dtype),
+                dtype,
+            )
+            self.cache_status = "disk"
+            logger.info("teacher cache %s: %s (%.1f MiB)", fp[:16], "built" if built else "loaded",
+                        entry.nbytes / 2**20)
+        else:
+            arrays, keys = self._run_teacher_over_data(cfg.feature_budget_mb, dtype)
+            entry = cache_mod.in_memory_entry(arrays, keys, dtype)
+            self.cache_status = "memory"
+        self._cached = self._to_device(entry.by_key())
+        self.prepare_seconds = time.perf_counter() - start
+        return self.cache_status
+
+    def _to_device(self, arrays: dict) -> dict:
+        if self.device.type == "cpu":
+            return arrays  # memmaps: pages shared with the other workers through the OS cache
+        return {k: torch.from_numpy(np.array(a)).to(self.device) for k, a in arrays.items()}
+
+    def _run_teacher_over_data(self, budget_mb: float, dtype: str):
+        """Teacher logits for every example, plus mapped features while they fit ``budget_mb``."""
+        n = len(self.data)
+        keys = self._teacher_feature_keys
+        layers = {layer for layer, _ in self._teacher_layers.values()}
+        itemsize = 2 if str(dtype) in ("float16", "fp16", "half") else 4
+        arrays: dict[str, np.ndarray] = {}
+        chosen: list[str] = []
+        bs = max(int(self.settings.batch_size), 64)
+        with OutputCapture(self.teacher, layers, "teacher") as cap:
+            for start in range(0, n, bs):
+                idx = torch.arange(start, min(n, start + bs), device=self.device)
+                batch = self.data.batch(idx)
+                with torch.inference_mode(), self._autocast():
+                    out = self.teacher(**{k: batch[k] for k in self._teacher_inputs})
+                logits = model_logits(out).float().cpu().numpy()
+                if start == 0:
+                    arrays["logits"] = np.empty((n,) + logits.shape[1:], np.float32)
+                    budget = float(budget_mb) * 2**20
+                    for i, key in enumerate(keys):
+                        layer, output = self._teacher_layers[key]
+                        shape = tuple(cap.get(layer, output).shape[1:])
+                        size = n * int(np.prod(shape)) * itemsize
+                        if size <= budget:
+                            budget -= size
+                            chosen.append(key)
+                            arrays[f"feature-{i}"] = np.empty((n,) + shape, np.float32)
+                        else:
+                            logger.info("teacher feature %s (%.1f MiB) exceeds the cache budget; "
+                                        "computed live", key, size / 2**20)
+                arrays["logits"][start:start + len(idx)] = logits
+                for key in chosen:
+                    layer, output = self._teacher_layers[key]
+                    value = cap.get(layer, output).float().cpu().numpy()
+                    arrays[f"feature-{keys.index(key)}"][start:start + len(idx)] = value
+                cap.clear()
+        names = {"logits": None}
+        names.update({f"feature-{keys.index(k)}": k for k in chosen})
+        return arrays, names
+
+    def _gather_cached(self, key, idx_cpu: torch.Tensor) -> torch.Tensor:
+        arr = self._cached[key]
+        if isinstance(arr, torch.Tensor):
+            return arr.index_select(0, idx_cpu.to(arr.device))
+        return torch.from_numpy(arr[idx_cpu.numpy()])
+
+    # ---- training ------------------------------------------------------------------------------
+    def check_student(self, student: torch.nn.Module) -> None:
+        """Raise InvalidArchitecture when a mapped layer or a block is missing from ``student``."""
+        resolve_modules(student, {l for p in self.plans for l in p.student_layers}, "student")
+        names = [n for n, _ in student.named_parameters()]
+        for plan in self.plans:
+            for block in plan.block_names:
+                if not any(in_block(n, [block]) for n in names):
+                    raise InvalidArchitecture(f"stage {plan.name!r}: block {block!r} matches no student "
+                                              f"parameter")
+
+    def distill(self, student: torch.nn.Module, seed: int = 0) -> DistillResult:
+        """Train ``student`` in place through every stage; returns timings and final losses.
+
+        Same student weights + same ``seed`` give bit-identical results on CPU. Raises
+        :class:`DistillationDiverged` on a NaN/inf loss and InvalidArchitecture when the student lacks
+        a mapped layer or block.
+        """
+        self.prepare()
+        self.check_student(student)
+        student.to(self.device)
+        was_training = student.training
+        student.train()
+        torch.manual_seed(int(seed))
+        matchers = self.matchers = FeatureMatchers(self.device)
+        # Attention-probability mappings need eager attention while training; the student gets its own
+        # implementation back afterwards (it changes the latency the evaluator measures).
+        previous_attn = use_eager_attention(student, [(t.mapping.student_layer, t.mapping.student_output)
+                                                      for p in self.plans for t in p.terms if t.mapping])
+        counter = _Counter(self.teacher)
+        result = DistillResult(teacher_cache=self.cache_status)
+        start = time.perf_counter()
+        try:
+            for i, plan in enumerate(self.plans):
+                result.stages.append(self._run_stage(student, plan, matchers, int(seed) * 1009 + i))
+        finally:
+            counter.remove()
+            student.train(was_training)
+            if previous_attn is not None:
+                student.set_attn_implementation(previous_attn)
+        result.seconds = time.perf_counter() - start
+        result.teacher_forward_calls = counter.calls
+        return result
+
+    def _run_stage(self, student, plan: StagePlan, matchers: FeatureMatchers, order_seed: int) -> StageResult:
+        s = self.settings
+        flags = {n: p.requires_grad for n, p in student.named_parameters()}
+        trainable = []
+        for n, p in student.named_parameters():
+            on = in_block(n, plan.block_names) if plan.block_names else True
+            p.requires_grad_(on)
+            if on:
+                trainable.append(p)
+        optimizer = make_optimizer(s.optimizer, trainable + list(matchers.parameters()),
+                                   float(s.learning_rate), float(s.weight_decay))
+        matchers.on_new_parameters = lambda ps: optimizer.add_param_group({"params": ps})
+        live_keys = [k for k in plan.teacher_keys if k not in self._cached]
+        live_layers = {self._teacher_layers[k][0] for k in live_keys if k is not None}
+        # Skip the layers after the deepest mapped one when a stage needs no logits from that model.
+        student_needs_logits = plan.add_origin_loss or any(t.mapping is None for t in plan.terms)
+        student_caps = OutputCapture(student, plan.student_layers, "student",
+                                     stop_early=not student_needs_logits)
+        teacher_caps = OutputCapture(self.teacher, live_layers, "teacher", stop_early=None not in live_keys)
+        student_inputs = input_keys(student, self._fields())
+        need_labels = plan.add_origin_loss
+        check_every = 1 if self.device.type == "cpu" else 25
+        losses: list[float] = []
+        last = torch.zeros(())
+        t0 = time.perf_counter()
+        try:
+            for step, idx in enumerate(batch_indices(len(self.data), int(s.batch_size), plan.train_steps,
+                                                     order_seed)):
+                batch = self.data.batch(idx.to(self.device) if not self.data.live else idx)
+                # -- teacher targets: cache first, live teacher only for what the cache lacks
+                targets = {k: self._gather_cached(k, idx) for k in plan.teacher_keys if k in self._cached}
+                if live_keys:
+                    with torch.inference_mode(), self._autocast():
+                        t_out = teacher_caps.run(self.teacher, **{k: batch[k] for k in self._teacher_inputs})
+                    for k in live_keys:  # clone: inference tensors cannot be saved for backward
+                        v = model_logits(t_out) if k is None else teacher_caps.get(*self._teacher_layers[k])
+                        targets[k] = v.clone()
+                    teacher_caps.clear()
+                # -- student
+                with self._autocast():
+                    s_out = student_caps.run(student, **{k: batch[k] for k in student_inputs})
+                    loss = None
+                    for term in plan.terms:
+                        t_val = targets[term.teacher_key].to(self.device, non_blocking=True)
+                        if term.mapping is None:
+                            s_val = model_logits(s_out)
+                        else:
+                            s_val = student_caps.get(term.mapping.student_layer, term.mapping.student_output)
+                            if s_val.shape[:-1] != t_val.shape[:-1]:
+                                raise InvalidArchitecture(
+                                    f"stage {plan.name!r}, mapping {term.matcher_key}: student output "
+                                    f"shape {tuple(s_val.shape)} cannot be matched to the teacher's "
+                                    f"{tuple(t_val.shape)} (only the last dimension may differ)"
+                                )
+                            s_val = matchers(term.matcher_key, s_val, t_val.shape[-1])
+                        value = term.weight * distillation_loss(term.kind, s_val, t_val, plan.temperature)
+                        loss = value if loss is None else loss + value
+                    if need_labels:
+                        if "labels" not in batch:
+                            raise ValueError(f"stage {plan.name!r}: add_origin_loss needs 'labels' in the data")
+                        loss = loss + task_loss(model_logits(s_out), batch["labels"])
+                student_caps.clear()
+                if not loss.requires_grad:
+                    raise InvalidArchitecture(
+                        f"stage {plan.name!r}: the loss does not depend on any trainable parameter "
+                        f"(blocks {list(plan.block_names)} lie after every mapped student layer?)"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                last = loss.detach()
+                if step % check_every == 0 or step == plan.train_steps - 1:
+                    value = float(last)
+                    if not math.isfinite(value):
+                        raise DistillationDiverged(
+                            f"stage {plan.name!r}, step {step}: the loss is {value}; lower the learning "
+                            f"rate or check the data and the layer mappings"
+                        )
+                    losses.append(value)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        finally:
+            student_caps.remove()
+            teacher_caps.remove()
+            matchers.on_new_parameters = None
+            for n, p in student.named_parameters():
+                p.requires_grad_(flags[n])
+        seconds = time.perf_counter() - t0
+        tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
+        return StageResult(plan.name, plan.kind, plan.train_steps, seconds,
+                           losses[-1] if losses else float("nan"), float(np.mean(tail)))

@@ -1,0 +1,117 @@
+"""Report of a study: one self-contained HTML page plus PNG copies of its plots, and CLI tables.
+
+``write_report(study, out_dir)`` is what ``nas-distill report`` calls. It writes into ``out_dir``:
+
+* ``report.html``: the Pareto front (best-so-far for one objective, a scatter for two, a scatter matrix
+  for three or more; hover shows the architecture and every metric), the hypervolume over trials, the
+  per-parameter importance per objective, and a sortable table of every trial (failed ones with their
+  error). plotly.js is inlined, so the file works offline. The data behind it is embedded as JSON in
+  ``<script type="application/json" id="nas-distill-data">`` (Pareto trial numbers, reference point,
+  hypervolume history, every trial).
+* ``pareto.png``, ``hypervolume.png`` and ``importance.png`` (when importances could be computed),
+  drawn with matplotlib, so no browser is needed.
+
+A study with no complete trial still gets a page that says so (and lists the trials it has), no PNGs.
+
+``format_table(rows, headers, max_width=100)`` and ``trials_table(study)`` give the fixed-width text
+tables of the CLI's ``status`` and ``pareto`` commands. See :mod:`nas_distill.reporting` for the parts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import optuna
+
+from nas_distill.reporting.data import StudyData, collect, format_arch
+from nas_distill.reporting.table import format_table
+
+__all__ = ["write_report", "format_table", "trials_table", "format_arch", "collect", "StudyData"]
+
+_log = logging.getLogger(__name__)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a browser reloading the page never sees half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(
+    study: optuna.Study,
+    out_dir: str | os.PathLike[str],
+    *,
+    filename: str = "report.html",
+    png: bool = True,
+    importances: bool = True,
+) -> Path:
+    """Write the HTML report of ``study`` (and PNG copies of its plots) into ``out_dir``.
+
+    Args:
+        study: the search's Optuna study (single- or multi-objective, trials in any state).
+        out_dir: folder for the outputs; created if missing. Existing files of the same names are
+            replaced.
+        filename: name of the HTML file.
+        png: also write ``pareto.png`` / ``hypervolume.png`` / ``importance.png`` (needs matplotlib;
+            without it the page says so and the HTML is still written).
+        importances: compute per-parameter importances (the slowest part on big studies).
+
+    Returns:
+        The path of the HTML file.
+    """
+    from nas_distill.reporting.figures import hypervolume_figure, importance_figure, pareto_figure
+    from nas_distill.reporting.html import render_page
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = collect(study, importances=importances)
+    figures = {}
+    if data.complete:
+        figures = {
+            "pareto": pareto_figure(data),
+            "hypervolume": hypervolume_figure(data),
+            "importance": importance_figure(data),
+        }
+    pngs: dict[str, str] = {}
+    if png and data.complete:
+        try:
+            from nas_distill.reporting.png import write_pngs
+
+            pngs = {name: p.name for name, p in write_pngs(data, out).items()}
+        except ImportError as exc:
+            _log.warning("PNG copies skipped (%s); install the 'dashboard' extra for matplotlib", exc)
+    path = out / filename
+    _write_atomic(path, render_page(data, figures, pngs))
+    return path
+
+
+def trials_table(study: optuna.Study, *, pareto_only: bool = False, max_width: int = 100) -> str:
+    """The study's trials as a text table (``#``, state, arch, metrics, params, duration, error).
+
+    Pareto-optimal trials are marked ``COMPLETE*``. ``pareto_only=True`` keeps only them (the CLI's
+    ``pareto`` command). Every line is at most ``max_width`` characters.
+    """
+    data = collect(study, importances=False)
+    rows = [t for t in data.trials if t.pareto] if pareto_only else data.trials
+    metric_heads = [m.label if len(m.label) <= 14 else m.name for m in data.metrics]
+    headers = ["#", "state", "arch"] + metric_heads + ["params", "time_s", "error"]
+    table_rows = []
+    for t in rows:
+        values = t.values or [None] * len(data.metrics)
+        duration = round(t.duration_s, 1) if t.duration_s is not None else None
+        state = t.state + ("*" if t.pareto and not pareto_only else "")
+        table_rows.append([t.number, state, t.params or None, *values, t.n_params, duration, t.error])
+    table = format_table(table_rows, headers, max_width=max_width)
+    if any(t.pareto for t in rows) and not pareto_only:
+        table += "\n" + "* Pareto-optimal"[:max_width]
+    return table
+

@@ -1,0 +1,14 @@
+"""Reporting: turn a finished (or running) study into tables, figures and a self-contained HTML page.
+
+Modules, one job each:
+
+* :mod:`~nas_distill.reporting.data`: read the study once into plain data (metrics, units, Pareto
+  trials, hypervolume history, importances). No plotting library is imported here.
+* :mod:`~nas_distill.reporting.table`: fixed-width text tables for the CLI (``status``, ``pareto``).
+* :mod:`~nas_distill.reporting.figures`: plotly figures (the interactive HTML and the dashboard).
+* :mod:`~nas_distill.reporting.png`: matplotlib PNG copies of the same plots (no browser needed).
+* :mod:`~nas_distill.reporting.html`: the page itself (sortable table, embedded JSON data block).
+* :mod:`~nas_distill.reporting.dashboard`: optuna-dashboard with the artifact store and pushed figures.
+
+``nas_distill.report.write_report`` is the entry point the CLI calls.
+"""

@@ -1,0 +1,137 @@
+"""optuna-dashboard on the search's study, with the student checkpoints and a hypervolume view.
+
+What it adds to a plain ``optuna-dashboard <storage>``:
+
+* the run's ``FileSystemArtifactStore`` (``<run_dir>/artifacts``), so the trained students that the
+  workers uploaded can be downloaded from each trial's page;
+* the hypervolume-history figure, which optuna-dashboard does not draw itself. It is stored in the study
+  with ``optuna_dashboard.save_plotly_graph_object`` under a fixed id (``nas-distill-hypervolume``), so a
+  relaunch replaces it instead of adding a copy; the dashboard shows it with the study's figures, and
+  its API lists it under ``plotly_graph_objects`` of ``/api/studies/<id>``. While the server runs, a
+  daemon thread refreshes it every ``refresh_s`` seconds when the number of finished trials changed
+  (workers keep adding trials while the dashboard is up).
+
+Binds 127.0.0.1 by default: the dashboard can edit notes and delete studies, so exposing it is a choice
+the caller makes explicitly (docker-compose passes ``--host 0.0.0.0`` inside the container and publishes
+the port on the host's loopback only).
+
+Imports neither torch nor any model code; optuna-dashboard and plotly are imported when used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+__all__ = ["HYPERVOLUME_FIGURE_ID", "push_figures", "launch_dashboard", "open_storage"]
+
+HYPERVOLUME_FIGURE_ID = "nas-distill-hypervolume"
+
+_log = logging.getLogger(__name__)
+
+
+def open_storage(storage: Any) -> Any:
+    """An Optuna storage from a URL (``sqlite:///...``, ``postgresql+psycopg://...``), a journal file
+    path (``*.log``: ``JournalStorage`` on a file backend) or an existing storage object."""
+    if not isinstance(storage, (str, os.PathLike)):
+        return storage
+    text = os.fspath(storage)
+    if "://" in text:
+        return optuna.storages.RDBStorage(text)
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(text))
+
+
+def _finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
+
+
+def push_figures(storage: Any, study_name: str | None = None) -> dict[str, str]:
+    """Store the hypervolume-history figure in each study of ``storage`` (or only ``study_name``).
+
+    Studies without a complete trial are skipped. Returns ``{study name: graph object id}``.
+    """
+    from optuna_dashboard import save_plotly_graph_object
+
+    from nas_distill.reporting.data import collect
+    from nas_distill.reporting.figures import hypervolume_figure
+
+    storage = open_storage(storage)
+    names = [study_name] if study_name else optuna.get_all_study_names(storage)
+    pushed: dict[str, str] = {}
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        data = collect(study, importances=False)
+        if not data.complete:
+            continue
+        pushed[name] = save_plotly_graph_object(
+            study, hypervolume_figure(data), graph_object_id=HYPERVOLUME_FIGURE_ID
+        )
+    return pushed
+
+
+def _refresh_loop(storage: Any, study_name: str | None, interval: float, stop: threading.Event) -> None:
+    """Re-push the figures whenever the number of finished trials of some study changed."""
+    seen: dict[str, int] = {}
+    while not stop.wait(interval):
+        try:
+            names = [study_name] if study_name else optuna.get_all_study_names(storage)
+            for name in names:
+                count = _finished_count(optuna.load_study(study_name=name, storage=storage))
+                if seen.get(name) != count:
+                    push_figures(storage, name)
+                    seen[name] = count
+        except Exception:  # a refresh failing must never take the dashboard down
+            _log.warning("refreshing the dashboard figures failed", exc_info=True)
+
+
+def launch_dashboard(
+    storage_url: Any,
+    artifact_dir: str | os.PathLike[str] | None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    study_name: str | None = None,
+    refresh_s: float | None = 60.0,
+) -> None:
+    """Serve optuna-dashboard on the study storage with the artifact store; blocks until stopped.
+
+    Args:
+        storage_url: the study storage (URL, journal file path, or storage object), the same the
+            workers write to.
+        artifact_dir: the run's artifact folder (``<run_dir>/artifacts``); created if missing so the
+            dashboard can also take uploads. ``None``: no artifact store.
+        host: interface to bind; 127.0.0.1 unless you mean to expose the dashboard.
+        port: TCP port.
+        study_name: push the hypervolume figure to this study only (default: every study).
+        refresh_s: how often to refresh the pushed figure while serving; ``None`` or 0: only once.
+    """
+    from optuna_dashboard import run_server
+
+    storage = open_storage(storage_url)
+    store = None
+    if artifact_dir is not None:
+        from optuna.artifacts import FileSystemArtifactStore
+
+        Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+        store = FileSystemArtifactStore(os.fspath(artifact_dir))
+    pushed = push_figures(storage, study_name)
+    _log.info("pushed the hypervolume figure to %d studies", len(pushed))
+    stop = threading.Event()
+    if refresh_s:
+        threading.Thread(
+            target=_refresh_loop, args=(storage, study_name, float(refresh_s), stop),
+            name="nas-distill-dashboard-refresh", daemon=True,
+        ).start()
+    try:
+        run_server(storage, host=host, port=port, artifact_store=store)
+    finally:
+        stop.set()

@@ -1,0 +1,300 @@
+"""Search results as plain data: read from the study, Pareto front, JSON / text / CSV / basic HTML.
+
+JSON only (no pickle): ``dump_results`` writes ``<name>.txt`` (a readable report) and ``<name>.json``
+(``{"format": "nas-distill-results/1", "study_name", "metrics", "higher_is_better", "search_space",
+"trials": [{"number", "arch", "values", "params", "timings", "worker", "pareto"}...]}``);
+``read_results`` reads that JSON back, or a study straight from a storage URL. ``import_results``
+copies results into a study as COMPLETE trials marked ``imported_from`` (not retrained, not counted in
+the budget).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+FORMAT = "nas-distill-results/1"
+TABLE_WIDTH = 100
+
+
+# ----------------------------------------------------------------------------------- from a study
+def complete_records(study, metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One dict per COMPLETE trial: number, arch, values (raw, in metric order) and the useful attrs."""
+    from optuna.trial import TrialState
+
+    metrics = list(metrics or study.metric_names or [f"value_{i}" for i in range(len(study.directions))])
+    records = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        arch = t.user_attrs.get("arch") or dict(t.params)
+        rec = {
+            "number": t.number,
+            "arch": {k: arch[k] for k in sorted(arch)},
+            "values": list(t.values),
+        }
+        for key in ("params", "timings", "worker", "artifact_id", "duplicate_of", "imported_from"):
+            if key in t.user_attrs:
+                rec[key] = t.user_attrs[key]
+        records.append(rec)
+    return records
+
+
+def pareto_records(records: Sequence[Mapping[str, Any]], higher_is_better: Sequence[bool]) -> list[dict]:
+    """The records on the Pareto front of their values (directions from ``higher_is_better``)."""
+    from .search.pareto import find_pareto_front
+
+    if not records:
+        return []
+    signs = [1.0 if h else -1.0 for h in higher_is_better]
+    points = [[s * v for s, v in zip(signs, rec["values"])] for rec in records]
+    return [dict(records[i]) for i in find_pareto_front(points)]
+
+
+def study_results(study) -> dict[str, Any]:
+    """Everything :func:`dump_results` writes, as a dict."""
+    from .study import mask_secrets
+
+    metrics = list(study.metric_names or [f"value_{i}" for i in range(len(study.directions))])
+    higher = [d.name.lower() == "maximize" for d in study.directions]
+    records = complete_records(study, metrics)
+    front = {rec["number"] for rec in pareto_records(records, higher)}
+    for rec in records:
+        rec["pareto"] = rec["number"] in front
+    attrs = study.user_attrs
+    return {
+        "format": FORMAT,
+        "study_name": study.study_name,
+        "metrics": metrics,
+        "higher_is_better": higher,
+        "search_space": attrs.get("search_space"),
+        "config": mask_secrets(attrs.get("config")),
+        "counts": state_counts(study),
+        "trials": records,
+    }
+
+
+def state_counts(study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------------------------------- files
+def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    path = Path(path)
+    if path.suffix == ".json":
+        return path.with_suffix(".txt"), path
+    return path, path.with_suffix(".json") if path.suffix else Path(str(path) + ".json")
+
+
+def dump_results(study, path: str | os.PathLike, *, metrics=None, higher_is_better=None) -> tuple[Path, Path]:
+    """Write ``<path>`` (text report) and the JSON next to it; returns (text path, json path)."""
+    text_path, json_path = _paths(path)
+    data = study_results(study)
+    text_path.parent.mkdir(parents=True, exist_ok=True)
+    json_tmp = json_path.with_name(json_path.name + ".tmp")
+    json_tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=repr))
+    os.replace(json_tmp, json_path)
+    text_path.write_text(text_report(data))
+    return text_path, json_path
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Results from our JSON (a file, or a folder holding ``search_results.json``) or a storage URL.
+
+    A URL may end in ``#study_name`` to pick a study.
+    """
+    text = str(path)
+    if "://" in text:
+        from .study import load_study
+
+        url, _, name = text.partition("#")
+        return study_results(load_study(url, name or None))
+    p = Path(path)
+    if p.is_dir():
+        candidates = [p / "search_results.json", p / "AutoDistillationSearch" / "search_results.json"]
+        found = [c for c in candidates if c.exists()]
+        if not found:
+            raise FileNotFoundError(f"no search_results.json in {p}")
+        p = found[0]
+    elif p.suffix != ".json" and p.with_suffix(".json").exists():
+        p = p.with_suffix(".json")
+    data = json.loads(p.read_text())
+    if not isinstance(data, dict) or "trials" not in data or "metrics" not in data:
+        raise ValueError(f"{p}: not a nas-distill results file (expected keys 'metrics' and 'trials')")
+    return data
+
+
+def import_results(study, results: Mapping[str, Any], *, metrics, search_space, source: str) -> int:
+    """Add the results' trials to ``study`` as COMPLETE trials marked ``imported_from``.
+
+    Archs already COMPLETE in the study, archs outside the search space and results with other metrics
+    are skipped. Returns the number imported.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from .search.space import SearchSpace
+
+    if list(results["metrics"]) != list(metrics):
+        raise ValueError(f"results have metrics {results['metrics']}, this search has {list(metrics)}")
+    space = SearchSpace(search_space)
+    distributions = space.distributions()
+    have = {json.dumps(t.params, sort_keys=True)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    n = 0
+    for rec in results["trials"]:
+        arch = rec["arch"]
+        if arch not in space:
+            continue
+        key = json.dumps({k: arch[k] for k in space.keys}, sort_keys=True)
+        if key in have:
+            continue
+        attrs = {"arch": arch, "imported_from": source, "imported_number": rec.get("number")}
+        for name, value in zip(metrics, rec["values"]):
+            attrs[name] = value
+        if "params" in rec:
+            attrs["params"] = rec["params"]
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE,
+            params={k: arch[k] for k in space.keys},
+            distributions=distributions,
+            values=list(rec["values"]),
+            user_attrs=attrs,
+            system_attrs={"nas_distill:claim": space.index_of(arch)},
+        ))
+        have.add(key)
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------- text
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value == 0 or 1e-3 <= abs(value) < 1e6:
+            return f"{value:.4g}"
+        return f"{value:.3e}"
+    return str(value)
+
+
+def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str], width: int = TABLE_WIDTH) -> str:
+    """A fixed-width text table no wider than ``width`` (the widest columns are clipped first)."""
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [len(h) for h in header]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    sep = 2
+    while sum(widths) + sep * (len(widths) - 1) > width and max(widths) > 6:
+        i = widths.index(max(widths))
+        widths[i] -= 1
+
+    def clip(text: str, w: int) -> str:
+        return text if len(text) <= w else text[: max(1, w - 1)] + "~"
+
+    lines = ["  ".join(clip(h, w).ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells:
+        lines.append("  ".join(clip(c, w).ljust(w) for c, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def _arch_text(arch: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in arch.items())
+
+
+def pareto_table(data: Mapping[str, Any], width: int = TABLE_WIDTH) -> str:
+    metrics = data["metrics"]
+    front = [r for r in data["trials"] if r.get("pareto")]
+    arrows = ["↑" if h else "↓" for h in data["higher_is_better"]]
+    header = ["trial"] + [f"{m} {a}" for m, a in zip(metrics, arrows)] + ["params", "architecture"]
+    rows = [[r["number"], *r["values"], r.get("params", "-"), _arch_text(r["arch"])]
+            for r in sorted(front, key=lambda r: r["values"][0], reverse=data["higher_is_better"][0])]
+    return format_table(rows, header, width)
+
+
+def status_text(data: Mapping[str, Any], max_trials: int | None = None, width: int = TABLE_WIDTH) -> str:
+    counts = data.get("counts") or {}
+    order = ["COMPLETE", "RUNNING", "WAITING", "FAIL", "PRUNED"]
+    parts = [f"{s.lower()} {counts[s]}" for s in order if counts.get(s)]
+    budget = f" of {max_trials}" if max_trials else ""
+    done = sum(1 for t in data["trials"] if "imported_from" not in t)
+    lines = [
+        f"study {data['study_name']!r}: {done}{budget} trials complete"
+        + (f" ({', '.join(parts)})" if parts else " (no trials yet)"),
+        "metrics: " + ", ".join(
+            f"{m} ({'higher' if h else 'lower'} is better)"
+            for m, h in zip(data["metrics"], data["higher_is_better"])
+        ),
+    ]
+    if any(t.get("pareto") for t in data["trials"]):
+        lines += ["", "Pareto front:", pareto_table(data, width)]
+    return "\n".join(lines)
+
+
+def text_report(data: Mapping[str, Any]) -> str:
+    lines = [status_text(data), "", "All complete trials:"]
+    header = ["trial"] + list(data["metrics"]) + ["pareto", "architecture"]
+    rows = [[r["number"], *r["values"], "*" if r.get("pareto") else "", _arch_text(r["arch"])]
+            for r in data["trials"]]
+    lines.append(format_table(rows, header, TABLE_WIDTH))
+    return "\n".join(lines) + "\n"
+
+
+def pareto_csv(data: Mapping[str, Any]) -> str:
+    buf = io.StringIO()
+    keys = sorted({k for r in data["trials"] for k in r["arch"]})
+    writer = csv.writer(buf)
+    writer.writerow(["trial", *data["metrics"], "params", *keys])
+    for r in data["trials"]:
+        if r.get("pareto"):
+            writer.writerow([r["number"], *r["values"], r.get("params", ""), *[r["arch"].get(k) for k in keys]])
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------- html
+def basic_html(data: Mapping[str, Any], all_trials: Iterable[Mapping[str, Any]] = ()) -> str:
+    """A self-contained HTML page: the Pareto table and a table of every trial (no scripts)."""
+    esc = html.escape
+    metrics = list(data["metrics"])
+
+    def table(rows: list[list[Any]], header: list[str]) -> str:
+        head = "".join(f"<th>{esc(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{esc(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    front = [r for r in data["trials"] if r.get("pareto")]
+    pareto_rows = [[r["number"], *r["values"], r.get("params", ""), _arch_text(r["arch"])] for r in front]
+    trial_rows = [[t["number"], t["state"], *(t.get("values") or [""] * len(metrics)),
+                   _arch_text(t.get("arch") or {}), t.get("error", "")] for t in all_trials]
+    directions = ", ".join(f"{m} ({'higher' if h else 'lower'} is better)"
+                           for m, h in zip(metrics, data["higher_is_better"]))
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>nas-distill: {esc(data['study_name'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:2em}}
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}th{{background:#eee}}</style></head>
+<body><h1>Study {esc(data['study_name'])}</h1>
+<p>Metrics: {esc(directions)}. Trials by state: {esc(json.dumps(data.get('counts', {})))}</p>
+<h2>Pareto front ({len(front)} trials)</h2>
+{table(pareto_rows, ['trial', *metrics, 'params', 'architecture'])}
+<h2>All trials</h2>
+{table(trial_rows, ['trial', 'state', *metrics, 'architecture', 'error'])}
+</body></html>
+"""
+
+
+def all_trial_rows(study) -> list[dict[str, Any]]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append({
+            "number": t.number,
+            "state": t.state.name,
+            "values": list(t.values) if t.values else None,
+            "arch": t.user_attrs.get("arch") or dict(t.params),
+            "error": t.user_attrs.get("error", ""),
+        })
+    return rows

@@ -1,0 +1,685 @@
+"""The trial loop: ask the shared study -> build -> train -> evaluate -> tell, until the budget is spent.
+
+One :class:`TrialRunner` is one worker. ``AutoDistillation.search()`` runs one in-process; ``nas-distill
+run --workers N`` runs one per process; under ``torch.distributed`` every rank runs one and rank 0 alone
+talks to the study (it broadcasts each architecture as JSON bytes in a tensor, so no pickle crosses the
+wire; all ranks train; rank 0 tells).
+
+Per trial, in order:
+
+1. Sweep stale trials (dead workers) to FAIL; their archs come back as WAITING retries.
+2. Ask the searcher (``advisor``) for an architecture; the trial's heartbeat starts at once.
+3. Budget (:func:`nas_distill.study.budget_position`): train only if fewer than ``max_trials`` counted
+   trials come first; otherwise wait for a slot, or, once the budget is spent, discard the trial (FAIL,
+   ``error_type='Discarded'``) and stop. While waiting, if a retry (WAITING trial) exists, discard ours
+   and ask again, which pops the retry. The study never ends with more than ``max_trials`` COMPLETE.
+4. Answer from the store: an arch that is already COMPLETE (a model-based sampler may propose it again),
+   or that already failed for a reason of its own (``InvalidArchitecture``, NaN, OOM, ...), is not
+   trained again: the trial is told PRUNED with ``duplicate_of`` (it holds the point, costs no slot).
+5. Build (``model_builder(arch)``; with ``model_cls``: ``save_pretrained`` + ``from_pretrained``), train,
+   evaluate, save the student to the artifact store; record ``arch``, ``params``, every metric,
+   ``timings``, ``worker``, ``artifact_id``; tell COMPLETE with the raw metric values.
+   Any exception -> FAIL with ``error_type`` / ``error``, and the search goes on. ``KeyboardInterrupt``
+   (Ctrl-C, or SIGTERM as turned into one by :mod:`nas_distill.workers`) -> FAIL with ``error_type=
+   'Interrupted'``, ``error='interrupted ...'``, a retry is enqueued, and the interrupt propagates.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import study as study_mod
+
+log = logging.getLogger(__name__)
+
+#: Consecutive trials answered from the store after which a worker concludes the sampler is stuck.
+MAX_CONSECUTIVE_REPEATS = 200
+
+
+class Interrupted(KeyboardInterrupt):
+    """A worker was asked to stop (SIGTERM / SIGINT). ``signal_name`` says which."""
+
+    def __init__(self, signal_name: str = "SIGINT"):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+@dataclass
+class Progress:
+    """What a progress line shows; passed to the runner's ``progress`` callback."""
+
+    worker: str
+    trial_number: int | None
+    done: int
+    max_trials: int
+    stage: str
+    eta_s: float | None = None
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    """What one worker did."""
+
+    completed: int = 0
+    failed: int = 0
+    repeats: int = 0
+    discarded: int = 0
+    stop_reason: str = ""
+
+
+class TrialRunner:
+    """Run trials of ``ad`` (an :class:`~nas_distill.autodistill.AutoDistillation`) against its study.
+
+    Args:
+        ad: the AutoDistillation whose searcher, builder, train / eval functions and study are used.
+        max_trials: COMPLETE trials the study should end with (default ``ad.max_trials``).
+        artifact_store: where trained students go (default ``<run_dir>/artifacts``); ``False``: nowhere.
+        progress: called with a :class:`Progress` at each stage (the CLI prints it).
+        poll_interval: seconds between budget / exhaustion re-checks while waiting on other workers.
+        model_cls: the seed's ``model_cls`` (rebuild the student with ``from_pretrained``).
+    """
+
+    def __init__(
+        self,
+        ad,
+        *,
+        max_trials: int | None = None,
+        artifact_store: Any = None,
+        progress: Callable[[Progress], None] | None = None,
+        poll_interval: float = 0.5,
+        model_cls: Any = None,
+        worker_label: str | None = None,
+    ):
+        self.ad = ad
+        self.max_trials = int(max_trials if max_trials is not None else ad.max_trials)
+        self._artifact_store = artifact_store
+        self.progress = progress
+        self.poll_interval = poll_interval
+        self.model_cls = model_cls
+        self.worker_label = worker_label or os.environ.get("NAS_DISTILL_WORKER") or f"pid{os.getpid()}"
+        self.summary = RunSummary()
+        self._trial_seconds: list[float] = []
+        self._done = 0
+        self._dist = _dist_info()
+        self._last_sweep = -1e9
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def study(self):
+        return self.ad.study
+
+    @property
+    def artifact_store(self):
+        if self._artifact_store is None:
+            self._artifact_store = study_mod.artifact_store(self.ad.run_dir)
+        return self._artifact_store or None
+
+    def _report(self, stage: str, number: int | None = None, **last: Any) -> None:
+        if self.progress is None:
+            return
+        eta = None
+        if self._trial_seconds:
+            remaining = max(0, self.max_trials - self._done)
+            per_trial = sum(self._trial_seconds) / len(self._trial_seconds)
+            running = max(1, getattr(self, "_running_workers", 1))
+            eta = remaining * per_trial / running
+        try:
+            self.progress(Progress(self.worker_label, number, self._done, self.max_trials, stage, eta, last))
+        except Exception:  # noqa: BLE001 - a broken progress printer must not fail a trial
+            log.debug("progress callback failed", exc_info=True)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> RunSummary:
+        """Run trials until the study holds ``max_trials`` COMPLETE trials or the space is exhausted."""
+        rank, world = self._dist
+        if world > 1:
+            return self._run_distributed(rank)
+        while True:
+            step = self._next_trial()
+            if step is None:
+                break
+            trial, arch, heartbeat = step
+            try:
+                self._run_trial(trial, arch)
+            finally:
+                heartbeat.__exit__(None, None, None)
+        self._report("done")
+        return self.summary
+
+    def _next_trial(self):
+        """Ask for the next trial to train: ``(trial, arch, heartbeat)``, or None to stop."""
+        study = self.study
+        repeats = 0
+        while True:
+            self._sweep()
+            if self._budget_spent():
+                return None
+            try:
+                with warnings.catch_warnings():
+                    # Optuna warns that heartbeats are meant for study.optimize; ours run their own thread.
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+                    arch = self.ad.model_arch_proposition()
+            except Exception as exc:
+                from .errors import SearchSpaceExhausted
+
+                if not isinstance(exc, SearchSpaceExhausted):
+                    raise
+                # Every point is held, but a held point may be a WAITING retry that only a study.ask()
+                # pops (the searcher refuses to ask once the space is held): pop it ourselves.
+                arch = self._pop_waiting()
+                if arch is None:
+                    if self._wait_for_others(f"search space exhausted ({exc})"):
+                        continue
+                    return None
+            trial = self.ad.advisor.current_trial
+            # The first beat also records who runs which arch (one transaction on RDB storages).
+            heartbeat = study_mod.Heartbeat(study, trial._trial_id,
+                                            attrs={"arch": arch, "worker": _worker(self)}).__enter__()
+            try:
+                verdict = self._admit(trial, arch)
+            except BaseException:
+                self._fail(trial, "Interrupted", "interrupted while waiting for a budget slot", retry=True)
+                heartbeat.__exit__(None, None, None)
+                raise
+            if verdict == "train":
+                return trial, arch, heartbeat
+            heartbeat.__exit__(None, None, None)
+            if verdict == "stop":
+                return None
+            if verdict == "yield":
+                continue
+            repeats += 1  # answered from the store
+            if repeats >= MAX_CONSECUTIVE_REPEATS:
+                self.summary.stop_reason = (
+                    f"the sampler proposed {repeats} already-known architectures in a row; stopping"
+                )
+                log.warning(self.summary.stop_reason)
+                return None
+
+    def _sweep(self) -> None:
+        """Fail stale trials (dead workers), at most once a second: staleness is measured in grace
+        periods of several seconds, and a sweep is a read of every RUNNING trial."""
+        now = time.monotonic()
+        if now - self._last_sweep >= 1.0:
+            self._last_sweep = now
+            study_mod.fail_stale_trials(self.study)
+
+    def _budget_spent(self) -> bool:
+        """Before asking: is the budget already spent? Reads the study only near the end of the search.
+
+        ``self._done`` is a lower bound of the counted COMPLETE trials (they never decrease); while it
+        plus the trials seen running is below ``max_trials`` no read is needed.
+        """
+        if self._done < self.max_trials and self._done + getattr(self, "_running_workers", 1) < self.max_trials:
+            return False
+        from optuna.trial import TrialState
+
+        trials = self.study._storage.get_all_trials(self.study._study_id, deepcopy=False,
+                                                    states=(TrialState.COMPLETE,))
+        self._done = study_mod.counted_complete(trials)
+        if self._done >= self.max_trials:
+            self.summary.stop_reason = f"budget reached: {self.max_trials} trials complete"
+            return True
+        return False
+
+    def _pop_waiting(self) -> dict | None:
+        """Ask the study for its oldest WAITING trial (an enqueued retry); its arch, or None."""
+        from optuna.trial import TrialState
+
+        study = self.study
+        if not study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+            return None
+        advisor = self.ad.advisor
+        space = getattr(advisor, "space", None)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+            trial = study.ask()
+        frozen = study._storage.get_trial(trial._trial_id)
+        # an enqueue_trial() retry has fixed_params; a RetryStaleTrial copy has its params already
+        fixed = frozen.system_attrs.get("fixed_params") or frozen.params
+        if not fixed or space is None:
+            # Another worker popped it first; we got a fresh trial: give it back.
+            study_mod.set_user_attrs(self.study, trial._trial_id,
+                                     {"error_type": "Discarded", "error": "nothing left to try"})
+            study.tell(trial, state=TrialState.FAIL)
+            return None
+        try:
+            for key, values in zip(space.keys, space.values):
+                trial.suggest_categorical(key, list(values))
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        advisor.current_trial = trial
+        return {key: trial.params[key] for key in space.keys}
+
+    def _wait_for_others(self, reason: str) -> bool:
+        """Nothing new to ask: wait while other workers' trials might still free points. False = stop."""
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING,
+                                                               TrialState.COMPLETE))
+        if study_mod.counted_complete(trials) >= self.max_trials:
+            self.summary.stop_reason = f"budget reached: {self.max_trials} trials complete"
+            return False
+        if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+            self._report("waiting")
+            time.sleep(self.poll_interval)
+            return True
+        self.summary.stop_reason = reason
+        return False
+
+    def _admit(self, trial, arch) -> str:
+        """``'train'``, ``'repeat'`` (answered from the store) or ``'stop'`` (trial discarded)."""
+        from optuna.trial import TrialState
+
+        while True:
+            ahead, complete, trials = study_mod.budget_position(self.study, trial.number)
+            self._running_workers = sum(1 for t in trials if t.state == TrialState.RUNNING)
+            self._done = complete
+            if complete >= self.max_trials:
+                self._discard(trial, f"budget reached: {complete} of {self.max_trials} trials complete")
+                self.summary.stop_reason = f"budget reached: {self.max_trials} trials complete"
+                return "stop"
+            if ahead < self.max_trials:
+                break
+            if any(t.state == TrialState.WAITING for t in trials):
+                # A retry of a dead / interrupted trial holds a slot: give ours up and pop the retry.
+                self._discard(trial, "gave its slot to a waiting retry")
+                return "yield"
+            self._report("waiting", trial.number)
+            time.sleep(self.poll_interval)
+            self._sweep()
+        known = self._known(arch, trial.number, trials)
+        if known is not None:
+            self._answer_from_store(trial, arch, known)
+            return "repeat"
+        return "train"
+
+    def _known(self, arch: dict, number: int, trials) -> Any:
+        """A COMPLETE trial of the same arch, else one that failed for a reason of the arch's own."""
+        from optuna.trial import TrialState
+
+        same = [t for t in trials if t.number != number and t.state == TrialState.COMPLETE
+                and _same_arch(t.params, arch)]
+        if same:
+            return min(same, key=lambda t: t.number)
+        for t in trials:
+            if t.state != TrialState.FAIL:
+                continue
+            if (_same_arch(t.params, arch) and t.number != number and t.user_attrs.get("error_type")
+                    and t.user_attrs.get("error_type") not in study_mod.RETRYABLE_ERRORS + ("Discarded",)):
+                return t
+        return None
+
+    def _answer_from_store(self, trial, arch, known) -> None:
+        from optuna.trial import TrialState
+
+        attrs: dict[str, Any] = {"arch": arch, "duplicate_of": known.number, "worker": _worker(self)}
+        if known.state == TrialState.COMPLETE:
+            attrs.update({k: known.user_attrs[k] for k in ("params",) if k in known.user_attrs})
+            for name, value in zip(self.ad.metrics, known.values or []):
+                attrs[name] = value
+            attrs["note"] = f"same architecture as COMPLETE trial {known.number}: not trained again"
+        else:
+            attrs["error_type"] = known.user_attrs.get("error_type")
+            attrs["error"] = f"same architecture failed in trial {known.number}: {known.user_attrs.get('error')}"
+        study_mod.set_user_attrs(self.study, trial._trial_id, attrs)
+        self._tell(trial, state=TrialState.PRUNED)
+        self.summary.repeats += 1
+
+    def _discard(self, trial, reason: str) -> None:
+        from optuna.trial import TrialState
+
+        try:
+            study_mod.set_user_attrs(self.study, trial._trial_id, {"error_type": "Discarded", "error": reason})
+            self._tell(trial, state=TrialState.FAIL)
+        except Exception as exc:  # noqa: BLE001 - already finished by a stale sweep: nothing to undo
+            log.debug("discarding trial %d: %s", trial.number, exc)
+        self.summary.discarded += 1
+
+    def _tell(self, trial, values=None, state=None):
+        advisor = self.ad.advisor
+        if hasattr(advisor, "tell"):
+            return advisor.tell(trial, values, state)
+        return self.study.tell(trial, values, state)
+
+    def _fail(self, trial, error_type: str, message: str, *, retry: bool, extra: dict | None = None) -> None:
+        from optuna.trial import TrialState
+
+        try:
+            attrs = {"error_type": error_type, "error": message[:2000]}
+            attrs.update(extra or {})
+            study_mod.set_user_attrs(self.study, trial._trial_id, attrs)
+            frozen = self._tell(trial, state=TrialState.FAIL)
+        except Exception as exc:  # noqa: BLE001 - e.g. a stale sweep failed it first
+            log.warning("could not record the failure of trial %d: %s", trial.number, exc)
+            return
+        if retry and frozen is not None:
+            try:
+                study_mod.retry_trial(self.study, frozen)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not enqueue a retry of trial %d: %s", trial.number, exc)
+
+    # ------------------------------------------------------------------ one trial
+    def _run_trial(self, trial, arch: dict) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        number = trial.number
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        model = None
+        try:
+            model, metrics, values = self._build_train_eval(arch, timings, number)
+            attrs: dict[str, Any] = {}
+            count = _parameter_count(model, metrics)
+            if count is not None:
+                attrs["params"] = count
+            for name, value in zip(self.ad.metrics, values):
+                attrs[name] = value
+            if self.artifact_store is not None:
+                t0 = time.perf_counter()
+                self._report("save", number)
+                artifact_id = save_student_artifact(model, arch, self.artifact_store, trial)
+                if artifact_id is not None:
+                    attrs["artifact_id"] = artifact_id
+                    timings["save"] = round(time.perf_counter() - t0, 4)
+            timings["total"] = round(time.perf_counter() - started, 4)
+            attrs["timings"] = timings
+            study_mod.set_user_attrs(self.study, trial._trial_id, attrs)
+            self._tell(trial, values)
+            self.summary.completed += 1
+            self._done += 1
+            self._trial_seconds.append(time.perf_counter() - started)
+            self._report("complete", number, **dict(zip(self.ad.metrics, values)))
+        except UpdateFinishedTrialError:
+            log.warning("trial %d was finished by another worker (stale?); its result is dropped", number)
+        except KeyboardInterrupt as exc:
+            name = getattr(exc, "signal_name", "SIGINT")
+            timings["total"] = round(time.perf_counter() - started, 4)
+            self._fail(trial, "Interrupted", f"interrupted ({name})", retry=True, extra={"timings": timings})
+            self.summary.failed += 1
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of user code is a FAIL, the search goes on
+            from .errors import ConfigError
+
+            timings["total"] = round(time.perf_counter() - started, 4)
+            kind = type(exc).__name__
+            log.warning("trial %d failed: %s: %s", number, kind, exc)
+            self._fail(
+                trial, kind, str(exc) or kind, retry=isinstance(exc, ConfigError),
+                extra={"timings": timings, "traceback": traceback.format_exc()[-4000:]},
+            )
+            self.summary.failed += 1
+            self._report("failed", number, error=kind)
+            if isinstance(exc, ConfigError):
+                # The setup is wrong (missing teacher, data, ...), not the architecture: every trial
+                # would fail the same way. Stop; the arch is enqueued again for the fixed run.
+                raise
+        finally:
+            self.ad.student_model = None
+            heavy = _is_torch_module(model)
+            del model
+            if heavy:  # free the student's memory now, before the next one is built (~50 ms)
+                gc.collect()
+
+    def _build_train_eval(self, arch: dict, timings: dict, number: int | None):
+        """Build, train and evaluate one student; returns ``(model, metrics, raw metric values)``."""
+        t0 = time.perf_counter()
+        self._report("build", number)
+        model = self.ad.model_builder(dict(arch))
+        if self.model_cls is not None:
+            model = _rebuild_with(model, self.model_cls, self.ad.run_dir)
+        self.ad.student_model = model
+        timings["build"] = round(time.perf_counter() - t0, 4)
+        if self.ad._estimate_overridden():
+            t0 = time.perf_counter()
+            self._report("estimate", number)
+            metrics = self.ad.estimate(model)
+            timings["estimate"] = round(time.perf_counter() - t0, 4)
+        else:
+            t0 = time.perf_counter()
+            self._report("train", number)
+            self.ad._train(model)
+            timings["train"] = round(time.perf_counter() - t0, 4)
+            t0 = time.perf_counter()
+            self._report("eval", number)
+            metrics = self.ad._evaluate(model)
+            timings["eval"] = round(time.perf_counter() - t0, 4)
+        values = self.ad.raw_metric_values(metrics)
+        return model, metrics, values
+
+    # ------------------------------------------------------------------ torch.distributed
+    def _run_distributed(self, rank: int) -> RunSummary:
+        """Rank 0 asks and tells; every rank trains the same architecture."""
+        import torch
+        import torch.distributed as dist
+
+        while True:
+            step = None
+            if rank == 0:
+                step = self._next_trial()
+                message = {"stop": True} if step is None else {"number": step[0].number, "arch": step[1]}
+            else:
+                message = None
+            message = broadcast_json(message, src=0)
+            if message.get("stop"):
+                break
+            arch = message["arch"]
+            if rank == 0:
+                trial, _, heartbeat = step
+                try:
+                    self._run_trial_rank0(trial, arch, dist, torch)
+                finally:
+                    heartbeat.__exit__(None, None, None)
+            else:
+                ok = 1
+                try:
+                    model, _, _ = self._build_train_eval(arch, {}, message["number"])
+                    del model
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("rank %d: trial %d failed: %s", rank, message["number"], exc)
+                    ok = 0
+                flag = torch.tensor([ok], dtype=torch.int64)
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                self.ad.student_model = None
+                gc.collect()
+        self._report("done")
+        return self.summary
+
+    def _run_trial_rank0(self, trial, arch, dist, torch) -> None:
+        """Rank 0's trial: like :meth:`_run_trial`, plus an all-reduce of every rank's success."""
+        original = self._build_train_eval
+
+        def build_train_eval_synced(arch_, timings, number):
+            ok, error = 1, None
+            try:
+                out = original(arch_, timings, number)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - re-raised after the collective, below
+                ok, error, out = 0, exc, None
+            flag = torch.tensor([ok], dtype=torch.int64)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            if error is not None:
+                raise error
+            if int(flag.item()) == 0:
+                raise RuntimeError("another rank failed this trial (see its log)")
+            return out
+
+        self._build_train_eval = build_train_eval_synced  # type: ignore[method-assign]
+        try:
+            self._run_trial(trial, arch)
+        finally:
+            self._build_train_eval = original  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _same_arch(params: dict, arch: dict) -> bool:
+    return all(k in params and params[k] == arch[k] and type(params[k]) is type(arch[k]) for k in arch)
+
+
+def _worker(runner: TrialRunner) -> dict[str, Any]:
+    ident = study_mod.worker_identity()
+    ident["worker"] = runner.worker_label
+    rank, world = runner._dist
+    if world > 1:
+        ident["world_size"] = world
+    return ident
+
+
+def _dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of an initialised torch.distributed group, else ``(0, 1)``.
+
+    Only looks when torch is already imported: a process that never imported torch is not distributed.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return 0, 1
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def broadcast_json(obj: Any, src: int = 0) -> Any:
+    """Broadcast a JSON-able object from ``src`` to every rank as UTF-8 bytes in a uint8 tensor.
+
+    Used instead of ``broadcast_object_list``, which pickles.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_rank() == src:
+        payload = json.dumps(obj).encode("utf-8")
+        size = torch.tensor([len(payload)], dtype=torch.int64)
+    else:
+        payload = b""
+        size = torch.tensor([0], dtype=torch.int64)
+    dist.broadcast(size, src=src)
+    n = int(size.item())
+    if dist.get_rank() == src:
+        buffer = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    else:
+        buffer = torch.empty(n, dtype=torch.uint8)
+    dist.broadcast(buffer, src=src)
+    return json.loads(bytes(buffer.tolist()).decode("utf-8")) if dist.get_rank() != src else obj
+
+
+def _is_torch_module(model: Any) -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
+def _parameter_count(model: Any, metrics: Any) -> int | None:
+    """Parameter count of a torch module / anything with ``num_parameters()``; else a 'params' metric."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        return int(sum(p.numel() for p in model.parameters()))
+    counter = getattr(model, "num_parameters", None)
+    if callable(counter):
+        try:
+            return int(counter())
+        except Exception:  # noqa: BLE001
+            return None
+    if isinstance(metrics, dict) and isinstance(metrics.get("params"), (int, float)):
+        return int(metrics["params"])
+    return None
+
+
+def _rebuild_with(model: Any, model_cls: Any, run_dir: str) -> Any:
+    """Seed ``model_cls`` semantics: save the student, then rebuild it with ``model_cls.from_pretrained``."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=".student-", dir=run_dir)
+    try:
+        model.save_pretrained(folder)
+        return model_cls.from_pretrained(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def save_student(model: Any, arch: dict, folder: str | os.PathLike) -> bool:
+    """Write a trained student to ``folder``: ``save_pretrained`` (safetensors) when the model has it,
+    else a torch module's ``state_dict`` as ``model.safetensors``; plus ``arch.json``. False: not a model.
+    """
+    import sys
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "save_pretrained"):
+        transformers = sys.modules.get("transformers")
+        if transformers is not None:  # no "Writing model shards" bar per trial
+            transformers.utils.logging.disable_progress_bar()
+        model.save_pretrained(str(folder))
+    else:
+        torch = sys.modules.get("torch")
+        if torch is None or not isinstance(model, torch.nn.Module):
+            return False
+        from safetensors.torch import save_file
+
+        # Shared / non-contiguous tensors are copied: safetensors stores plain tensors only.
+        state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+    (folder / "arch.json").write_text(json.dumps(arch, indent=2, sort_keys=True))
+    return True
+
+
+def save_student_artifact(model: Any, arch: dict, store: Any, trial: Any) -> str | None:
+    """Save ``model`` (see :func:`save_student`) as a tar in the artifact store, linked from ``trial``."""
+    if not (hasattr(model, "save_pretrained") or _is_torch_module(model)):
+        return None  # nothing we know how to save (e.g. a user's plain-Python student)
+    from optuna.artifacts import upload_artifact
+
+    with tempfile.TemporaryDirectory(prefix="nas-distill-student-") as tmp:
+        folder = Path(tmp) / "student"
+        if not save_student(model, arch, folder):
+            return None
+        archive = Path(tmp) / f"student-trial-{trial.number}.tar"
+        with tarfile.open(archive, "w") as tar:
+            for path in sorted(folder.rglob("*")):
+                tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+        return upload_artifact(
+            artifact_store=store, file_path=str(archive), study_or_trial=trial, mimetype="application/x-tar"
+        )
+
+
+def extract_student(archive: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Unpack a student archive written by :func:`save_student_artifact` into ``out_dir`` (safely)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "r") as tar:
+        for member in tar.getmembers():
+            target = (out / member.name).resolve()
+            if not (member.isfile() or member.isdir()) or not str(target).startswith(str(out.resolve())):
+                raise ValueError(f"refusing to extract {member.name!r}: not a plain file inside {out}")
+        try:
+            tar.extractall(out, filter="data")
+        except TypeError:  # Python without extraction filters; members were checked above
+            tar.extractall(out)
+    return out
+
+
+def finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

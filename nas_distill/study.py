@@ -1,0 +1,582 @@
+"""The shared Optuna study: storage URL -> storage, study creation, heartbeats, retries, trial records.
+
+Every worker of a search (in one process, N processes on one machine, or machines sharing a PostgreSQL
+server) opens the same study through :func:`open_study`. The study is a plain Optuna study: the
+``optuna`` CLI, ``optuna.load_study`` and optuna-dashboard read it with no code of ours.
+
+Storage URLs (:func:`make_storage`):
+
+* ``None``: ``sqlite:///<run_dir>/study.db`` (embedded, nothing to start).
+* ``sqlite:///path``: ``RDBStorage`` with a 60 s busy timeout (several local processes may write) and
+  Optuna's heartbeats.
+* ``postgresql+psycopg://user@host/db`` (or any other SQLAlchemy URL): ``RDBStorage`` with heartbeats.
+* ``journal:///path`` or a path ending in ``.log`` / ``.journal``: ``JournalStorage`` over a
+  ``JournalFileBackend``. The journal has no heartbeat table, so the heartbeat is a trial system attr
+  (``nas_distill:heartbeat``, a Unix time) that :class:`Heartbeat` refreshes.
+
+Why our own stale-trial sweep (:func:`fail_stale_trials`) instead of only ``optuna.storages.
+fail_stale_trials``: it works on every storage, and it writes the reason (``error_type='WorkerLost'``)
+on the dead trial before failing it, so reports can say what happened. A failed stale trial is retried
+by :class:`RetryStaleTrial`: a WAITING copy with the same params, which the next ``study.ask()`` of any
+worker pops, so the killed worker's architecture is trained by another worker.
+
+The budget (:func:`budget_position`): a trial may train only if fewer than ``max_trials`` *counted*
+trials come before it, where a trial is counted when it is COMPLETE or WAITING, or RUNNING with a lower
+number. Trial numbers follow creation order and a trial never leaves FAIL, so of any ``max_trials + 1``
+trials that end COMPLETE, the highest-numbered one saw all the others alive (COMPLETE, RUNNING with a
+lower number, or still WAITING) at its check and was refused: the study never holds more than
+``max_trials`` counted COMPLETE trials, whatever the concurrency. Counting every WAITING trial (the
+retries of dead or interrupted trials) reserves their slots, and a worker that must wait for a slot
+while a retry is WAITING gives its own trial up and pops the retry instead (see
+:mod:`nas_distill.runner`), so a dead worker's architecture is always trained, and nobody deadlocks. Trials answered from the store (``duplicate_of``) or imported from an earlier run
+(``imported_from``) are not counted: they cost no training.
+
+Passwords in storage URLs are masked (:func:`mask_url`) everywhere they are logged or stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import socket
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_ATTR = "nas_distill:heartbeat"
+DEFAULT_STUDY_NAME = "nas-distill"
+# user attrs that mark a COMPLETE trial as not having cost a training slot
+UNCOUNTED_ATTRS = ("duplicate_of", "imported_from")
+# error types of failures that say nothing about the architecture: the arch is tried again
+RETRYABLE_ERRORS = ("WorkerLost", "Interrupted", "ConfigError")
+
+__all__ = [
+    "mask_url",
+    "mask_secrets",
+    "resolve_storage_url",
+    "make_storage",
+    "open_study",
+    "load_study",
+    "artifact_store",
+    "Heartbeat",
+    "fail_stale_trials",
+    "RetryStaleTrial",
+    "budget_position",
+    "counted_complete",
+    "set_user_attrs",
+    "worker_identity",
+]
+
+
+# ------------------------------------------------------------------------------------------- URLs
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
+
+
+def mask_url(url: Any) -> Any:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``; other values unchanged."""
+    if not isinstance(url, str):
+        return url
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + "***" + m.group("tail"), url)
+
+
+def mask_secrets(value: Any) -> Any:
+    """A copy of a JSON-like structure with every password in a URL masked."""
+    if isinstance(value, str):
+        return mask_url(value)
+    if isinstance(value, Mapping):
+        return {k: mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_secrets(v) for v in value]
+    return value
+
+
+def _is_journal(url: str) -> bool:
+    return url.startswith("journal://") or url.endswith((".log", ".journal", ".jsonl"))
+
+
+def resolve_storage_url(storage: str | None, run_dir: str | os.PathLike | None = None) -> str:
+    """Normalise a storage setting to a URL.
+
+    ``None`` -> ``sqlite:///<run_dir>/study.db``; a bare path ending in ``.db`` / ``.sqlite`` -> an
+    absolute ``sqlite:///`` URL; a bare journal path -> ``journal:///<absolute path>``.
+    """
+    if storage is None or storage == "":
+        folder = Path(run_dir or "runs/default").resolve()
+        return f"sqlite:///{folder / 'study.db'}"
+    storage = str(storage)
+    if "://" not in storage:
+        path = Path(storage).expanduser().resolve()
+        if _is_journal(storage):
+            return f"journal:///{path}"
+        if storage.endswith((".db", ".sqlite", ".sqlite3")):
+            return f"sqlite:///{path}"
+        from .errors import ConfigError
+
+        raise ConfigError(
+            "study.storage",
+            f"expected a storage URL (sqlite:///..., postgresql+psycopg://..., journal:///...) "
+            f"or a .db / .log path, got {storage!r}",
+        )
+    return storage
+
+
+def _journal_path(url: str) -> str:
+    if url.startswith("journal://"):
+        rest = url[len("journal://") :]
+        return rest[1:] if rest.startswith("//") else rest  # journal:///abs -> /abs
+    return url
+
+
+def _sqlite_path(url: str) -> str | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///") :]
+    return path if path not in ("", ":memory:") else None
+
+
+# ---------------------------------------------------------------------------------------- storage
+def make_storage(
+    url: str,
+    *,
+    heartbeat_interval: float | None = 10,
+    grace_period: float | None = 30,
+    max_retry: int | None = 2,
+):
+    """An Optuna storage for ``url`` with heartbeats and the stale-trial retry wired in."""
+    import optuna
+
+    url = resolve_storage_url(url)
+    callback = RetryStaleTrial(max_retry=max_retry)
+    if _is_journal(url):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = _journal_path(url)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        storage = optuna.storages.JournalStorage(JournalFileBackend(path))
+    else:
+        interval = None if heartbeat_interval is None else max(1, int(math.ceil(heartbeat_interval)))
+        grace = None if grace_period is None else max(1, int(math.ceil(grace_period)))
+        engine_kwargs: dict[str, Any] = {}
+        sqlite_path = _sqlite_path(url)
+        if url.startswith("sqlite"):
+            engine_kwargs["connect_args"] = {"timeout": 60}
+            if sqlite_path:
+                Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            engine_kwargs["pool_pre_ping"] = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                storage = optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=interval,
+                    grace_period=grace,
+                    heartbeat_stale_trial_callback=callback,
+                )
+            except Exception as exc:  # noqa: BLE001 - one line naming the storage, not a stack
+                from .errors import ConfigError
+
+                raise ConfigError("study.storage", f"cannot open {mask_url(url)}: {exc}") from exc
+    if url.startswith("sqlite:///") and _sqlite_path(url):
+        _tune_sqlite(storage)
+    # What our own sweep and heartbeat thread read (any storage).
+    storage._nas_distill_heartbeat = (heartbeat_interval, grace_period, callback)  # type: ignore[attr-defined]
+    return storage
+
+
+def _tune_sqlite(storage) -> None:
+    """WAL journal + ``synchronous=NORMAL`` on every connection of a SQLite study file.
+
+    Why: with the default rollback journal every commit is an fsync and readers block the writer; a
+    cheap trial does ~20 commits and several workers read while others write. WAL lets readers run
+    beside the writer and makes a commit a sequential append (a power cut may lose the last
+    transactions, never corrupt the file). SQLite files belong on a local disk (WAL needs shared
+    memory between the processes), which is what the SQLite storage is for; use PostgreSQL across
+    machines.
+    """
+    import sqlalchemy
+
+    def on_connect(dbapi_connection, _record):
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    sqlalchemy.event.listen(storage.engine, "connect", on_connect)
+    storage.engine.dispose()  # connections opened during Optuna's own setup predate the listener
+
+
+def _directions(higher_is_better: Sequence[bool]) -> list[str]:
+    return ["maximize" if h else "minimize" for h in higher_is_better]
+
+
+def open_study(
+    storage: Any,
+    study_name: str = DEFAULT_STUDY_NAME,
+    *,
+    metrics: Sequence[str],
+    higher_is_better: Sequence[bool],
+    sampler=None,
+    config: Mapping[str, Any] | None = None,
+    search_space: Mapping[str, Sequence[Any]] | None = None,
+    heartbeat_interval: float | None = 10,
+    grace_period: float | None = 30,
+):
+    """Create or load (``load_if_exists``) the shared study and record what it is about.
+
+    ``storage`` is a URL (see :func:`make_storage`) or an Optuna storage object. Directions come from
+    ``higher_is_better``; the metric names are set for optuna-dashboard; the config (passwords masked)
+    and the search space are stored as study user attrs the first time.
+    """
+    import optuna
+
+    from .errors import ConfigError
+
+    if isinstance(storage, (str, os.PathLike)) or storage is None:
+        storage = make_storage(
+            resolve_storage_url(storage and str(storage)),
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+        )
+    directions = _directions(higher_is_better)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        directions=directions,
+        sampler=sampler,
+        load_if_exists=True,
+    )
+    existing = [d.name.lower() for d in study.directions]
+    if existing != directions:
+        raise ConfigError(
+            "auto_distillation.search.higher_is_better",
+            f"study {study_name!r} exists with directions {existing}, the config asks for {directions} "
+            f"(metrics {list(metrics)}); use another study name",
+        )
+    if study.metric_names is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(metrics))
+    elif list(study.metric_names) != list(metrics):
+        raise ConfigError(
+            "auto_distillation.search.metrics",
+            f"study {study_name!r} records metrics {study.metric_names}, the config asks for "
+            f"{list(metrics)}; use another study name",
+        )
+    attrs = study.user_attrs
+    if search_space is not None and "search_space" not in attrs:
+        study.set_user_attr("search_space", {k: list(v) for k, v in search_space.items()})
+    if config is not None and "config" not in attrs:
+        study.set_user_attr("config", mask_secrets(_jsonable(config)))
+    if "metrics" not in attrs:
+        study.set_user_attr("metrics", list(metrics))
+        study.set_user_attr("higher_is_better", [bool(h) for h in higher_is_better])
+    return study
+
+
+def load_study(storage: Any, study_name: str | None = None):
+    """Load an existing study (the only one in the storage when ``study_name`` is None)."""
+    import optuna
+
+    from .errors import ConfigError
+
+    if isinstance(storage, (str, os.PathLike)):
+        storage = make_storage(resolve_storage_url(str(storage)))
+    if study_name is None:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        if len(names) != 1:
+            raise ConfigError("study.study_name", f"the storage holds studies {names}; name one")
+        study_name = names[0]
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        raise ConfigError("study.study_name", f"no study {study_name!r} in the storage (has {names})") from None
+
+
+def artifact_store(run_dir: str | os.PathLike):
+    """The file-system artifact store of a run (``<run_dir>/artifacts``), shared by its workers."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    path = Path(run_dir) / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON (tuples -> lists, unknown objects -> repr) so Optuna can store it."""
+    return json.loads(json.dumps(value, default=repr))
+
+
+# ------------------------------------------------------------------------------------ heartbeats
+def _heartbeat_settings(storage) -> tuple[float | None, float | None, Any]:
+    inner = getattr(storage, "_backend", storage)  # optuna's _CachedStorage wraps an RDBStorage
+    for s in (storage, inner):
+        settings = getattr(s, "_nas_distill_heartbeat", None)
+        if settings is not None:
+            return settings
+    interval = getattr(inner, "heartbeat_interval", None)
+    grace = getattr(inner, "grace_period", None)
+    return interval, grace, getattr(inner, "heartbeat_stale_trial_callback", None)
+
+
+def _rdb(storage):
+    """The RDBStorage behind ``storage`` (which may be Optuna's caching wrapper), or None."""
+    import optuna
+
+    inner = getattr(storage, "_backend", storage)
+    return inner if isinstance(inner, optuna.storages.RDBStorage) else None
+
+
+class Heartbeat:
+    """Context manager: keep a trial's heartbeat fresh from a daemon thread while the trial runs.
+
+    RDB storages use Optuna's heartbeat table (``record_heartbeat``); other storages get a trial system
+    attr. The first beat is written before ``__enter__`` returns, so a trial is never RUNNING without a
+    heartbeat for longer than the ask -> enter window.
+    """
+
+    def __init__(self, study, trial_id: int, interval: float | None = None,
+                 attrs: Mapping[str, Any] | None = None):
+        self.study = study
+        self.trial_id = trial_id
+        self._first_attrs = dict(attrs) if attrs else None
+        configured, _, _ = _heartbeat_settings(study._storage)
+        self.interval = float(interval or configured or 10)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        storage = self.study._storage
+        rdb = _rdb(storage)
+        try:
+            if rdb is not None and rdb.heartbeat_interval:
+                rdb.record_heartbeat(self.trial_id)
+            else:
+                storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+        except Exception as exc:  # noqa: BLE001 - a finished trial or a brief outage: keep beating
+            log.debug("heartbeat of trial id %s failed: %s", self.trial_id, exc)
+
+    def _beat_with_attrs(self, attrs: Mapping[str, Any]) -> bool:
+        """First beat + user attrs in one RDB transaction (what ``record_heartbeat`` and
+        ``set_trial_user_attr`` do, in one session). False: not an RDB storage, or Optuna's internals
+        moved; the caller then writes them separately."""
+        rdb = _rdb(self.study._storage)
+        if rdb is None or not rdb.heartbeat_interval:
+            return False
+        try:
+            from optuna.storages._rdb import models
+            from optuna.storages._rdb.storage import _create_scoped_session
+
+            setter = rdb._set_trial_attr_without_commit
+            with _create_scoped_session(rdb.scoped_session, True) as session:
+                for key, value in attrs.items():
+                    setter(session, models.TrialUserAttributeModel, self.trial_id, key, _jsonable(value))
+                session.add(models.TrialHeartbeatModel(trial_id=self.trial_id))
+        except (ImportError, AttributeError, TypeError):  # pragma: no cover - a future Optuna
+            return False
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def __enter__(self) -> "Heartbeat":
+        attrs, self._first_attrs = self._first_attrs, None
+        if attrs and self._beat_with_attrs(attrs):
+            pass
+        else:
+            if attrs:
+                set_user_attrs(self.study, self.trial_id, attrs)
+            self.beat()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.trial_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _stale_trial_ids(study, grace_period: float) -> list[int]:
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    rdb = _rdb(storage)
+    if rdb is not None:
+        if not rdb.heartbeat_interval:
+            return []
+        return list(rdb._get_stale_trial_ids(study._study_id))
+    now = time.time()
+    stale = []
+    for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+        if beat is None and trial.datetime_start is not None:
+            beat = trial.datetime_start.timestamp()
+        if beat is not None and now - float(beat) > grace_period:
+            stale.append(trial._trial_id)
+    return stale
+
+
+def fail_stale_trials(study) -> list[int]:
+    """Mark RUNNING trials whose heartbeat is older than the grace period FAIL, and retry their archs.
+
+    Safe to call from every worker at once: only the caller whose state change wins runs the retry, so
+    each dead trial is retried exactly once. Returns the trial numbers this call failed.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    interval, grace, callback = _heartbeat_settings(study._storage)
+    if interval is None and _rdb(study._storage) is None:
+        return []
+    grace = float(grace if grace is not None else 2 * float(interval or 10))
+    storage = study._storage
+    failed = []
+    for trial_id in _stale_trial_ids(study, grace):
+        try:
+            storage.set_trial_user_attr(trial_id, "error_type", "WorkerLost")
+            storage.set_trial_user_attr(
+                trial_id, "error", f"no heartbeat for more than {grace:g} s: the worker died or hung"
+            )
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker (or the owner) finished it first
+    numbers = []
+    for trial_id in failed:
+        frozen = storage.get_trial(trial_id)
+        numbers.append(frozen.number)
+        log.warning("trial %d: worker lost (no heartbeat for %g s); marked FAIL", frozen.number, grace)
+        if callback is not None:
+            try:
+                callback(study, frozen)
+            except Exception as exc:  # noqa: BLE001 - a failed retry must not stop the sweeping worker
+                log.warning("retry of trial %d failed: %s", frozen.number, exc)
+    return numbers
+
+
+class RetryStaleTrial:
+    """Failed-trial callback: enqueue a WAITING copy of the trial (same params) so its arch is retried.
+
+    Like ``optuna.storages.RetryFailedTrialCallback`` (the same ``failed_trial`` / ``retry_history``
+    system attrs, so ``RetryFailedTrialCallback.retried_trial_number`` works), but the copy starts with
+    clean user attrs plus ``retry_of``, and at most ``max_retry`` retries per original trial.
+    """
+
+    def __init__(self, max_retry: int | None = 2):
+        self.max_retry = max_retry
+
+    def __call__(self, study, trial) -> None:
+        import optuna
+
+        history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
+        if self.max_retry is not None and len(history) > self.max_retry:
+            log.warning("trial %d: not retried again (%d retries already)", trial.number, len(history) - 1)
+            return
+        system_attrs = {"failed_trial": history[0], "retry_history": history}
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs={"retry_of": trial.number},
+                system_attrs=system_attrs,
+            )
+        )
+
+
+def retry_trial(study, trial, max_retry: int | None = 2) -> None:
+    """Enqueue a retry of ``trial`` (used for interrupted trials, which are not stale)."""
+    _, _, callback = _heartbeat_settings(study._storage)
+    (callback if isinstance(callback, RetryStaleTrial) else RetryStaleTrial(max_retry))(study, trial)
+
+
+# ---------------------------------------------------------------------------------------- budget
+def is_counted(trial) -> bool:
+    """Whether a trial occupies a budget slot (see the module docstring)."""
+    return not any(k in trial.user_attrs for k in UNCOUNTED_ATTRS)
+
+
+def counted_complete(trials: Iterable[Any]) -> int:
+    """Number of COMPLETE trials that cost a training slot."""
+    from optuna.trial import TrialState
+
+    return sum(1 for t in trials if t.state == TrialState.COMPLETE and is_counted(t))
+
+
+def budget_position(study, number: int) -> tuple[int, int, list[Any]]:
+    """``(ahead, complete, trials)`` for trial ``number``.
+
+    ``ahead``: counted COMPLETE and WAITING trials plus counted RUNNING trials numbered below ``number``;
+    the trial may train iff ``ahead < max_trials``. ``complete``: counted COMPLETE trials. ``trials``:
+    the COMPLETE / RUNNING / WAITING / FAIL trials read (one read; callers reuse them, e.g. to spot
+    architectures already measured or already failed).
+    """
+    from optuna.trial import TrialState
+
+    trials = study._storage.get_all_trials(
+        study._study_id,
+        deepcopy=False,
+        states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL),
+    )
+    complete = 0
+    ahead = 0
+    for t in trials:
+        if t.state == TrialState.FAIL or not is_counted(t):
+            continue
+        if t.state == TrialState.COMPLETE:
+            complete += 1
+            ahead += 1
+        elif t.state == TrialState.WAITING or t.number < number:
+            ahead += 1
+    return ahead, complete, trials
+
+
+# ----------------------------------------------------------------------------------- trial records
+def set_user_attrs(study, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """Write several user attrs of one trial (values made JSON-safe), in one transaction on RDB.
+
+    Optuna commits each ``set_trial_user_attr`` on its own; a trial records ~10 attrs, and on SQLite a
+    commit is the dominant cost of a cheap trial. The batched path uses the same statement Optuna uses
+    (``RDBStorage._set_trial_attr_without_commit``) inside one session; if that internal API ever
+    changes, the attrs are written one by one.
+    """
+    storage = study._storage
+    values = {key: _jsonable(value) for key, value in attrs.items()}
+    rdb = _rdb(storage)
+    if rdb is not None and len(values) > 1:
+        try:
+            from optuna.storages._rdb import models
+            from optuna.storages._rdb.storage import _create_scoped_session
+
+            setter = rdb._set_trial_attr_without_commit
+        except (ImportError, AttributeError):  # pragma: no cover - a future Optuna
+            setter = None
+        if setter is not None:
+            with _create_scoped_session(rdb.scoped_session, True) as session:
+                for key, value in values.items():
+                    setter(session, models.TrialUserAttributeModel, trial_id, key, value)
+            return
+    for key, value in values.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+
+
+def worker_identity() -> dict[str, Any]:
+    """``{'host': ..., 'pid': ...}`` (plus the torch.distributed rank when one is set)."""
+    ident: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    label = os.environ.get("NAS_DISTILL_WORKER")
+    if label:
+        ident["worker"] = label
+    return ident

@@ -1,0 +1,372 @@
+"""Worker processes: load the user's task, run trials on the shared study, stop cleanly on signals.
+
+How a worker started from the command line gets the user's Python code
+----------------------------------------------------------------------
+The config names a *task entry point* at its top level (next to ``model`` / ``auto_distillation``)::
+
+    task: "my_package.my_module:make_task"          # or
+    task: {entry: "my_package.my_module:make_task", args: {data_dir: /data}}
+
+(``nas-distill run|worker --task MODULE:FUNCTION`` overrides it.) The function is imported in every
+worker process (the module must be importable there: installed, or on ``PYTHONPATH``) and called as
+``make_task(config, **args)`` (or ``make_task(**args)`` when it takes no positional parameter), where
+``config`` is the validated :class:`~nas_distill.config.AutoDistillationConfig`. It returns a mapping
+(or an object with these attributes)::
+
+    model_builder   required   arch dict -> student model
+    train_func      optional   train_func(model): trains in place           } or the built-in flash
+    eval_func       optional   eval_func(model) -> metrics                  } distiller + evaluator:
+    teacher_model   optional   the teacher                                  } teacher_model,
+    train_dataset   optional   training data                                } train_dataset and
+    eval_dataset    optional   evaluation data                              } eval_dataset
+    metric_fn       optional   metric_fn(predictions, labels) for the built-in evaluator
+    model_cls       optional   the seed's model_cls (rebuild students with from_pretrained)
+
+Processes
+---------
+``nas-distill run CONFIG --workers N`` opens (creates) the study once, then starts N subprocesses of
+``nas-distill worker CONFIG --study NAME`` with ``NAS_DISTILL_WORKER=w<i>``, the storage URL in
+``NAS_DISTILL_STORAGE`` (kept off the command line, where ``ps`` would show a password) and torch
+threads = cores // N each (``--threads`` overrides). The same ``worker`` command joins the study from
+any machine that reaches the storage (PostgreSQL) and shares the run folder (artifacts).
+
+Signals
+-------
+SIGTERM and SIGINT (Ctrl-C) raise :class:`~nas_distill.runner.Interrupted` in the worker's main
+thread: the running trial is told FAIL with ``error_type='Interrupted'`` / ``error='interrupted
+(SIGTERM)'``, its architecture is enqueued again, and the worker exits with code 0 (SIGTERM) or 130
+(SIGINT), without a traceback. A worker killed outright (``kill -9``, OOM killer, power loss) stops
+beating: after the grace period another worker's stale sweep marks its trial FAIL (``WorkerLost``)
+and retries the architecture.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TASK_KEYS = ("model_builder", "train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset",
+             "metric_fn", "model_cls")
+EXIT_OK = 0
+EXIT_INTERRUPTED = 130
+
+
+# ------------------------------------------------------------------------------------ config + task
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The YAML config as a dict (``yaml.safe_load``)."""
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError("config", f"no such file: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", f"{p} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def split_task(data: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """``(config without 'task', task spec or None)``."""
+    data = dict(data)
+    return data, data.pop("task", None)
+
+
+def load_task_function(spec: Any) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """``"pkg.mod:func"`` or ``{entry: "pkg.mod:func", args: {...}}`` -> (function, kwargs)."""
+    args: dict[str, Any] = {}
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {"entry", "args"}
+        if unknown:
+            raise ConfigError("task", f"unknown key(s) {sorted(unknown)}; expected 'entry' and 'args'")
+        args = dict(spec.get("args") or {})
+        spec = spec.get("entry")
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ConfigError("task", f"expected 'package.module:function', got {spec!r}")
+    module_name, _, func_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError("task", f"cannot import {module_name!r} ({exc}); is it on PYTHONPATH?") from None
+    func = module
+    for part in func_name.split("."):
+        func = getattr(func, part, None)
+        if func is None:
+            raise ConfigError("task", f"{module_name!r} has no attribute {func_name!r}")
+    if not callable(func):
+        raise ConfigError("task", f"{spec!r} is not callable")
+    return func, args
+
+
+def call_task(func: Callable[..., Any], args: Mapping[str, Any], config: Any) -> dict[str, Any]:
+    """Call the task function and normalise what it returns to a dict of :data:`TASK_KEYS`."""
+    params = [p for p in inspect.signature(func).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in args]
+    result = func(config, **args) if params else func(**args)
+    if not isinstance(result, Mapping):
+        result = {k: getattr(result, k) for k in TASK_KEYS if hasattr(result, k)}
+    unknown = set(result) - set(TASK_KEYS)
+    if unknown:
+        raise ConfigError("task", f"the task returned unknown key(s) {sorted(unknown)}; known: {TASK_KEYS}")
+    if not callable(result.get("model_builder")):
+        raise ConfigError("task", "the task must return a callable 'model_builder'")
+    return dict(result)
+
+
+def build_autodistill(
+    config: str | os.PathLike | Mapping[str, Any],
+    *,
+    task: Any = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    run_dir: str | None = None,
+    max_trials: int | None = None,
+):
+    """An :class:`~nas_distill.autodistill.AutoDistillation` wired from a config file and its task."""
+    from .autodistill import AutoDistillation, load_config
+
+    data = read_config_file(config) if isinstance(config, (str, os.PathLike)) else dict(config)
+    data, spec = split_task(data)
+    spec = task or spec
+    if spec is None:
+        raise ConfigError("task", "the config names no task entry point ('task: package.module:function' "
+                                  "at the top level, or --task)")
+    cfg = load_config(data)
+    func, args = load_task_function(spec)
+    pieces = call_task(func, args, cfg)
+    ad = AutoDistillation(pieces["model_builder"], cfg, storage=storage, study_name=study_name,
+                          run_dir=run_dir, max_trials=max_trials)
+    for key in ("train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset", "metric_fn"):
+        if pieces.get(key) is not None:
+            setattr(ad, key, pieces[key])
+    ad.model_cls = pieces.get("model_cls")
+    return ad
+
+
+# ------------------------------------------------------------------------------------------ signals
+class _SignalGuard:
+    """Turn SIGTERM / SIGINT into :class:`~nas_distill.runner.Interrupted` in the main thread."""
+
+    def __init__(self):
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        from .runner import Interrupted
+
+        # A second signal while the first is being handled must not interrupt the cleanup.
+        for sig in self._previous:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signal.Signals(signum).name)
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch intra-op threads for this process (env for a torch not yet imported, and the live one)."""
+    if not threads:
+        return
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(int(threads))
+
+
+def default_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+# ------------------------------------------------------------------------------------------ workers
+def run_worker(
+    config: str | os.PathLike | Mapping[str, Any],
+    *,
+    task: Any = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    run_dir: str | None = None,
+    max_trials: int | None = None,
+    threads: int | None = None,
+    progress: Callable[[Any], None] | None = None,
+    label: str | None = None,
+) -> int:
+    """One worker: run trials on the shared study until the budget is spent. Returns an exit code."""
+    from .runner import Interrupted, TrialRunner
+
+    if label:
+        os.environ["NAS_DISTILL_WORKER"] = label
+    set_threads(threads)
+    with _SignalGuard():
+        try:
+            ad = build_autodistill(config, task=task, storage=storage, study_name=study_name,
+                                   run_dir=run_dir, max_trials=max_trials)
+            set_threads(threads)  # the task may have imported torch
+            runner = TrialRunner(ad, progress=progress, model_cls=getattr(ad, "model_cls", None),
+                                 worker_label=label)
+            summary = runner.run()
+        except Interrupted as exc:
+            log.warning("worker %s interrupted (%s); its running trial is marked failed", label or os.getpid(),
+                        exc.signal_name)
+            return EXIT_INTERRUPTED if exc.signal_name == "SIGINT" else EXIT_OK
+    log.info("worker %s done: %s", label or os.getpid(), summary)
+    return EXIT_OK
+
+
+def worker_command(config: str, *, study_name: str, run_dir: str | None, task: Any,
+                   max_trials: int | None, threads: int | None, label: str, debug: bool = False) -> list[str]:
+    # The storage URL travels in the environment (NAS_DISTILL_STORAGE), not on the command line, where
+    # any user of the machine could read a password in it (ps).
+    cmd = [sys.executable, "-m", "nas_distill.cli", "worker", str(config), "--study", study_name,
+           "--label", label]
+    if run_dir:
+        cmd += ["--run-dir", str(run_dir)]
+    if isinstance(task, str):
+        cmd += ["--task", task]
+    if max_trials:
+        cmd += ["--max-trials", str(max_trials)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    if debug:
+        cmd.append("--debug")
+    return cmd
+
+
+def prepare_study(config, *, task=None, storage=None, study_name=None, run_dir=None, max_trials=None):
+    """Open (create) the study once before the workers start; returns (storage URL, name, run dir)."""
+    from .autodistill import load_config
+
+    data = read_config_file(config) if isinstance(config, (str, os.PathLike)) else dict(config)
+    data, _ = split_task(data)
+    cfg = load_config(data)
+    from .autodistill import AutoDistillation
+
+    ad = AutoDistillation(lambda arch: arch, cfg, storage=storage, study_name=study_name, run_dir=run_dir,
+                          max_trials=max_trials)
+    ad.study  # noqa: B018 - creates the study and records the config once
+    return ad.storage_url, ad.study_name, str(Path(ad.run_dir).resolve()), ad.max_trials
+
+
+def run_local(
+    config: str | os.PathLike,
+    workers: int,
+    *,
+    task: Any = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    run_dir: str | None = None,
+    max_trials: int | None = None,
+    threads: int | None = None,
+    debug: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Start ``workers`` worker subprocesses on this machine and wait for them.
+
+    SIGINT / SIGTERM received here are forwarded to every worker (each fails its running trial and
+    exits cleanly). Returns 0 when every worker exited with 0, 130 when interrupted, else 1.
+    """
+    url, name, folder, budget = prepare_study(config, task=task, storage=storage, study_name=study_name,
+                                              run_dir=run_dir, max_trials=max_trials)
+    threads = threads or default_threads(workers)
+    procs: list[subprocess.Popen] = []
+    base_env = dict(os.environ if env is None else env)
+    interrupted: list[str] = []
+
+    def forward(signum, frame):
+        interrupted.append(signal.Signals(signum).name)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for i in range(workers):
+            label = f"w{i}"
+            child_env = dict(base_env, NAS_DISTILL_WORKER=label, OMP_NUM_THREADS=str(threads),
+                             MKL_NUM_THREADS=str(threads), NAS_DISTILL_STORAGE=url)
+            cmd = worker_command(str(config), study_name=name, run_dir=folder, task=task,
+                                 max_trials=budget, threads=threads, label=label, debug=debug)
+            procs.append(subprocess.Popen(cmd, env=child_env))
+        codes = []
+        for p in procs:
+            while True:
+                try:
+                    codes.append(p.wait())
+                    break
+                except KeyboardInterrupt:  # pragma: no cover - handler replaced above
+                    continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    if interrupted:
+        return EXIT_INTERRUPTED if interrupted[0] == "SIGINT" else EXIT_OK
+    return EXIT_OK if all(c == 0 for c in codes) else 1
+
+
+# ------------------------------------------------------------------------------------------ progress
+class ProgressPrinter:
+    """One line per worker event (trial i of max, stage, ETA) on a TTY; silent otherwise."""
+
+    def __init__(self, stream=None, enabled: bool | None = None):
+        self.stream = stream or sys.stdout
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self._last: tuple | None = None
+
+    def __call__(self, p) -> None:
+        if not self.enabled:
+            return
+        key = (p.trial_number, p.stage)
+        if key == self._last:
+            return
+        self._last = key
+        trial = f"trial #{p.trial_number}" if p.trial_number is not None else "idle"
+        eta = f"  ETA {format_seconds(p.eta_s)}" if p.eta_s is not None and p.stage != "done" else ""
+        extra = "".join(f"  {k}={v:.4g}" if isinstance(v, float) else f"  {k}={v}" for k, v in p.last.items())
+        line = f"[{p.worker}] {p.done}/{p.max_trials} done  {trial}  {p.stage}{eta}{extra}"
+        self.stream.write(line[:160] + "\n")
+        self.stream.flush()
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass (used by tests and the CLI)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

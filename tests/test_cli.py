@@ -1,0 +1,132 @@
+"""The ``nas-distill`` command line: fast help, run / status / pareto / report / export, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import task_config, write_config
+
+PY = sys.executable
+
+
+def cli(*args, env=None, timeout=180):
+    return subprocess.run([PY, "-m", "nas_distill.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def test_help_is_fast_and_imports_neither_torch_nor_optuna():
+    code = ("import sys\nfrom nas_distill import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('HEAVY', sorted(m for m in ('torch', 'optuna', 'transformers', 'sqlalchemy')"
+            " if m in sys.modules))")
+    res = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "HEAVY []" in res.stdout
+    for command in ("run", "worker", "status", "pareto", "report", "dashboard", "export", "demo"):
+        assert command in res.stdout
+    res = cli("run", "--help")
+    assert "--workers" in res.stdout and "--storage" in res.stdout and "--run-dir" in res.stdout
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    res = cli("run", tmp_path / "missing.yaml")
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "missing.yaml" in res.stderr
+
+    bad = write_config(tmp_path / "bad.yaml", {"auto_distillation": {"search": {"search_space": {"a": []}}},
+                                               "task": "x:y"})
+    res = cli("run", bad)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "search_space" in res.stderr
+
+    res = cli("status", "--run-dir", tmp_path / "nowhere")
+    assert res.returncode != 0 and "Traceback" not in res.stderr and "no study" in res.stderr
+
+    res = cli("run", tmp_path / "missing.yaml", "--debug")
+    assert "Traceback" in res.stderr
+
+
+def test_run_then_read_the_study(tmp_path, task_module):
+    run_dir = tmp_path / "run"
+    cfg = write_config(tmp_path / "cfg.yaml", task_config(run_dir, study_name="cli", max_trials=5))
+    res = cli("run", cfg)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == ""  # quiet when stdout is not a terminal
+
+    res = cli("status", cfg)
+    assert res.returncode == 0, res.stderr
+    assert "5 of 5 trials complete" in res.stdout
+    assert "acc" in res.stdout and "cost" in res.stdout and "Pareto" in res.stdout
+    assert max(len(line) for line in res.stdout.splitlines()) <= 100
+
+    res = cli("pareto", "--run-dir", run_dir, "--study", "cli", "--json")
+    front = json.loads(res.stdout)
+    assert front["metrics"] == ["acc", "cost"] and front["trials"]
+    assert all(t["pareto"] for t in front["trials"])
+
+    res = cli("pareto", cfg, "--csv")
+    rows = list(csv.reader(io.StringIO(res.stdout)))
+    assert rows[0][:3] == ["trial", "acc", "cost"] and len(rows) - 1 == len(front["trials"])
+
+    res = cli("pareto", cfg)
+    assert "acc" in res.stdout and "trial" in res.stdout
+
+    out = tmp_path / "report.html"
+    res = cli("report", cfg, "-o", out)
+    assert res.returncode == 0, res.stderr
+    page = out.read_text()
+    assert "<table" in page and "Pareto" in page and "<script" not in page
+
+    # running the same command again continues the same study (here with a budget one larger)
+    res = cli("run", cfg, "--max-trials", "6")
+    assert res.returncode == 0, res.stderr
+    import optuna
+
+    study = optuna.load_study(study_name="cli", storage=f"sqlite:///{run_dir / 'study.db'}")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 6 and len({json.dumps(t.params, sort_keys=True) for t in complete}) == 6
+
+
+EXPORT_TASK = '''
+def make_task(config):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    def build(arch):
+        cfg = BertConfig(vocab_size=50, hidden_size=arch["hidden"], num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=16, num_labels=2)
+        return BertForSequenceClassification(cfg)
+
+    def evaluate(model):
+        return {"acc": float(model.config.hidden_size), "cost": float(model.num_parameters())}
+
+    return {"model_builder": build, "train_func": lambda model: None, "eval_func": evaluate}
+'''
+
+
+@pytest.mark.slow
+def test_export_writes_a_from_pretrained_folder(tmp_path, monkeypatch):
+    (tmp_path / "nd_export_task.py").write_text(EXPORT_TASK)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    run_dir = tmp_path / "run"
+    cfg = task_config(run_dir, study_name="exp", max_trials=2, space={"hidden": [8, 16]},
+                      task="nd_export_task:make_task")
+    cfg_path = write_config(tmp_path / "cfg.yaml", cfg)
+    res = cli("run", cfg_path, env=env)
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "student"
+    res = cli("export", cfg_path, "-o", out, env=env)  # default: the best of the first metric
+    assert res.returncode == 0, res.stderr
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(out)
+    assert model.config.hidden_size == 16
+    assert json.loads((out / "arch.json").read_text()) == {"hidden": 16}
+    res = cli("export", cfg_path, "--trial", 99, "-o", tmp_path / "x", env=env)
+    assert res.returncode != 0 and "no trial 99" in res.stderr

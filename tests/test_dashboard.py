@@ -1,0 +1,183 @@
+"""optuna-dashboard launched by nas-distill on a finished study, read back through its HTTP API.
+
+The real server runs in a subprocess (``python -m dashboards.launch``) on 127.0.0.1 and a free port; the
+test reads ``/api/studies`` and ``/api/studies/<id>`` with urllib, downloads the uploaded student
+checkpoint, checks the pushed hypervolume figure, checks the socket is bound to 127.0.0.1 only, and
+stops the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import REPO_ROOT, free_port
+from helpers_report import make_study
+
+from nas_distill.reporting.dashboard import HYPERVOLUME_FIGURE_ID, push_figures
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+STARTUP_TIMEOUT_S = 45
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _listening_addresses(port: int) -> list[str]:
+    """Local IPv4/IPv6 addresses in LISTEN state on ``port`` (from /proc/net/tcp*, Linux)."""
+    found = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            address, port_hex = fields[1].split(":")
+            if int(port_hex, 16) == port and fields[3] == "0A":  # 0A = LISTEN
+                if len(address) == 8:  # IPv4, little-endian hex
+                    found.append(".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+                else:
+                    found.append(address)
+    return found
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dashboard")
+    study, url, artifact_dir = make_study(tmp)
+    port = free_port()
+    log = open(tmp / "dashboard.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dashboards.launch", "--storage", url, "--artifact-dir", str(artifact_dir),
+         "--port", str(port), "--refresh-s", "0"],
+        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"the dashboard exited with {proc.returncode}:\n{log.read()[-3000:]}")
+            try:
+                _get_json(base + "/api/studies")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"the dashboard did not answer within {STARTUP_TIMEOUT_S} s:\n{log.read()[-3000:]}")
+                time.sleep(0.2)
+        yield {"base": base, "port": port, "study": study, "url": url, "artifact_dir": artifact_dir,
+               "proc": proc, "tmp": tmp}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+def _study_detail(server) -> tuple[int, dict]:
+    summaries = _get_json(server["base"] + "/api/studies")["study_summaries"]
+    (summary,) = [s for s in summaries if s["study_name"] == server["study"].study_name]
+    return summary["study_id"], _get_json(f"{server['base']}/api/studies/{summary['study_id']}")
+
+
+@pytest.mark.slow
+def test_study_is_listed_with_its_metrics_trials_and_attrs(server):
+    study = server["study"]
+    summaries = _get_json(server["base"] + "/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in summaries] == ["nas-distill"]
+    assert summaries[0]["directions"] == ["maximize", "minimize"]
+    _, detail = _study_detail(server)
+    assert detail["objective_names"] == ["accuracy", "latency"] == study.metric_names
+    assert len(detail["trials"]) == len(study.trials)
+    assert {a["key"] for a in detail["user_attrs"]} == {"config"}
+    assert sorted(t["number"] for t in detail["best_trials"]) == sorted(t.number for t in study.best_trials)
+    by_state: dict[str, list[dict]] = {}
+    for trial in detail["trials"]:
+        by_state.setdefault(trial["state"], []).append(trial)
+    assert set(by_state) == {"Complete", "Fail", "Running"}
+    for trial in by_state["Complete"]:
+        keys = {a["key"] for a in trial["user_attrs"]}
+        assert {"arch", "params", "worker", "accuracy", "latency"} <= keys
+    for trial in by_state["Fail"]:
+        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        assert attrs["error_type"] == "RuntimeError" and "out of memory" in attrs["error"]
+
+
+@pytest.mark.slow
+def test_hypervolume_figure_is_pushed(server):
+    _, detail = _study_detail(server)
+    figures = {g["id"]: json.loads(g["graph_object"]) for g in detail["plotly_graph_objects"]}
+    assert list(figures) == [HYPERVOLUME_FIGURE_ID]
+    figure = figures[HYPERVOLUME_FIGURE_ID]
+    assert "Hypervolume over trials" in figure["layout"]["title"]["text"]
+    assert figure["layout"]["xaxis"]["title"]["text"] == "trial number"
+    assert "ms" in figure["layout"]["yaxis"]["title"]["text"]
+    complete = sorted(t.number for t in server["study"].trials if t.state.name == "COMPLETE")
+    trace = figure["data"][0]
+    assert trace["x"] == complete  # one point per complete trial (plain lists: we pass lists)
+    assert len(trace["y"]) == len(complete) and trace["y"][-1] > 0
+
+
+@pytest.mark.slow
+def test_student_checkpoint_is_downloadable(server):
+    study_id, detail = _study_detail(server)
+    with_artifacts = [t for t in detail["trials"] if t["artifacts"]]
+    assert len(with_artifacts) == 1
+    trial, artifact = with_artifacts[0], with_artifacts[0]["artifacts"][0]
+    assert artifact["filename"] == "student.pt"
+    url = f"{server['base']}/artifacts/{study_id}/{trial['trial_id']}/{artifact['artifact_id']}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = response.read()
+    assert body == (server["tmp"] / "student.pt").read_bytes()
+
+
+@pytest.mark.slow
+def test_binds_loopback_only(server):
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("no /proc/net/tcp to read the listening address from")
+    assert _listening_addresses(server["port"]) == ["127.0.0.1"]
+
+
+def test_push_is_idempotent(tmp_path):
+    study, url, _ = make_study(tmp_path, artifact=False)
+    def system_attrs() -> dict:
+        return study._storage.get_study_system_attrs(study._study_id)
+
+    push_figures(url)
+    first = system_attrs()
+    push_figures(url, study.study_name)
+    second = system_attrs()
+    keys = [k for k in second if k.startswith("dashboard:plot_data:")]
+    assert keys and all(HYPERVOLUME_FIGURE_ID in k for k in keys)
+    assert {k: first[k] for k in keys} == {k: second[k] for k in keys}
+
+
+def test_no_complete_trial_pushes_nothing(tmp_path):
+    study, url, _ = make_study(tmp_path, n_complete=0, artifact=False)
+    assert push_figures(url) == {}
+
+
+def test_importable_without_torch():
+    code = (
+        "import sys; import dashboards.launch, nas_distill.reporting.dashboard, nas_distill.report; "
+        "bad = [m for m in ('torch', 'tensorflow', 'transformers') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)
