@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= torch,postgres,dashboard,dev
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast install browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,14 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/nas-distill demo
 
+# Debian's Chromium for the report's browser test (only installed when missing; needs root or sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 # The whole suite, slow tests and the throwaway PostgreSQL server included (tests/conftest.py starts it).
-test: install
+test: install browser
 	$(PY) -m pytest -q
 
 # Everything but the tests marked slow, for a quick local loop.

@@ -40,7 +40,7 @@ def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
     else:
         p.add_argument("config", nargs="?", help="YAML config (optional: gives storage, study and metrics)")
     p.add_argument("--storage", help="study storage URL (sqlite:///..., postgresql+psycopg://..., journal:///...;"
-                                      " default: $NAS_DISTILL_STORAGE for 'worker', else the config's)")
+                                      " default: $NAS_DISTILL_STORAGE, else the config's)")
     p.add_argument("--study", dest="study_name", help="study name")
     p.add_argument("--run-dir", help="run folder (default study.db, artifacts)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the quickest real search there is")
     p.add_argument("--run-dir", default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("--max-trials", type=int, default=6, help="trials (default 6)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--max-trials", type=int, default=16, help="trials (default 16)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--debug", action="store_true")
     return parser
 
@@ -118,7 +118,8 @@ def _study_target(args) -> tuple[str, str | None, str, int | None]:
     """(storage URL, study name or None, run dir, max_trials or None) from flags, then the config."""
     from .study import resolve_storage_url
 
-    storage, name, run_dir, max_trials = args.storage, args.study_name, args.run_dir, None
+    storage = args.storage or os.environ.get("NAS_DISTILL_STORAGE") or None
+    name, run_dir, max_trials = args.study_name, args.run_dir, None
     data = _config_data(getattr(args, "config", None))
     if data:
         from .autodistill import load_config
@@ -236,13 +237,12 @@ def cmd_pareto(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .results import all_trial_rows, basic_html, study_results
+    from .report import write_report
 
     study, run_dir, _ = _open(args)
     out = Path(args.output or Path(run_dir) / "report.html")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(basic_html(study_results(study), all_trial_rows(study)))
-    print(out)
+    print(write_report(study, out.parent, filename=out.name))
     return 0
 
 
@@ -251,12 +251,15 @@ def cmd_dashboard(args) -> int:
         import optuna_dashboard
     except ImportError:
         raise CLIError("optuna-dashboard is not installed (pip install 'nas-distill[dashboard]')") from None
-    from .study import artifact_store, make_storage, mask_url
+    from .reporting.dashboard import launch_dashboard
+    from .study import make_storage, mask_url
 
-    url, _, run_dir, _ = _study_target(args)
+    url, name, run_dir, _ = _study_target(args)
+
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (storage {mask_url(url)})", flush=True)
-    optuna_dashboard.run_server(make_storage(url), host=args.host, port=args.port,
-                                artifact_store=artifact_store(run_dir))
+    # launch_dashboard also pushes the hypervolume-history figure, which optuna-dashboard lacks.
+    launch_dashboard(make_storage(url), Path(run_dir) / "artifacts", host=args.host, port=args.port,
+                     study_name=name)
     return 0
 
 

@@ -38,10 +38,12 @@ def test_workers_and_dashboard_share_one_study():
     services = _compose()["services"]
     worker, dashboard = services["worker"]["command"], services["dashboard"]["command"]
     assert worker[0] == "worker" and dashboard[0] == "dashboard"
-    assert _arg_after(worker, "--storage") == _arg_after(dashboard, "--storage")
     assert _arg_after(worker, "--study") == _arg_after(dashboard, "--study")
-    assert _arg_after(worker, "--storage").startswith("postgresql+psycopg://")
-    assert "@postgres:5432/" in _arg_after(worker, "--storage")
+    # The storage URL carries a password: it travels in the environment, never on a command line.
+    assert "--storage" not in worker and "--storage" not in dashboard
+    url = services["worker"]["environment"]["NAS_DISTILL_STORAGE"]
+    assert url == services["dashboard"]["environment"]["NAS_DISTILL_STORAGE"]
+    assert url.startswith("postgresql+psycopg://") and "@postgres:5432/" in url
 
 
 def test_secrets_come_from_the_environment():
@@ -74,7 +76,7 @@ def test_compose_commands_name_real_cli_subcommands():
 
     parser = build_parser()
     services = _compose()["services"]
-    env = {"POSTGRES_USER": "nas", "POSTGRES_PASSWORD": "x", "POSTGRES_DB": "db", "NAS_STUDY": "s",
+    env = {"POSTGRES_USER": "nas", "POSTGRES_PASSWORD": "x", "POSTGRES_DB": "db", "NAS_STUDY": "digits-demo",
            "NAS_CONFIG": "examples/digits_demo.yaml"}
 
     def interpolate(arg: str) -> str:
@@ -84,3 +86,13 @@ def test_compose_commands_name_real_cli_subcommands():
         args = parser.parse_args([interpolate(a) for a in services[name]["command"]])
         assert args.command == name
     assert (ROOT / "examples" / "digits_demo.yaml").exists()
+
+
+def test_demo_example_is_the_config_the_demo_runs():
+    from nas_distill.demo import demo_config
+
+    shipped = yaml.safe_load((ROOT / "examples" / "digits_demo.yaml").read_text())
+    assert shipped == demo_config()
+    # The compose default study is the one the example config names.
+    assert "NAS_STUDY:-" + shipped["auto_distillation"]["study"]["study_name"] in (
+        ROOT / "docker-compose.yml").read_text()

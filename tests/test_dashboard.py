@@ -19,7 +19,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO_ROOT, free_port
+from helpers_common import REPO_ROOT, free_port
 from helpers_report import make_study
 
 from nas_distill.reporting.dashboard import HYPERVOLUME_FIGURE_ID, push_figures

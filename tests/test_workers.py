@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import task_config, write_config
+from helpers_common import task_config, write_config
 
 PY = sys.executable
 
@@ -220,7 +220,7 @@ if __name__ == "__main__":
 
 @pytest.mark.slow
 def test_gloo_two_ranks_complete_three_trials(tmp_path):
-    from conftest import free_port
+    from helpers_common import free_port
 
     script = tmp_path / "ddp_search.py"
     script.write_text(GLOO_SCRIPT)

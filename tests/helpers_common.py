@@ -1,0 +1,74 @@
+"""Helpers shared by several test modules (imported by name: `from helpers_common import ...`).
+
+They live here, not in conftest.py, because tests/torch/ has a conftest.py of its own and
+`from conftest import ...` would then resolve to whichever conftest was imported first.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free at the time of the call."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+
+TASK_MODULE = '''
+"""A test task: pure-Python students whose metrics are functions of the arch; train sleeps a bit."""
+import os, time
+
+def model_builder(arch):
+    if arch.get("b") == -1:
+        raise ValueError("invalid")
+    return dict(arch)
+
+def train_func(model):
+    delay = float(os.environ.get("ND_TEST_TRAIN_SECONDS", "0.05"))
+    end = time.time() + delay
+    while time.time() < end:
+        time.sleep(0.01)
+
+def eval_func(model):
+    return {"acc": float(model["a"] * 10 + model["b"]), "cost": float(model["a"] * model["b"])}
+
+def make_task(config):
+    return {"model_builder": model_builder, "train_func": train_func, "eval_func": eval_func}
+'''
+
+
+def task_config(run_dir, *, storage=None, study_name="test", max_trials=12, space=None, algorithm="grid",
+                heartbeat_interval=1, grace_period=3, task="nd_test_task:make_task"):
+    """A config dict (seed layout + task entry point) for the test task."""
+    study = {"run_dir": str(run_dir), "study_name": study_name, "heartbeat_interval": heartbeat_interval,
+             "grace_period": grace_period}
+    if storage:
+        study["storage"] = storage
+    return {
+        "task": task,
+        "model": {"framework": "pytorch"},
+        "auto_distillation": {
+            "search": {
+                "search_space": space or {"a": [1, 2, 3, 4], "b": [1, 2, 3, 4]},
+                "search_algorithm": algorithm,
+                "metrics": ["acc", "cost"],
+                "higher_is_better": [True, False],
+                "max_trials": max_trials,
+            },
+            "study": study,
+        },
+    }
+
+
+
+def write_config(path, data) -> str:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
