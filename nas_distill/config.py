@@ -188,25 +188,7 @@ class StudySettings:
 FRAMEWORKS = ("pytorch", "tensorflow")
 _FRAMEWORK_ALIASES = {"pytorch": "pytorch", "torch": "pytorch", "tensorflow": "tensorflow", "tf": "tensorflow"}
 
-SEARCH_ALGORITHMS = ("grid", "random", "bo", "tpe", "gp", "nsga2")
-_ALGORITHM_ALIASES = {
-    "grid": "grid",
-    "gridsearch": "grid",
-    "gridsampler": "grid",
-    "random": "random",
-    "randomsearch": "random",
-    "randomsampler": "random",
-    "bo": "bo",
-    "bayesian": "bo",
-    "bayesianoptimization": "bo",
-    "tpe": "tpe",
-    "tpesampler": "tpe",
-    "gp": "gp",
-    "gpsampler": "gp",
-    "nsga2": "nsga2",
-    "nsgaii": "nsga2",
-    "nsgaiisampler": "nsga2",
-}
+from .search.algorithms import ALGORITHM_ALIASES as _ALGORITHM_ALIASES, SEARCH_ALGORITHMS  # noqa: E402
 
 LOSS_TYPES = ("MSE", "KL", "L1", "CE", "CosineSimilarity")
 _LOSS_ALIASES = {name.lower(): name for name in LOSS_TYPES}

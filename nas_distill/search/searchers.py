@@ -33,6 +33,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import Trial, TrialState
 
+from .algorithms import ALGORITHM_ALIASES
 from ..errors import SearchSpaceExhausted
 from .samplers import SpaceGridSampler, SpaceRandomSampler, space_exhausted
 from .space import SearchSpace
@@ -58,25 +59,7 @@ DEFAULT_BO_SAMPLER = "gp"
 DEFAULT_STUDY_NAME = "nas-distill"
 
 # The same spellings as config.py's search_algorithm, plus 'auto' (INTERNALS.md: sampler='auto').
-_ALIASES = {
-    "grid": "grid",
-    "gridsearch": "grid",
-    "gridsampler": "grid",
-    "random": "random",
-    "randomsearch": "random",
-    "randomsampler": "random",
-    "bo": "bo",
-    "auto": "bo",
-    "bayesian": "bo",
-    "bayesianoptimization": "bo",
-    "tpe": "tpe",
-    "tpesampler": "tpe",
-    "gp": "gp",
-    "gpsampler": "gp",
-    "nsga2": "nsga2",
-    "nsgaii": "nsga2",
-    "nsgaiisampler": "nsga2",
-}
+_ALIASES = {**ALGORITHM_ALIASES, "auto": "bo"}
 
 
 def canonical_algorithm(name: str) -> str:
