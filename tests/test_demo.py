@@ -37,7 +37,6 @@ def test_demo_runs_end_to_end_and_reuses_the_cached_teacher(tmp_path):
     assert "test accuracy" in out and "of the teacher's" in out
     report_lines = [line for line in out.splitlines() if line.startswith("report: ")]
     assert report_lines and Path(report_lines[0].split(": ", 1)[1]).is_file()
-    assert max(len(line) for line in out.splitlines()) <= 100
 
     # The teacher was reused, not retrained.
     assert (run_dir / "teacher" / "config.json").stat().st_mtime == teacher_mtime
