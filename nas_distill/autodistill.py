@@ -25,6 +25,9 @@ Extra keyword arguments (not in the seed): ``storage``, ``study_name``, ``run_di
 
 from __future__ import annotations
 
+import os
+import zlib
+
 import logging
 import math
 import os
@@ -76,6 +79,20 @@ def _config_dict(conf: Any) -> dict:
         except Exception:  # noqa: BLE001 - the record is informative only
             log.debug("config.to_dict() failed", exc_info=True)
     return {}
+
+
+def sampler_seed(seed: int | None) -> int | None:
+    """The sampler seed for this process: the config's seed, made distinct per worker.
+
+    Model-based samplers (GP, TPE, NSGA-II) draw their start-up points from their own RNG: workers sharing
+    one study with one seed would all propose the same archs. A worker (``NAS_DISTILL_WORKER`` set by
+    ``nas-distill run``/``worker``) mixes its label into the seed; a single in-process search keeps the
+    config's seed, so seed-API use stays reproducible. Grid and Random seed per trial number anyway.
+    """
+    label = os.environ.get("NAS_DISTILL_WORKER")
+    if seed is None or not label:
+        return seed
+    return (seed + zlib.crc32(label.encode())) % 2**32
 
 
 class AutoDistillation:
@@ -231,7 +248,8 @@ class AutoDistillation:
         from .search.searchers import make_searcher
 
         cfg = self._search_cfg
-        return make_searcher(cfg.search_algorithm, cfg.search_space, seed=cfg.seed, study=self.study)
+        return make_searcher(cfg.search_algorithm, cfg.search_space, seed=sampler_seed(cfg.seed),
+                             study=self.study)
 
     # ------------------------------------------------------------------ proposing / measuring
     def model_arch_proposition(self) -> dict[str, Any]:

@@ -286,8 +286,13 @@ class TrialRunner:
         """``'train'``, ``'repeat'`` (answered from the store) or ``'stop'`` (trial discarded)."""
         from optuna.trial import TrialState
 
+        # The first check reuses the claim's read of the study (made after this trial existed and held
+        # its point, so it sees every trial the budget rule must count); later ones read afresh.
+        take = getattr(getattr(self.ad.advisor, "sampler", None), "take_snapshot", None)
+        snapshot = take(trial.number) if callable(take) else None
         while True:
-            ahead, complete, trials = study_mod.budget_position(self.study, trial.number)
+            ahead, complete, trials = study_mod.budget_position(self.study, trial.number, snapshot)
+            snapshot = None
             self._running_workers = sum(1 for t in trials if t.state == TrialState.RUNNING)
             self._done = complete
             if complete >= self.max_trials:
@@ -310,13 +315,21 @@ class TrialRunner:
         return "train"
 
     def _known(self, arch: dict, number: int, trials) -> Any:
-        """A COMPLETE trial of the same arch, else one that failed for a reason of the arch's own."""
+        """A COMPLETE trial of the same arch, else a lower-numbered RUNNING one training it now, else one
+        that failed for a reason of the arch's own."""
         from optuna.trial import TrialState
 
         same = [t for t in trials if t.number != number and t.state == TrialState.COMPLETE
                 and _same_arch(t.params, arch)]
         if same:
             return min(same, key=lambda t: t.number)
+        # Another worker is training this arch right now (two model-based proposals can coincide). The
+        # lower number trains, so two such trials never both step aside; if that worker dies, its trial
+        # is failed and retried like any other.
+        running = [t for t in trials if t.number < number and t.state == TrialState.RUNNING
+                   and _same_arch(t.params, arch)]
+        if running:
+            return min(running, key=lambda t: t.number)
         for t in trials:
             if t.state != TrialState.FAIL:
                 continue
@@ -334,6 +347,8 @@ class TrialRunner:
             for name, value in zip(self.ad.metrics, known.values or []):
                 attrs[name] = value
             attrs["note"] = f"same architecture as COMPLETE trial {known.number}: not trained again"
+        elif known.state == TrialState.RUNNING:
+            attrs["note"] = f"same architecture is being trained by trial {known.number}: not trained twice"
         else:
             attrs["error_type"] = known.user_attrs.get("error_type")
             attrs["error"] = f"same architecture failed in trial {known.number}: {known.user_attrs.get('error')}"

@@ -215,6 +215,12 @@ def run_worker(
 
     if label:
         os.environ["NAS_DISTILL_WORKER"] = label
+    elif not os.environ.get("NAS_DISTILL_WORKER"):
+        # Workers started by hand or by docker compose: a unique label, so model-based samplers get
+        # distinct seeds (autodistill.sampler_seed) instead of proposing the same archs in lock-step.
+        import socket
+
+        os.environ["NAS_DISTILL_WORKER"] = f"{socket.gethostname()}-{os.getpid()}"
     set_threads(threads)
     with _SignalGuard():
         try:

@@ -180,7 +180,7 @@ def train_teacher(
         optimizer.step()
         scheduler.step()
         if step % 500 == 0:
-            log.info("teacher step %d/%d loss %.4f", step, steps, float(loss))
+            log.info("teacher step %d/%d loss %.4f", step, steps, loss.item())
     seconds = time.perf_counter() - started
     metrics = {
         "train_accuracy": accuracy(model, splits.x_train, splits.y_train),
