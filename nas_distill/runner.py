@@ -286,8 +286,13 @@ class TrialRunner:
         """``'train'``, ``'repeat'`` (answered from the store) or ``'stop'`` (trial discarded)."""
         from optuna.trial import TrialState
 
+        # The first check reuses the claim's read of the study (made after this trial existed and held
+        # its point, so it sees every trial the budget rule must count); later ones read afresh.
+        take = getattr(getattr(self.ad.advisor, "sampler", None), "take_snapshot", None)
+        snapshot = take(trial.number) if callable(take) else None
         while True:
-            ahead, complete, trials = study_mod.budget_position(self.study, trial.number)
+            ahead, complete, trials = study_mod.budget_position(self.study, trial.number, snapshot)
+            snapshot = None
             self._running_workers = sum(1 for t in trials if t.state == TrialState.RUNNING)
             self._done = complete
             if complete >= self.max_trials:

@@ -174,13 +174,7 @@ def make_storage(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             try:
-                storage = optuna.storages.RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=interval,
-                    grace_period=grace,
-                    heartbeat_stale_trial_callback=callback,
-                )
+                storage = _open_rdb(url, engine_kwargs, interval, grace, callback)
             except Exception as exc:  # noqa: BLE001 - one line naming the storage, not a stack
                 from .errors import ConfigError
 
@@ -190,6 +184,41 @@ def make_storage(
     # What our own sweep and heartbeat thread read (any storage).
     storage._nas_distill_heartbeat = (heartbeat_interval, grace_period, callback)  # type: ignore[attr-defined]
     return storage
+
+
+#: Attempts at opening an RDB storage while other workers create its schema at the same time.
+_SCHEMA_RACE_ATTEMPTS = 8
+
+
+def _open_rdb(url: str, engine_kwargs: dict[str, Any], interval, grace, callback):
+    """``RDBStorage(url, ...)``, retried while other workers create the schema of a fresh database.
+
+    Why: workers started together on an empty PostgreSQL database (``docker compose up --scale
+    worker=N``) all run Optuna's ``CREATE TABLE``; PostgreSQL's catalog makes all but one fail with a
+    unique violation (``pg_type_typname_nsp_index``) or "already exists". Creating the schema is
+    idempotent once it exists, so the losers open the storage again after a short random pause.
+    """
+    import random
+
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(_SCHEMA_RACE_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=dict(engine_kwargs),
+                heartbeat_interval=interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=callback,
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            text = str(exc).lower()
+            racing = "already exists" in text or "duplicate key" in text or "unique" in text
+            if not racing or attempt == _SCHEMA_RACE_ATTEMPTS - 1:
+                raise
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _tune_sqlite(storage) -> None:
@@ -378,10 +407,9 @@ class Heartbeat:
             from optuna.storages._rdb import models
             from optuna.storages._rdb.storage import _create_scoped_session
 
-            setter = rdb._set_trial_attr_without_commit
+            rdb._set_trial_attr_without_commit  # noqa: B018 - _write_user_attrs' fallback needs it
             with _create_scoped_session(rdb.scoped_session, True) as session:
-                for key, value in attrs.items():
-                    setter(session, models.TrialUserAttributeModel, self.trial_id, key, _jsonable(value))
+                _write_user_attrs(rdb, session, self.trial_id, {k: _jsonable(v) for k, v in attrs.items()})
                 session.add(models.TrialHeartbeatModel(trial_id=self.trial_id))
         except (ImportError, AttributeError, TypeError):  # pragma: no cover - a future Optuna
             return False
@@ -516,8 +544,11 @@ def counted_complete(trials: Iterable[Any]) -> int:
     return sum(1 for t in trials if t.state == TrialState.COMPLETE and is_counted(t))
 
 
-def budget_position(study, number: int) -> tuple[int, int, list[Any]]:
+def budget_position(study, number: int, trials: Iterable[Any] | None = None) -> tuple[int, int, list[Any]]:
     """``(ahead, complete, trials)`` for trial ``number``.
+
+    ``trials``: the study's trials as read at any time after trial ``number`` was created (other states
+    than the four below are ignored); by default they are read now.
 
     ``ahead``: counted COMPLETE and WAITING trials plus counted RUNNING trials numbered below ``number``;
     the trial may train iff ``ahead < max_trials``. ``complete``: counted COMPLETE trials. ``trials``:
@@ -526,11 +557,11 @@ def budget_position(study, number: int) -> tuple[int, int, list[Any]]:
     """
     from optuna.trial import TrialState
 
-    trials = study._storage.get_all_trials(
-        study._study_id,
-        deepcopy=False,
-        states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL),
-    )
+    states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL)
+    if trials is None:
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False, states=states)
+    else:
+        trials = [t for t in trials if t.state in states]
     complete = 0
     ahead = 0
     for t in trials:
@@ -566,11 +597,44 @@ def set_user_attrs(study, trial_id: int, attrs: Mapping[str, Any]) -> None:
             setter = None
         if setter is not None:
             with _create_scoped_session(rdb.scoped_session, True) as session:
-                for key, value in values.items():
-                    setter(session, models.TrialUserAttributeModel, trial_id, key, value)
+                _write_user_attrs(rdb, session, trial_id, values)
             return
     for key, value in values.items():
         storage.set_trial_user_attr(trial_id, key, value)
+
+
+def _write_user_attrs(rdb, session, trial_id: int, values: Mapping[str, Any]) -> None:
+    """Upsert JSON-safe user attrs of one trial inside ``session`` (the caller commits).
+
+    On SQLite and PostgreSQL: one check that the trial may still be updated (as Optuna does before each
+    attr) and one upsert statement for all the attrs, stored as Optuna stores them (``json.dumps`` in
+    ``trial_user_attributes``), instead of a lookup + a statement per attr. Elsewhere Optuna's own
+    per-attr statement.
+    """
+    import sqlite3
+
+    from optuna.storages._rdb import models
+
+    if not values:
+        return
+    dialect = rdb.engine.name
+    insert = None
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+        from sqlalchemy.dialects.sqlite import insert
+    if insert is None:
+        for key, value in values.items():
+            rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
+        return
+    trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+    rdb.check_trial_is_updatable(trial_id, trial.state)
+    table = models.TrialUserAttributeModel.__table__
+    stmt = insert(table)
+    stmt = stmt.on_conflict_do_update(index_elements=[table.c.trial_id, table.c.key],
+                                      set_={"value_json": stmt.excluded.value_json})
+    session.execute(stmt, [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                           for key, value in values.items()])
 
 
 def worker_identity() -> dict[str, Any]:

@@ -425,3 +425,46 @@ def test_argument_validation_names_parameter_and_value():
         searcher.feedback(float("nan"))
     searcher.feedback(np.float32(0.5))  # numpy scalars are numbers
     assert searcher.study.trials[0].value == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("cls", [GridSearcher, RandomSearcher])
+def test_polling_a_full_space_creates_no_trial_per_poll(cls):
+    """ask() reads the study up front only when the space may be full; a worker polling a space that
+    another worker filled leaves at most one FAILED trial behind (the ask that found it full)."""
+    study = optuna.create_study()
+    filler, poller = cls(SPACE, study=study), cls(SPACE, study=study)
+    poller.suggestion()
+    poller.feedback(0.0)
+    for _ in range(10):
+        filler.suggestion()
+        filler.feedback(0.0)
+    running = filler.suggestion()  # the last point, still training
+    before = len(study.trials)
+    for _ in range(5):
+        with pytest.raises(SearchSpaceExhausted):
+            poller.suggestion()
+    assert len(study.trials) <= before + 1
+    assert len(study.get_trials(states=(TrialState.RUNNING,))) == 1  # only the one training
+    # the point comes back when its trial fails
+    filler.tell(filler.current_trial, state=TrialState.FAIL)
+    assert poller.suggestion() == running
+
+
+def test_claim_hands_its_verification_read_to_the_budget_check():
+    searcher = GridSearcher(SPACE)
+    searcher.suggestion()
+    searcher.feedback(0.0)
+    searcher.suggestion()
+    number = searcher.current_trial.number
+    sampler = searcher.sampler
+    assert sampler.take_snapshot(number + 1) is None  # another trial's: never handed out
+    searcher.tell(searcher.current_trial, state=TrialState.FAIL)
+    searcher.suggestion()
+    number = searcher.current_trial.number
+    trials = sampler.take_snapshot(number)
+    assert trials is not None and sampler.take_snapshot(number) is None  # handed out once
+    states = {t.number: t.state for t in trials}
+    # read after the trial existed with its claim: it and every earlier trial are there, FAILED included
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.FAIL, number: TrialState.RUNNING}
+    (mine,) = [t for t in trials if t.number == number]
+    assert mine.system_attrs[CLAIM_KEY] == 1

@@ -204,3 +204,31 @@ def test_optuna_dashboard_lists_the_study_with_metric_names(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _attrs_roundtrip(url: str, name: str) -> None:
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    study = optuna.create_study(storage=sm.make_storage(url), study_name=name)
+    trial = study.ask()
+    with sm.Heartbeat(study, trial._trial_id, attrs={"arch": {"a": 1}, "worker": {"pid": 3}}):
+        pass
+    # one batched upsert: new keys are inserted, a key written by the first beat is replaced
+    sm.set_user_attrs(study, trial._trial_id, {"worker": {"pid": 4}, "acc": 0.5, "timings": {"x": [1, 2]},
+                                               "note": "text"})
+    assert study._storage.get_trial(trial._trial_id).user_attrs == {
+        "arch": {"a": 1}, "worker": {"pid": 4}, "acc": 0.5, "timings": {"x": [1, 2]}, "note": "text"}
+    study.tell(trial, 1.0)
+    with pytest.raises(UpdateFinishedTrialError):  # as Optuna's own set_trial_user_attr
+        sm.set_user_attrs(study, trial._trial_id, {"a": 1, "b": 2})
+    with pytest.raises(KeyError):
+        sm.set_user_attrs(study, 10**9, {"a": 1, "b": 2})
+
+
+def test_batched_user_attrs_sqlite(tmp_path):
+    _attrs_roundtrip(f"sqlite:///{tmp_path / 'study.db'}", "attrs")
+
+
+@pytest.mark.postgres
+def test_batched_user_attrs_postgres(postgres_url, fresh_pg_study_name):
+    _attrs_roundtrip(postgres_url, fresh_pg_study_name)

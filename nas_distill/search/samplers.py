@@ -48,6 +48,7 @@ from .space import SearchSpace
 __all__ = [
     "CLAIM_KEY",
     "HOLDING_STATES",
+    "HeldIndices",
     "SpaceGridSampler",
     "SpaceRandomSampler",
     "held_indices",
@@ -59,6 +60,8 @@ __all__ = [
 CLAIM_KEY = "nas_distill:claim"
 #: Trial states whose point counts as taken. FAIL is left out on purpose: a failed point is retried.
 HOLDING_STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
+# What the claim's re-read reads: the holding states, plus FAIL for the orchestrator (take_snapshot).
+_SNAPSHOT_STATES = HOLDING_STATES + (TrialState.FAIL,)
 # A livelock needs every round to collide; after this many rounds something else is wrong.
 _MAX_CLAIM_ROUNDS = 200
 _BACKOFF_S = 0.002
@@ -78,11 +81,22 @@ def trial_index(trial: FrozenTrial, space: SearchSpace) -> int | None:
     return None
 
 
+class HeldIndices(set):
+    """A set of held indices, with ``trials``: the trials it was computed from (see
+    :meth:`_ClaimingSampler.take_snapshot`)."""
+
+    trials: Sequence[FrozenTrial] = ()
+
+
 def held_indices(study: Study, space: SearchSpace, exclude_number: int | None = None) -> set[int]:
-    """The indices held by the study's COMPLETE / RUNNING / WAITING / PRUNED trials."""
-    held = set()
-    for trial in study.get_trials(deepcopy=False, states=HOLDING_STATES):
-        if trial.number == exclude_number:
+    """The indices held by the study's COMPLETE / RUNNING / WAITING / PRUNED trials.
+
+    Returns a :class:`HeldIndices`, whose ``trials`` are the trials read (FAILED ones too).
+    """
+    held = HeldIndices()
+    held.trials = study.get_trials(deepcopy=False, states=_SNAPSHOT_STATES)
+    for trial in held.trials:
+        if trial.state not in HOLDING_STATES or trial.number == exclude_number:
             continue
         index = trial_index(trial, space)
         if index is not None:
@@ -108,6 +122,19 @@ class _ClaimingSampler(BaseSampler):
         self._seed = int(seed) if seed is not None else random.SystemRandom().randrange(2**63)
         self._fallback = RandomSampler(seed=seed)  # for parameters outside the space
         self._backoff = random.Random()  # timing only; never affects which point is chosen
+        self._snapshot: tuple[int, list[FrozenTrial]] | None = None
+
+    def take_snapshot(self, number: int) -> list[FrozenTrial] | None:
+        """The study's COMPLETE / RUNNING / WAITING / FAIL / PRUNED trials as read by the last claim of
+        trial ``number`` (after the trial existed and held its claim), or None; handed out once.
+
+        The orchestrator's budget check reads the same trials right after the claim; reusing this read
+        spares one read of the study per trial.
+        """
+        snapshot, self._snapshot = self._snapshot, None
+        if snapshot is None or snapshot[0] != number:
+            return None
+        return snapshot[1]
 
     @property
     def space(self) -> SearchSpace:
@@ -120,6 +147,7 @@ class _ClaimingSampler(BaseSampler):
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        self._snapshot = None  # only ever the read of the trial being sampled now
         if not search_space:
             return {}
         fixed = trial.system_attrs.get("fixed_params") or {}
@@ -162,7 +190,10 @@ class _ClaimingSampler(BaseSampler):
                 )
             index = self._choose(held, trial.number, attempt)
             storage.set_trial_system_attr(trial_id, CLAIM_KEY, index)
-            if index not in held_indices(study, self._space, exclude_number=trial.number):
+            verified = held_indices(study, self._space, exclude_number=trial.number)
+            if index not in verified:
+                trials = getattr(verified, "trials", None)
+                self._snapshot = (trial.number, trials) if trials is not None else None
                 return index
             # Conflict: yield, whoever else it is (see the module docstring for why).
             storage.set_trial_system_attr(trial_id, CLAIM_KEY, None)

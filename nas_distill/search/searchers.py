@@ -154,6 +154,11 @@ class Searcher:
         # In memory with unknown directions: fixed at the first feedback, rebuilding the study if needed.
         self._directions_open = study is None and storage is None and self._directions is None
         self.current_trial: Trial | None = None
+        # Trials known to exist in the study (the last asked trial's number + 1; numbers are dense) and
+        # whether the sampler has already found the space full: they decide when ask() reads the study
+        # to refuse an exhausted space up front (see ask()).
+        self._known_trials: int | None = None  # None: not asked yet, so unknown: check
+        self._seen_exhausted = False
 
     def _resolve_sampler(self, sampler: str | BaseSampler | None) -> BaseSampler:
         if sampler is None:
@@ -199,18 +204,35 @@ class Searcher:
         Raises :class:`SearchSpaceExhausted` (grid / random) when every point is taken.
         """
         study = self.study
-        if isinstance(self.sampler, (SpaceGridSampler, SpaceRandomSampler)) and self.sampler.is_exhausted(study):
-            raise SearchSpaceExhausted(f"all {len(self.space)} points of the search space are taken")
+        if isinstance(self.sampler, (SpaceGridSampler, SpaceRandomSampler)) and self._may_be_exhausted():
+            # Refuse without creating a trial (a wait-for-others loop would otherwise leave one FAILED
+            # trial per poll). The sampler's claim detects exhaustion by itself; this read only spares
+            # the study those trials, so it is done only when the space can be full: once the study is
+            # known to hold as many trials as the space has points, or the sampler has found it full.
+            if self.sampler.is_exhausted(study):
+                self._seen_exhausted = True
+                raise SearchSpaceExhausted(f"all {len(self.space)} points of the search space are taken")
         trial = study.ask()
+        self._known_trials = max(self._known_trials or 0, trial.number + 1)
         try:
             for key, values in zip(self.space.keys, self.space.values):
                 trial.suggest_categorical(key, list(values))
-        except BaseException:
-            # Another worker took the last point between our check and the claim: leave no RUNNING orphan.
+        except BaseException as exc:
+            if isinstance(exc, SearchSpaceExhausted):
+                self._seen_exhausted = True
+            # The space filled up before the claim (another worker took the last point): leave no
+            # RUNNING orphan.
             study.tell(trial, state=TrialState.FAIL)
             raise
         self.current_trial = trial
         return trial
+
+    def _may_be_exhausted(self) -> bool:
+        """False only when the space cannot be full as far as this searcher knows: fewer trials than
+        points seen so far (after a first ask), and the sampler never found it full (a point freed by a FAIL does not
+        reset this: near the end of a search the read is cheap next to a trial)."""
+        known = self._known_trials
+        return self._seen_exhausted or known is None or known >= len(self.space)
 
     def suggestion(self) -> dict[str, Any]:
         """Seed API: propose the next architecture, a dict with exactly the space's keys."""
