@@ -72,3 +72,34 @@ def write_config(path, data) -> str:
 
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
     return str(path)
+
+
+def get_json(url: str):
+    """GET ``url`` and decode its JSON body."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def wait_for_server_json(proc, log, url: str, timeout_s: float):
+    """Poll ``url`` until the server process ``proc`` answers with JSON; fail with its log if it exits
+    or stays silent past ``timeout_s``. Polling is the only readiness signal optuna-dashboard gives."""
+    import time
+    import urllib.error
+
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"the server exited with {proc.returncode}:\n{log.read()[-3000:]}")
+        try:
+            return get_json(url)
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"the server did not answer within {timeout_s} s:\n{log.read()[-3000:]}")
+            time.sleep(0.2)

@@ -12,14 +12,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import optuna
 import pytest
-from helpers_common import REPO_ROOT, free_port
+from helpers_common import REPO_ROOT, free_port, get_json, wait_for_server_json
 from helpers_report import make_study
 
 from nas_distill.reporting.dashboard import HYPERVOLUME_FIGURE_ID, push_figures
@@ -27,11 +26,6 @@ from nas_distill.reporting.dashboard import HYPERVOLUME_FIGURE_ID, push_figures
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 STARTUP_TIMEOUT_S = 45
-
-
-def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
 
 
 def _listening_addresses(port: int) -> list[str]:
@@ -66,19 +60,7 @@ def server(tmp_path_factory):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"the dashboard exited with {proc.returncode}:\n{log.read()[-3000:]}")
-            try:
-                _get_json(base + "/api/studies")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"the dashboard did not answer within {STARTUP_TIMEOUT_S} s:\n{log.read()[-3000:]}")
-                time.sleep(0.2)
+        wait_for_server_json(proc, log, base + "/api/studies", STARTUP_TIMEOUT_S)
         yield {"base": base, "port": port, "study": study, "url": url, "artifact_dir": artifact_dir,
                "proc": proc, "tmp": tmp}
     finally:
@@ -92,15 +74,15 @@ def server(tmp_path_factory):
 
 
 def _study_detail(server) -> tuple[int, dict]:
-    summaries = _get_json(server["base"] + "/api/studies")["study_summaries"]
+    summaries = get_json(server["base"] + "/api/studies")["study_summaries"]
     (summary,) = [s for s in summaries if s["study_name"] == server["study"].study_name]
-    return summary["study_id"], _get_json(f"{server['base']}/api/studies/{summary['study_id']}")
+    return summary["study_id"], get_json(f"{server['base']}/api/studies/{summary['study_id']}")
 
 
 @pytest.mark.slow
 def test_study_is_listed_with_its_metrics_trials_and_attrs(server):
     study = server["study"]
-    summaries = _get_json(server["base"] + "/api/studies")["study_summaries"]
+    summaries = get_json(server["base"] + "/api/studies")["study_summaries"]
     assert [s["study_name"] for s in summaries] == ["nas-distill"]
     assert summaries[0]["directions"] == ["maximize", "minimize"]
     _, detail = _study_detail(server)

@@ -19,10 +19,7 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.error
-import urllib.request
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import optuna
@@ -30,7 +27,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from helpers_common import REPO_ROOT, free_port, task_config, write_config
+from helpers_common import REPO_ROOT, free_port, get_json, task_config, wait_for_server_json, write_config
 
 WORKERS = 3
 MAX_TRIALS = 9
@@ -64,11 +61,6 @@ def _mount_point(service: dict, volume: str) -> str:
         if source == volume:
             return target.split(":")[0]
     raise AssertionError(f"the service mounts no {volume!r} volume: {service.get('volumes')}")
-
-
-def _get_json(url: str):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
 
 
 @pytest.mark.slow
@@ -151,24 +143,12 @@ def test_compose_topology_on_postgres(tmp_path, task_module, postgres_url, fresh
         assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + DASHBOARD_TIMEOUT_S
-        while True:
-            if dashboard.poll() is not None:
-                dash_log.seek(0)
-                pytest.fail(f"the dashboard exited with {dashboard.returncode}:\n{dash_log.read()[-3000:]}")
-            try:
-                summaries = _get_json(base + "/api/studies")["study_summaries"]
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.monotonic() > deadline:
-                    dash_log.seek(0)
-                    pytest.fail(f"the dashboard did not answer within {DASHBOARD_TIMEOUT_S} s:\n"
-                                f"{dash_log.read()[-3000:]}")
-                time.sleep(0.2)
+        summaries = wait_for_server_json(dashboard, dash_log, base + "/api/studies",
+                                         DASHBOARD_TIMEOUT_S)["study_summaries"]
         mine = [s for s in summaries if s["study_name"] == study_name]
         assert len(mine) == 1, [s["study_name"] for s in summaries]
         assert mine[0]["directions"] == ["maximize", "minimize"]
-        detail = _get_json(f"{base}/api/studies/{mine[0]['study_id']}")
+        detail = get_json(f"{base}/api/studies/{mine[0]['study_id']}")
         assert detail["objective_names"] == ["acc", "cost"]
         assert len(detail["trials"]) == len(trials)
         assert sum(1 for t in detail["trials"] if t["state"] == "Complete") == MAX_TRIALS
