@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= torch,postgres,dashboard,dev
+EXTRAS ?= torch,tf,postgres,dashboard,dev
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast install browser clean

@@ -9,9 +9,15 @@ Code written against the seed API runs unchanged::
 
 ``eval_func`` may return a dict keyed by metric name, a list / tuple in the config's ``metrics`` order,
 or a bare number when there is one metric. Without ``train_func`` / ``eval_func``, and with
-``teacher_model``, ``train_dataset`` and ``eval_dataset`` set, the built-in flash distiller
-(:class:`nas_distill.distill.torch.distiller.FlashDistiller`, settings from the config's
-``flash_distillation`` section) trains and :func:`nas_distill.evaluate.evaluate` measures.
+``teacher_model``, ``train_dataset`` and ``eval_dataset`` set, the built-in flash distiller of the
+framework (settings from the config's ``flash_distillation`` section) trains and its evaluator measures:
+
+* ``'pytorch'``: :class:`nas_distill.distill.torch.distiller.FlashDistiller` and
+  :func:`nas_distill.evaluate.evaluate` (torch modules, torch-style datasets);
+* ``'tensorflow'``: :class:`nas_distill.distill.keras.distiller.KerasFlashDistiller` and
+  :func:`nas_distill.distill.keras.evaluate.evaluate` (functional ``keras.Model`` students with named
+  layers; data as a tuple ``(x, y)`` of numpy arrays). A Keras search never imports torch: its ``bo``
+  sampler is multivariate TPE (see :func:`nas_distill.search.searchers.torch_free_algorithm`).
 
 Every trial lives in one Optuna study (``study`` section of the config: storage URL, study name, run
 folder), so any number of processes can run ``search()`` on the same study and share the budget
@@ -25,12 +31,10 @@ Extra keyword arguments (not in the seed): ``storage``, ``study_name``, ``run_di
 
 from __future__ import annotations
 
-import os
-import zlib
-
 import logging
 import math
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -51,7 +55,7 @@ def load_config(conf: Any):
         raise ConfigError("config", "nas_distill.config.AutoDistillationConfig is not available")
     if isinstance(conf, cls):
         return conf
-    if isinstance(conf, (str, os.PathLike)) and Path(conf).is_file():
+    if isinstance(conf, (str, os.PathLike)) and os.path.isfile(conf):  # False for a NUL / over-long path
         from .workers import read_config_file, split_task
 
         data, task = split_task(read_config_file(conf))
@@ -81,6 +85,17 @@ def _config_dict(conf: Any) -> dict:
     return {}
 
 
+def _framework_name(value: Any) -> str:
+    """``'pytorch'`` / ``'tensorflow'`` from the argument (same spellings as the config's
+    ``model.framework``); ConfigError otherwise."""
+    from .config import _FRAMEWORK_ALIASES
+
+    key = value.strip().lower() if isinstance(value, str) else None
+    if key not in _FRAMEWORK_ALIASES:
+        raise ConfigError("framework", f"expected 'pytorch' or 'tensorflow', got {value!r}")
+    return _FRAMEWORK_ALIASES[key]
+
+
 def sampler_seed(seed: int | None) -> int | None:
     """The sampler seed for this process: the config's seed, made distinct per worker.
 
@@ -101,8 +116,8 @@ class AutoDistillation:
     Args:
         model_builder: ``model_builder(arch: dict) -> student model``.
         conf_fname_or_obj: a YAML path, a dict in the seed layout, or an ``AutoDistillationConfig``.
-        framework: ``'pytorch'`` (default) or ``'tensorflow'``; the config's ``model.framework`` wins
-            when the argument is left at its default.
+        framework: ``'pytorch'`` (default) or ``'tensorflow'`` (aliases ``'torch'``, ``'tf'``); the
+            config's ``model.framework`` wins when the argument is left at its default.
     """
 
     def __init__(
@@ -119,6 +134,7 @@ class AutoDistillation:
         if not callable(model_builder):
             raise ConfigError("model_builder", f"expected a callable arch -> model, got {model_builder!r}")
         self.model_builder = model_builder
+        framework = _framework_name(framework)
         self.framework = framework
         self._teacher_model = None
         self._student_model = None
@@ -245,11 +261,13 @@ class AutoDistillation:
         return self._study
 
     def _make_advisor(self):
-        from .search.searchers import make_searcher
+        from .search.searchers import make_searcher, torch_free_algorithm
 
         cfg = self._search_cfg
-        return make_searcher(cfg.search_algorithm, cfg.search_space, seed=sampler_seed(cfg.seed),
-                             study=self.study)
+        algorithm = cfg.search_algorithm
+        if self.framework == "tensorflow":  # GPSampler would import torch next to TensorFlow
+            algorithm = torch_free_algorithm(algorithm)
+        return make_searcher(algorithm, cfg.search_space, seed=sampler_seed(cfg.seed), study=self.study)
 
     # ------------------------------------------------------------------ proposing / measuring
     def model_arch_proposition(self) -> dict[str, Any]:
@@ -267,16 +285,14 @@ class AutoDistillation:
     def create_distillers(self) -> None:
         """Create the flash (knowledge transfer) and regular distillers from the config.
 
-        One :class:`~nas_distill.distill.torch.distiller.FlashDistiller` runs every stage (knowledge
-        transfer blocks, then regular distillation); ``flash_distillers`` / ``regular_distillers`` list
-        its stages of each kind, as the seed's attributes did.
+        One distiller of the framework runs every stage (knowledge transfer blocks, then regular
+        distillation): :class:`~nas_distill.distill.torch.distiller.FlashDistiller` for ``'pytorch'``,
+        :class:`~nas_distill.distill.keras.distiller.KerasFlashDistiller` for ``'tensorflow'``.
+        ``flash_distillers`` / ``regular_distillers`` list its stages of each kind, as the seed's
+        attributes did.
         """
-        if self.framework != "pytorch":
-            raise ConfigError(
-                "model.framework",
-                f"the built-in flash distiller supports 'pytorch' only, got {self.framework!r}; "
-                "set train_func and eval_func",
-            )
+        if self.framework not in ("pytorch", "tensorflow"):
+            raise ConfigError("model.framework", f"expected 'pytorch' or 'tensorflow', got {self.framework!r}")
         missing = [n for n in ("teacher_model", "train_dataset") if getattr(self, n) is None]
         if missing:
             raise ConfigError(
@@ -284,11 +300,16 @@ class AutoDistillation:
                 "the built-in flash distillation needs teacher_model and train_dataset "
                 "(or set train_func / eval_func)",
             )
-        from .distill.torch.distiller import FlashDistiller
+        if self.framework == "tensorflow":
+            from .distill.keras.distiller import KerasFlashDistiller as Distiller
+        else:
+            from .distill.torch.distiller import FlashDistiller as Distiller
 
         flash = self.conf.flash
+        # One cache folder for both engines: entries are keyed by a fingerprint of the teacher and data
+        # (distill/cache_store.py), so a torch teacher and a Keras teacher never share one.
         cache_dir = flash.teacher_cache.dir or str(Path(self.run_dir) / "teacher_cache")
-        self._distiller = FlashDistiller(self.teacher_model, self.train_dataset, flash, cache_dir=cache_dir)
+        self._distiller = Distiller(self.teacher_model, self.train_dataset, flash, cache_dir=cache_dir)
         stages = list(getattr(flash, "stages", []) or [])
         self.flash_distillers = [s for s in stages if s.kind == "knowledge_transfer"]
         self.regular_distillers = [s for s in stages if s.kind == "regular_distillation"]
@@ -306,9 +327,10 @@ class AutoDistillation:
             return self.eval_func(model)
         if self.eval_dataset is None:
             raise ConfigError("eval_dataset", "set eval_dataset (or eval_func) to measure the students")
-        if self.framework != "pytorch":
-            raise ConfigError("model.framework", "the built-in evaluator supports 'pytorch' only; set eval_func")
-        from .evaluate import evaluate
+        if self.framework == "tensorflow":
+            from .distill.keras.evaluate import evaluate
+        else:
+            from .evaluate import evaluate
 
         return evaluate(model, self.eval_dataset, self.metrics, settings=self.conf.evaluation,
                         metric_fn=self.metric_fn)
@@ -369,13 +391,18 @@ class AutoDistillation:
         Runs trials on the shared study until it holds ``max_trials`` COMPLETE trials (counting every
         worker's) or the space is exhausted. With ``res_save_path``, the results are also written there
         (``AutoDistillationSearch/search_results.{txt,json}``). With ``model_cls``, each student is
-        saved and rebuilt by ``model_cls.from_pretrained`` before training (seed behaviour).
+        saved and rebuilt before training (seed behaviour): ``save_pretrained`` +
+        ``model_cls.from_pretrained`` for torch / Hugging Face models; for a ``keras.Model``, saved as
+        ``.keras`` and reloaded by ``keras.saving.load_model(..., safe_mode=True)`` (with
+        ``custom_objects={model_cls.__name__: model_cls}`` when ``model_cls`` subclasses ``keras.Model``).
 
         Returns:
             The Pareto-optimal architectures found (dicts), best trade-offs of all metrics.
         """
+        from .dryrun import dry_run
         from .runner import TrialRunner
 
+        dry_run(self)  # data / layer problems: one ConfigError now, before any trial exists
         runner = TrialRunner(self, model_cls=model_cls, progress=getattr(self, "progress", None))
         self.last_run = runner.run()
         self.find_best_model_archs()

@@ -8,7 +8,7 @@ Commands::
     nas-distill pareto [CONFIG] [--json|--csv]  the Pareto-optimal trials
     nas-distill report [CONFIG] [-o FILE]       an HTML report
     nas-distill dashboard [CONFIG]              optuna-dashboard on the study (127.0.0.1 by default)
-    nas-distill export [CONFIG] [--trial N] -o DIR   a trained student, loadable with from_pretrained
+    nas-distill export [CONFIG] [--trial N] -o DIR   a trained student (from_pretrained / model.keras)
     nas-distill demo                            the quickest real search there is
 
 Common flags: ``--storage URL``, ``--study NAME``, ``--run-dir DIR`` (override the config's ``study``
@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="copy a trained student to a folder")
     _common(p)
     p.add_argument("--trial", type=int, help="trial number (default: best of the first metric on the front)")
-    p.add_argument("-o", "--output", required=True, help="folder to write (loadable with from_pretrained)")
+    p.add_argument("-o", "--output", required=True,
+                   help="folder to write: from_pretrained-able (torch), or model.keras + arch.json (Keras)")
 
     p = sub.add_parser("demo", help="run the quickest real search there is")
     p.add_argument("--run-dir", default="runs/demo", help="run folder (default runs/demo)")

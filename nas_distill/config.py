@@ -240,7 +240,11 @@ DEFAULT_TRAIN_STEPS = 100
 # Small validators. Each raises ConfigError(path, "expected ..., got <repr>").
 # ---------------------------------------------------------------------------------------------------
 def _short(value: Any, limit: int = 120) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str(); show its size instead
+        return f"<{type(value).__name__} of about {value.bit_length() * 0.30103:.0f} digits>" \
+            if isinstance(value, int) else f"<unprintable {type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -271,7 +275,11 @@ def _int(value: Any, path: str, minimum: int = 1) -> int:
 
 
 def _number(value: Any, path: str, *, positive: bool = False, non_negative: bool = False) -> float:
-    if not _is_number(value) or not math.isfinite(float(value)):
+    try:
+        finite = _is_number(value) and math.isfinite(float(value))
+    except OverflowError:  # an int too large for a float (10**400)
+        finite = False
+    if not finite:
         raise _fail(path, "a finite number", value)
     if positive and not value > 0:
         raise _fail(path, "a number > 0", value)
@@ -316,8 +324,11 @@ def _device(value: Any, path: str) -> str:
 
 
 def _join(path: str, key: Any) -> str:
-    """``path.key``; a key that is not a plain non-empty string shows as ``path[<repr>]``."""
-    if not isinstance(key, str) or not key or not key.strip():
+    """``path.key``; a key that is not a plain non-empty string shows as ``path[<repr>]``.
+
+    A key with a newline or another unprintable character shows as its repr too, so the error stays
+    one line."""
+    if not isinstance(key, str) or not key or not key.strip() or not key.isprintable():
         return f"{path}[{key!r}]" if path else f"[{key!r}]"
     return f"{path}.{key}" if path else key
 
@@ -591,8 +602,9 @@ def _search_space(value: Any, path: str) -> dict[str, list[Any]]:
         raise ConfigError(path, "expected a mapping of name -> non-empty list of values, got nothing")
     if isinstance(value, Mapping):
         for key in value:
-            if not isinstance(key, str) or not key:
-                raise ConfigError(path, f"keys must be non-empty strings, got {_short(key)}")
+            if not isinstance(key, str) or not key.strip() or not key.isprintable():
+                raise ConfigError(path, f"keys must be non-empty, printable strings (attribute names), "
+                                        f"got {_short(key)}")
     SearchSpace(value, field=path)  # raises ConfigError naming path.<key> and the bad value
     return {key: list(values) for key, values in value.items()}
 
@@ -725,11 +737,30 @@ def _evaluation(value: Any, path: str) -> EvaluationSettings:
     )
 
 
+_STORAGE_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".log", ".journal", ".jsonl")
+
+
+def _storage(value: Any, path: str) -> str:
+    """A storage URL (``scheme://...``) or a bare SQLite / journal file path, the forms
+    :func:`nas_distill.study.resolve_storage_url` understands; anything else fails here, before a
+    worker starts, instead of when the study is first opened."""
+    text = _str(value, path)
+    scheme, sep, _ = text.partition("://")
+    if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme):
+        return text
+    if not sep and text.strip().endswith(_STORAGE_SUFFIXES):
+        return text
+    from .study import mask_url  # a password in a URL never reaches the message
+
+    raise ConfigError(path, "expected a storage URL (sqlite:///..., postgresql+psycopg://..., journal:///...) "
+                            f"or a .db / .log file path, got {_short(mask_url(text))}")
+
+
 def _study(value: Any, path: str) -> StudySettings:
     raw = _mapping(_settings_dict(value), path, _STUDY_KEYS)
     storage = raw.get("storage")
     return StudySettings(
-        storage=None if storage is None else _str(storage, _join(path, "storage")),
+        storage=None if storage is None else _storage(storage, _join(path, "storage")),
         study_name=_str(_get(raw, "study_name", "nas-distill"), _join(path, "study_name")),
         run_dir=_path_str(_get(raw, "run_dir", "runs/default"), _join(path, "run_dir")),
         heartbeat_interval=_number_kept(_get(raw, "heartbeat_interval", 10), _join(path, "heartbeat_interval"),
@@ -756,6 +787,8 @@ def _read_yaml(path: str) -> Any:
         raise ConfigError(path, f"cannot read the config file ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(path, f"the config file is not UTF-8 text ({exc.reason})") from None
+    except ValueError as exc:  # a NUL byte in the path: open() raises ValueError, not OSError
+        raise ConfigError(_short(path), f"cannot open the config file ({exc})") from None
     except yaml.YAMLError as exc:
         detail = " ".join(str(exc).split())
         raise ConfigError(path, f"invalid YAML (only plain YAML is read, with yaml.safe_load): {detail}") from None

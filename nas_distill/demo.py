@@ -104,7 +104,9 @@ def pareto_test_accuracy(study, run_dir: str | os.PathLike) -> dict[int, float]:
         with tempfile.TemporaryDirectory() as tmp:
             archive = os.path.join(tmp, "student.tar")
             download_artifact(artifact_store=store, file_path=archive, artifact_id=artifact_id)
-            model = ViTForImageClassification.from_pretrained(extract_student(archive, os.path.join(tmp, "s")))
+            # safetensors only: an artifact is a file anyone with access to the store could replace
+            model = ViTForImageClassification.from_pretrained(extract_student(archive, os.path.join(tmp, "s")),
+                                                              use_safetensors=True)
             accuracies[trial.number] = evaluate(model, test, ["accuracy"])["accuracy"]
     return accuracies
 

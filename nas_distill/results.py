@@ -124,10 +124,30 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
         p = found[0]
     elif p.suffix != ".json" and p.with_suffix(".json").exists():
         p = p.with_suffix(".json")
-    data = json.loads(p.read_text())
+    try:  # JSON only: a pickle (or anything else) renamed .json is refused here, never unpickled
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{p}: not a nas-distill results file (not JSON: {exc})") from None
     if not isinstance(data, dict) or "trials" not in data or "metrics" not in data:
         raise ValueError(f"{p}: not a nas-distill results file (expected keys 'metrics' and 'trials')")
+    _check_trials(data, p)
     return data
+
+
+def _check_trials(data: Mapping[str, Any], source: Any) -> None:
+    """A results file is someone else's data: each trial must be ``{arch: {name: scalar}, values:
+    [number, ...]}`` before anything indexes or hashes it."""
+    scalar = (str, int, float, bool, type(None))
+    if not isinstance(data["trials"], list) or not isinstance(data["metrics"], list):
+        raise ValueError(f"{source}: 'metrics' and 'trials' must be lists")
+    for i, rec in enumerate(data["trials"]):
+        arch, values = (rec.get("arch"), rec.get("values")) if isinstance(rec, dict) else (None, None)
+        if not isinstance(arch, dict) or not all(isinstance(v, scalar) for v in arch.values()):
+            raise ValueError(f"{source}: trials[{i}].arch must map names to plain values, got {arch!r:.200}")
+        if not isinstance(values, list) or len(values) != len(data["metrics"]) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"{source}: trials[{i}].values must be {len(data['metrics'])} number(s), "
+                             f"got {values!r:.200}")
 
 
 def import_results(study, results: Mapping[str, Any], *, metrics, search_space, source: str) -> int:

@@ -157,8 +157,44 @@ class TrialRunner:
                 self._run_trial(trial, arch)
             finally:
                 heartbeat.__exit__(None, None, None)
+        self._settle()
         self._report("done")
         return self.summary
+
+    def _settle(self, poll: float = 0.5) -> None:
+        """Budget spent: leave no trial RUNNING or WAITING behind.
+
+        A trial still RUNNING now is another worker's trial on its way to being discarded (seconds), or
+        the trial of a dead worker (killed during its budget wait, or before the budget was found
+        spent): stay until the stale sweep has failed it, a grace period and a beat at most. A WAITING
+        retry (of a dead trial swept near the end) can no longer get a slot: it is told FAIL
+        (``Discarded``) instead of being left to a next run.
+        """
+        if not self.summary.stop_reason.startswith("budget reached"):
+            return
+        from optuna.trial import TrialState
+
+        interval, grace, _ = study_mod._heartbeat_settings(self.study._storage)
+        if interval is None and study_mod._rdb(self.study._storage) is None:
+            return  # no heartbeats: a dead trial cannot be told from a live one
+        deadline = time.monotonic() + float(grace or 30) + 2 * float(interval or 10) + 2
+        storage, study_id = self.study._storage, self.study._study_id
+        while True:
+            for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+                try:
+                    study_mod.set_user_attrs(self.study, t._trial_id, {
+                        "error_type": "Discarded", "error": "budget reached before this retry could run"})
+                    storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+                except Exception as exc:  # noqa: BLE001 - popped or failed by another worker meanwhile
+                    log.debug("discarding waiting trial %d: %s", t.number, exc)
+            if not storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                return
+            if time.monotonic() > deadline:
+                log.warning("budget reached, but trials are still RUNNING after %.0f s; leaving them",
+                            float(grace or 30) + 2 * float(interval or 10))
+                return
+            time.sleep(poll)
+            self._sweep()
 
     def _next_trial(self):
         """Ask for the next trial to train: ``(trial, arch, heartbeat)``, or None to stop."""
@@ -211,12 +247,21 @@ class TrialRunner:
                 return None
 
     def _sweep(self) -> None:
-        """Fail stale trials (dead workers), at most once a second: staleness is measured in grace
-        periods of several seconds, and a sweep is a read of every RUNNING trial."""
+        """Fail stale trials (dead workers), at most once per tenth of the grace period (at least 1 s
+        apart): staleness is measured in grace periods, and a sweep is a read of every RUNNING trial.
+        With cheap trials and many workers a once-a-second sweep was one storage read per trial
+        (``bench/load.py``); a tenth of the grace period delays the detection of a dead worker by 10%."""
         now = time.monotonic()
-        if now - self._last_sweep >= 1.0:
+        if now - self._last_sweep >= self._sweep_interval():
             self._last_sweep = now
             study_mod.fail_stale_trials(self.study)
+
+    def _sweep_interval(self) -> float:
+        interval = getattr(self, "_sweep_every", None)
+        if interval is None:
+            _, grace, _ = study_mod._heartbeat_settings(self.study._storage)
+            interval = self._sweep_every = max(1.0, float(grace or 0) / 10)
+        return interval
 
     def _budget_spent(self) -> bool:
         """Before asking: is the budget already spent? Reads the study only near the end of the search.
@@ -319,24 +364,27 @@ class TrialRunner:
         that failed for a reason of the arch's own."""
         from optuna.trial import TrialState
 
-        same = [t for t in trials if t.number != number and t.state == TrialState.COMPLETE
-                and _same_arch(t.params, arch)]
-        if same:
-            return min(same, key=lambda t: t.number)
-        # Another worker is training this arch right now (two model-based proposals can coincide). The
-        # lower number trains, so two such trials never both step aside; if that worker dies, its trial
-        # is failed and retried like any other.
-        running = [t for t in trials if t.number < number and t.state == TrialState.RUNNING
-                   and _same_arch(t.params, arch)]
-        if running:
-            return min(running, key=lambda t: t.number)
+        # One pass over the study (it runs once per trial, and the study grows to thousands of trials),
+        # the arch compared first: it rules out nearly every trial at its first key.
+        # Another worker may be training this arch right now (two model-based proposals can coincide):
+        # the lower number trains, so two such trials never both step aside; if that worker dies, its
+        # trial is failed and retried like any other.
+        complete = running = failed = None
+        not_arch_errors = study_mod.RETRYABLE_ERRORS + ("Discarded",)
         for t in trials:
-            if t.state != TrialState.FAIL:
+            if t.number == number or not _same_arch(t.params, arch):
                 continue
-            if (_same_arch(t.params, arch) and t.number != number and t.user_attrs.get("error_type")
-                    and t.user_attrs.get("error_type") not in study_mod.RETRYABLE_ERRORS + ("Discarded",)):
-                return t
-        return None
+            if t.state == TrialState.COMPLETE:
+                if complete is None or t.number < complete.number:
+                    complete = t
+            elif t.state == TrialState.RUNNING and t.number < number:
+                if running is None or t.number < running.number:
+                    running = t
+            elif t.state == TrialState.FAIL and failed is None:
+                error_type = t.user_attrs.get("error_type")
+                if error_type and error_type not in not_arch_errors:
+                    failed = t
+        return next((t for t in (complete, running, failed) if t is not None), None)
 
     def _answer_from_store(self, trial, arch, known) -> None:
         from optuna.trial import TrialState
@@ -447,9 +495,12 @@ class TrialRunner:
                 raise
         finally:
             self.ad.student_model = None
-            heavy = _is_torch_module(model)
+            heavy = _is_torch_module(model) or _is_keras_model(model)
             del model
-            if heavy:  # free the student's memory now, before the next one is built (~50 ms)
+            # Free the student's memory now, before the next one is built (~50 ms). Not
+            # keras.backend.clear_session(): it would also reset Keras's global settings (dtype policy,
+            # distribution, seed generator) under the live teacher and clear TF's kernel cache.
+            if heavy:
                 gc.collect()
 
     def _build_train_eval(self, arch: dict, timings: dict, number: int | None):
@@ -547,7 +598,14 @@ class TrialRunner:
 
 # --------------------------------------------------------------------------------------- helpers
 def _same_arch(params: dict, arch: dict) -> bool:
-    return all(k in params and params[k] == arch[k] and type(params[k]) is type(arch[k]) for k in arch)
+    # A plain loop, not all(<generator>): called for every trial of the study per trial (see _known).
+    for key, value in arch.items():
+        if key not in params:
+            return False
+        other = params[key]
+        if other != value or type(other) is not type(value):
+            return False
+    return True
 
 
 def _worker(runner: TrialRunner) -> dict[str, Any]:
@@ -606,13 +664,24 @@ def _is_torch_module(model: Any) -> bool:
     return torch is not None and isinstance(model, torch.nn.Module)
 
 
+def _is_keras_model(model: Any) -> bool:
+    """A Keras 3 model; looks only when keras is already imported (a torch run never imports it)."""
+    import sys
+
+    keras = sys.modules.get("keras")
+    return keras is not None and isinstance(model, keras.Model)
+
+
 def _parameter_count(model: Any, metrics: Any) -> int | None:
-    """Parameter count of a torch module / anything with ``num_parameters()``; else a 'params' metric."""
+    """Parameter count of a torch module / a Keras model / anything with ``num_parameters()``; else a
+    'params' metric."""
     import sys
 
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         return int(sum(p.numel() for p in model.parameters()))
+    if _is_keras_model(model):
+        return int(model.count_params())  # trainable and not (batch-norm statistics), like numel()
     counter = getattr(model, "num_parameters", None)
     if callable(counter):
         try:
@@ -625,10 +694,28 @@ def _parameter_count(model: Any, metrics: Any) -> int | None:
 
 
 def _rebuild_with(model: Any, model_cls: Any, run_dir: str) -> Any:
-    """Seed ``model_cls`` semantics: save the student, then rebuild it with ``model_cls.from_pretrained``."""
+    """Seed ``model_cls`` semantics: save the student, then rebuild it from what was saved.
+
+    torch / Hugging Face: ``save_pretrained`` + ``model_cls.from_pretrained``. Keras: ``model.keras`` +
+    ``keras.saving.load_model(safe_mode=True)`` (no lambdas / arbitrary code), with ``model_cls``
+    registered as a custom object when it is a ``keras.Model`` subclass; the rebuilt model must be one.
+    """
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     folder = tempfile.mkdtemp(prefix=".student-", dir=run_dir)
     try:
+        if _is_keras_model(model):
+            import keras
+
+            path = os.path.join(folder, "model.keras")
+            model.save(path)
+            custom = {}
+            if isinstance(model_cls, type) and issubclass(model_cls, keras.Model):
+                custom[model_cls.__name__] = model_cls
+            rebuilt = keras.saving.load_model(path, custom_objects=custom, safe_mode=True)
+            if isinstance(model_cls, type) and not isinstance(rebuilt, model_cls):
+                raise TypeError(f"model_cls {model_cls.__name__}: the student reloaded from its .keras file is "
+                                f"a {type(rebuilt).__name__} (the builder returned a {type(model).__name__})")
+            return rebuilt
         model.save_pretrained(folder)
         return model_cls.from_pretrained(folder)
     finally:
@@ -637,7 +724,9 @@ def _rebuild_with(model: Any, model_cls: Any, run_dir: str) -> Any:
 
 def save_student(model: Any, arch: dict, folder: str | os.PathLike) -> bool:
     """Write a trained student to ``folder``: ``save_pretrained`` (safetensors) when the model has it,
-    else a torch module's ``state_dict`` as ``model.safetensors``; plus ``arch.json``. False: not a model.
+    a Keras model as ``model.keras`` (Keras 3's zip: config + weights, reloadable with
+    ``keras.saving.load_model(path, safe_mode=True)``), else a torch module's ``state_dict`` as
+    ``model.safetensors``; plus ``arch.json``. False: not a model.
     """
     import sys
 
@@ -648,6 +737,8 @@ def save_student(model: Any, arch: dict, folder: str | os.PathLike) -> bool:
         if transformers is not None:  # no "Writing model shards" bar per trial
             transformers.utils.logging.disable_progress_bar()
         model.save_pretrained(str(folder))
+    elif _is_keras_model(model):
+        model.save(str(folder / "model.keras"))
     else:
         torch = sys.modules.get("torch")
         if torch is None or not isinstance(model, torch.nn.Module):
@@ -663,7 +754,7 @@ def save_student(model: Any, arch: dict, folder: str | os.PathLike) -> bool:
 
 def save_student_artifact(model: Any, arch: dict, store: Any, trial: Any) -> str | None:
     """Save ``model`` (see :func:`save_student`) as a tar in the artifact store, linked from ``trial``."""
-    if not (hasattr(model, "save_pretrained") or _is_torch_module(model)):
+    if not (hasattr(model, "save_pretrained") or _is_torch_module(model) or _is_keras_model(model)):
         return None  # nothing we know how to save (e.g. a user's plain-Python student)
     from optuna.artifacts import upload_artifact
 
@@ -687,7 +778,8 @@ def extract_student(archive: str | os.PathLike, out_dir: str | os.PathLike) -> P
     with tarfile.open(archive, "r") as tar:
         for member in tar.getmembers():
             target = (out / member.name).resolve()
-            if not (member.isfile() or member.isdir()) or not str(target).startswith(str(out.resolve())):
+            # is_relative_to, not a string prefix: "../out-evil/x" starts with "<...>/out" too
+            if not (member.isfile() or member.isdir()) or not target.is_relative_to(out.resolve()):
                 raise ValueError(f"refusing to extract {member.name!r}: not a plain file inside {out}")
         try:
             tar.extractall(out, filter="data")

@@ -31,6 +31,12 @@ while a retry is WAITING gives its own trial up and pops the retry instead (see
 :mod:`nas_distill.runner`), so a dead worker's architecture is always trained, and nobody deadlocks. Trials answered from the store (``duplicate_of``) or imported from an earlier run
 (``imported_from``) are not counted: they cost no training.
 
+Storage outages (:mod:`nas_distill.storage_retry`): the study :func:`open_study` returns talks to an
+RDB storage through a wrapper that retries connection-level failures with backoff (one warning line per
+outage), so workers wait for a restarting PostgreSQL server instead of dying. A RUNNING trial that never
+recorded a heartbeat (an orphan left by a retried ``create_new_trial`` whose first commit had landed) is
+failed by the stale sweep once it is :data:`ORPHAN_AGE_S` old.
+
 Passwords in storage URLs are masked (:func:`mask_url`) everywhere they are logged or stored.
 """
 
@@ -56,6 +62,9 @@ DEFAULT_STUDY_NAME = "nas-distill"
 UNCOUNTED_ATTRS = ("duplicate_of", "imported_from")
 # error types of failures that say nothing about the architecture: the arch is tried again
 RETRYABLE_ERRORS = ("WorkerLost", "Interrupted", "ConfigError")
+#: Age (s, at least the grace period) after which a RUNNING trial that never beat is an orphan: no worker
+#: runs it (every worker's first beat follows its ask within the sampler's time, far less than this).
+ORPHAN_AGE_S = 60.0
 
 __all__ = [
     "mask_url",
@@ -277,6 +286,7 @@ def open_study(
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
         )
+    storage = _with_retries(storage)
     directions = _directions(higher_is_better)
     study = optuna.create_study(
         storage=storage,
@@ -311,6 +321,16 @@ def open_study(
         study.set_user_attr("metrics", list(metrics))
         study.set_user_attr("higher_is_better", [bool(h) for h in higher_is_better])
     return study
+
+
+def _with_retries(storage):
+    """``storage`` behind the outage-riding wrapper of :mod:`nas_distill.storage_retry` (RDB storages)."""
+    from . import storage_retry
+
+    rdb = _rdb(storage)
+    if rdb is None:
+        return storage
+    return storage_retry.wrap(storage, mask_url(str(getattr(rdb, "url", "storage"))))
 
 
 def load_study(storage: Any, study_name: str | None = None):
@@ -349,9 +369,11 @@ def _jsonable(value: Any) -> Any:
 
 # ------------------------------------------------------------------------------------ heartbeats
 def _heartbeat_settings(storage) -> tuple[float | None, float | None, Any]:
-    inner = getattr(storage, "_backend", storage)  # optuna's _CachedStorage wraps an RDBStorage
+    from .storage_retry import innermost
+
+    inner = innermost(storage)  # optuna's _CachedStorage (and our retrying wrapper) wrap an RDBStorage
     for s in (storage, inner):
-        settings = getattr(s, "_nas_distill_heartbeat", None)
+        settings = s.__dict__.get("_nas_distill_heartbeat") if hasattr(s, "__dict__") else None
         if settings is not None:
             return settings
     interval = getattr(inner, "heartbeat_interval", None)
@@ -360,10 +382,12 @@ def _heartbeat_settings(storage) -> tuple[float | None, float | None, Any]:
 
 
 def _rdb(storage):
-    """The RDBStorage behind ``storage`` (which may be Optuna's caching wrapper), or None."""
+    """The RDBStorage behind ``storage`` (Optuna's caching wrapper, our retrying one), or None."""
     import optuna
 
-    inner = getattr(storage, "_backend", storage)
+    from .storage_retry import innermost
+
+    inner = innermost(storage)
     return inner if isinstance(inner, optuna.storages.RDBStorage) else None
 
 
@@ -386,11 +410,21 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def beat(self) -> None:
+        """One beat, one attempt: during an outage the next beat is the retry (the outage is logged
+        once, by :mod:`nas_distill.storage_retry`, not per beat)."""
+        from .storage_retry import policy_of
+
         storage = self.study._storage
         rdb = _rdb(storage)
+        retry = policy_of(storage)
         try:
             if rdb is not None and rdb.heartbeat_interval:
-                rdb.record_heartbeat(self.trial_id)
+                if retry is not None:
+                    retry.once(rdb.record_heartbeat, self.trial_id)
+                else:
+                    rdb.record_heartbeat(self.trial_id)
+            elif retry is not None:
+                retry.once(storage._backend.set_trial_system_attr, self.trial_id, HEARTBEAT_ATTR, time.time())
             else:
                 storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
         except Exception as exc:  # noqa: BLE001 - a finished trial or a brief outage: keep beating
@@ -407,12 +441,21 @@ class Heartbeat:
             from optuna.storages._rdb import models
             from optuna.storages._rdb.storage import _create_scoped_session
 
+            from .storage_retry import call
+
             rdb._set_trial_attr_without_commit  # noqa: B018 - _write_user_attrs' fallback needs it
-            with _create_scoped_session(rdb.scoped_session, True) as session:
-                _write_user_attrs(rdb, session, self.trial_id, {k: _jsonable(v) for k, v in attrs.items()})
-                session.add(models.TrialHeartbeatModel(trial_id=self.trial_id))
         except (ImportError, AttributeError, TypeError):  # pragma: no cover - a future Optuna
             return False
+        values = {k: _jsonable(v) for k, v in attrs.items()}
+
+        def write() -> None:
+            # Idempotent: attrs are upserts, and a heartbeat row already there (a retry after a commit
+            # that landed) is an integrity error the session ignores.
+            with _create_scoped_session(rdb.scoped_session, True) as session:
+                _write_user_attrs(rdb, session, self.trial_id, values)
+                session.add(models.TrialHeartbeatModel(trial_id=self.trial_id))
+
+        call(self.study._storage, write)
         return True
 
     def _run(self) -> None:
@@ -437,15 +480,61 @@ class Heartbeat:
             self._thread.join(timeout=5)
 
 
+def _orphan_age(grace_period: float) -> float:
+    return max(float(ORPHAN_AGE_S), float(grace_period))
+
+
+def _rdb_stale_trial_ids(rdb, study_id: int, grace_period: float) -> list[int]:
+    """RUNNING trials whose last heartbeat (server time) is older than the grace period, and orphans:
+    RUNNING trials with no heartbeat at all, started (client time) more than :func:`_orphan_age` ago.
+
+    One session, the same two statements as Optuna's ``RDBStorage._get_stale_trial_ids`` (which skips
+    trials that never beat, so an orphan would stay RUNNING forever).
+    """
+    import datetime
+
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
+    from sqlalchemy import orm
+
+    stale: list[int] = []
+    orphan_limit = datetime.timedelta(seconds=_orphan_age(grace_period))
+    grace = datetime.timedelta(seconds=grace_period)
+    with _create_scoped_session(rdb.scoped_session, True) as session:
+        server_now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
+        client_now = datetime.datetime.now()
+        running = (
+            session.query(models.TrialModel)
+            .options(orm.selectinload(models.TrialModel.heartbeats))
+            .filter(models.TrialModel.state == TrialState.RUNNING)
+            .filter(models.TrialModel.study_id == study_id)
+            .all()
+        )
+        for trial in running:
+            if trial.heartbeats:
+                if server_now - trial.heartbeats[0].heartbeat.replace(tzinfo=None) > grace:
+                    stale.append(trial.trial_id)
+            elif trial.datetime_start is not None and client_now - trial.datetime_start > orphan_limit:
+                stale.append(trial.trial_id)
+    return stale
+
+
 def _stale_trial_ids(study, grace_period: float) -> list[int]:
     from optuna.trial import TrialState
+
+    from .storage_retry import call
 
     storage = study._storage
     rdb = _rdb(storage)
     if rdb is not None:
         if not rdb.heartbeat_interval:
             return []
-        return list(rdb._get_stale_trial_ids(study._study_id))
+        try:
+            return call(storage, _rdb_stale_trial_ids, rdb, study._study_id, grace_period)
+        except (ImportError, AttributeError):  # pragma: no cover - a future Optuna: its own query
+            return list(call(storage, rdb._get_stale_trial_ids, study._study_id))
     now = time.time()
     stale = []
     for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
@@ -466,17 +555,29 @@ def fail_stale_trials(study) -> list[int]:
     import optuna
     from optuna.trial import TrialState
 
+    from .storage_retry import policy_of
+
     interval, grace, callback = _heartbeat_settings(study._storage)
     if interval is None and _rdb(study._storage) is None:
         return []
     grace = float(grace if grace is not None else 2 * float(interval or 10))
     storage = study._storage
+    retry = policy_of(storage)
+    # Right after an outage nobody's heartbeat is fresh: give the live workers a grace period (and a
+    # beat) to prove it before failing their trials.
+    settle = grace + float(interval or 10)
+    if retry is not None and retry.recovered_within(settle):
+        return []
+    stale_ids = _stale_trial_ids(study, grace)
+    if stale_ids and retry is not None and retry.recovered_within(settle):
+        return []  # the read above was the first call to get through
     failed = []
-    for trial_id in _stale_trial_ids(study, grace):
+    for trial_id in stale_ids:
         try:
             storage.set_trial_user_attr(trial_id, "error_type", "WorkerLost")
             storage.set_trial_user_attr(
-                trial_id, "error", f"no heartbeat for more than {grace:g} s: the worker died or hung"
+                trial_id, "error", f"no heartbeat for more than {grace:g} s: the worker died or hung "
+                f"(or, never beating after {_orphan_age(grace):g} s, nobody ever ran it)"
             )
             if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 failed.append(trial_id)
@@ -509,6 +610,10 @@ class RetryStaleTrial:
     def __call__(self, study, trial) -> None:
         import optuna
 
+        if not trial.params:
+            # An orphan of a retried create_new_trial (see nas_distill.storage_retry): no arch to retry.
+            log.info("trial %d: no params, nothing to retry", trial.number)
+            return
         history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
         if self.max_retry is not None and len(history) > self.max_retry:
             log.warning("trial %d: not retried again (%d retries already)", trial.number, len(history) - 1)
@@ -596,8 +701,13 @@ def set_user_attrs(study, trial_id: int, attrs: Mapping[str, Any]) -> None:
         except (ImportError, AttributeError):  # pragma: no cover - a future Optuna
             setter = None
         if setter is not None:
-            with _create_scoped_session(rdb.scoped_session, True) as session:
-                _write_user_attrs(rdb, session, trial_id, values)
+            from .storage_retry import call
+
+            def write() -> None:  # an upsert: safe to retry after a lost acknowledgement
+                with _create_scoped_session(rdb.scoped_session, True) as session:
+                    _write_user_attrs(rdb, session, trial_id, values)
+
+            call(storage, write)
             return
     for key, value in values.items():
         storage.set_trial_user_attr(trial_id, key, value)

@@ -74,7 +74,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{p} is not valid YAML: {exc}") from None
+        raise ConfigError("config", f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError("config", f"{p}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -183,10 +183,14 @@ class _SignalGuard:
 
 
 def set_threads(threads: int | None) -> None:
-    """Torch intra-op threads for this process (env for a torch not yet imported, and the live one)."""
+    """Torch intra-op threads for this process (env for a torch not yet imported, and the live one).
+
+    TensorFlow reads its thread pools' sizes from the environment once, when its runtime starts: set here
+    before a Keras task imports it, a worker does not take every core (TF's default) next to the others.
+    """
     if not threads:
         return
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
         os.environ[var] = str(threads)
     torch = sys.modules.get("torch")
     if torch is not None:
@@ -227,6 +231,9 @@ def run_worker(
             ad = build_autodistill(config, task=task, storage=storage, study_name=study_name,
                                    run_dir=run_dir, max_trials=max_trials)
             set_threads(threads)  # the task may have imported torch
+            from .dryrun import dry_run
+
+            dry_run(ad)  # data / layer problems: one ConfigError now, before this worker's first trial
             runner = TrialRunner(ad, progress=progress, model_cls=getattr(ad, "model_cls", None),
                                  worker_label=label)
             summary = runner.run()

@@ -18,6 +18,8 @@ Algorithms (``make_searcher`` names, case-insensitive): ``grid`` and ``random`` 
 across processes: see :mod:`nas_distill.search.samplers`), ``bo`` (the default Bayesian sampler, chosen
 by ``bench/search_quality.py``: Optuna's GPSampler, or multivariate TPE with a warning where torch /
 scipy are not installed), ``tpe`` (multivariate), ``gp``, ``nsga2``, or any ``optuna.samplers.BaseSampler``.
+A TensorFlow / Keras search asks :func:`torch_free_algorithm` first: its ``bo`` is multivariate TPE, since
+GPSampler would import torch into a process that has no other use for it.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = [
     "canonical_algorithm",
     "make_sampler",
     "make_searcher",
+    "torch_free_algorithm",
 ]
 
 #: Canonical algorithm names accepted by :func:`make_searcher` (and the config's ``search_algorithm``).
@@ -387,6 +390,18 @@ def make_searcher(
     if sampler is not None and name != "bo":
         raise ValueError(f"sampler={sampler!r} can only be combined with algorithm='bo', got {algorithm!r}")
     return BayesianOptimizationSearcher(search_space, seed=seed, sampler=sampler or name, **study_kwargs)
+
+
+def torch_free_algorithm(algorithm: str | BaseSampler) -> str | BaseSampler:
+    """``algorithm`` for a process that must not import torch (the TensorFlow / Keras path).
+
+    ``'bo'`` means :data:`DEFAULT_BO_SAMPLER`; when that is GPSampler, which imports torch once it starts
+    modelling (after its start-up trials), ``'bo'`` becomes multivariate TPE, the torch-free model-based
+    sampler. An explicit ``'gp'`` (or a sampler instance) is the caller's choice and is kept.
+    """
+    if isinstance(algorithm, str) and canonical_algorithm(algorithm) == "bo" and DEFAULT_BO_SAMPLER == "gp":
+        return "tpe"
+    return algorithm
 
 
 # ---------------------------------------------------------------------- helpers

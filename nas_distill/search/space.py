@@ -51,7 +51,10 @@ class SearchSpace:
                         f"values must be finite numbers, strings, booleans or null, got {value!r}",
                     )
             if len(set(_hashable(v) for v in raw)) != len(raw):
-                raise ConfigError(f"{field}.{key}", f"values must be distinct, got {list(raw)!r}")
+                seen: set = set()
+                twice = next(v for v in raw if _hashable(v) in seen or seen.add(_hashable(v)))
+                shown = repr(list(raw)) if len(raw) <= 20 else f"{len(raw)} values"  # one short line
+                raise ConfigError(f"{field}.{key}", f"values must be distinct, got {twice!r} twice in {shown}")
             values.append(tuple(raw))
         self._keys = tuple(keys)
         self._values = tuple(values)

@@ -212,7 +212,7 @@ def load_or_train_teacher(run_dir: str | os.PathLike, **train_kwargs: Any):
     path = Path(run_dir) / "teacher"
     if not (path / "config.json").exists():
         train_teacher(path, **train_kwargs)
-    model = ViTForImageClassification.from_pretrained(path)
+    model = ViTForImageClassification.from_pretrained(path, use_safetensors=True)  # never a pickle (.bin)
     model.eval()
     metrics_file = path / "teacher_metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}

@@ -1,76 +1,49 @@
-"""Teacher-output cache, shared by every trial and every worker process on a machine.
+"""Teacher-output cache, shared by every trial and every worker process on a machine (PyTorch side).
 
-The teacher is frozen and in eval mode, so its outputs on the (collated, deterministic) training
-examples are the same in every trial. They are computed once per study and stored on disk; a trial with
-a warm cache never runs the teacher.
+The on-disk format, the atomic publishing, the locking, the checksums and the float16 rule live in
+:mod:`nas_distill.distill.cache_store` (numpy only, shared with the Keras engine) and are re-exported
+here. This module adds the fingerprint of a torch teacher and its collated training tensors.
 
 Key: a sha256 fingerprint of the teacher's weights (every state-dict tensor's name, dtype, shape and
 bytes), the collated training tensors, the teacher-side layer mappings and the device type. Nothing
 temperature- or student-dependent is in the key (raw logits are cached), so every trial of a study hits
 the same entry.
-
-Layout (one folder per fingerprint)::
-
-    <root>/<fingerprint>/logits.npy         raw teacher logits, one row per example index
-    <root>/<fingerprint>/feature-<i>.npy    mapped teacher features that fit the budget
-    <root>/<fingerprint>/manifest.json      written last: file names, dtypes, shapes, sizes, sha256
-
-Safety and concurrency:
-
-* Arrays are plain ``.npy`` files read with ``np.load(..., allow_pickle=False, mmap_mode='r')``: nothing
-  is ever unpickled, and workers share the file pages through the OS page cache.
-* A writer builds the entry in a private temporary folder inside ``<root>`` (same file system), fsyncs
-  every file, writes the manifest last, fsyncs, then publishes the folder with one atomic ``os.rename``.
-  A reader therefore sees either no entry or a complete one. An advisory ``flock`` on
-  ``<root>/<fingerprint>.lock`` makes a second worker wait for the first instead of computing the same
-  outputs; correctness does not depend on it (the rename is what is atomic).
-* A reader trusts an entry only when the manifest parses and every file has the recorded size and
-  sha256. A truncated or corrupt entry is moved aside, deleted and rebuilt.
-
-Precision: ``float16`` storage is used per array only when it is lossless enough on the actual data (see
-:func:`storage_dtype`); otherwise that array is stored as ``float32``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import logging
-import os
-import shutil
-import tempfile
-import uuid
 from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
+from nas_distill.distill import cache_store as _store
+from nas_distill.distill.cache_store import (  # noqa: F401  (re-exported: the public names of this module)
+    _HASH_CHUNK,
+    FORMAT_VERSION,
+    FP16_MAX_ABS_ERROR,
+    FP16_MAX_REL_ERROR,
+    MANIFEST,
+    CacheEntry,
+    _discard,
+    _fsync_dir,
+    _locked,
+    _sha256_file,
+    _write_file,
+    in_memory_entry,
+    read_entry,
+    storage_dtype,
+    write_entry,
+)
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-# float16 is accepted for an array when its largest rounding error stays below both bounds: an absolute
-# one (logit / feature units; values up to |x| ~ 32 pass) and one relative to the array's largest
-# magnitude (rejects tiny-scale data that would fall into float16's subnormal range).
-FP16_MAX_ABS_ERROR = 1e-2
-FP16_MAX_REL_ERROR = 1e-3
-_HASH_CHUNK = 1 << 22
-
-try:  # POSIX advisory locks; elsewhere the atomic rename alone keeps the cache consistent
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+# Tests set this to None to exercise the lock-free path (only the atomic rename protects the entry).
+fcntl = _store.fcntl
 
 
-# --------------------------------------------------------------------------------------------------
-# fingerprint
-# --------------------------------------------------------------------------------------------------
-def _hash_tensor(h: "hashlib._Hash", name: str, tensor: torch.Tensor) -> None:
+def _hash_tensor(h: Any, name: str, tensor: torch.Tensor) -> None:
     t = tensor.detach().cpu().contiguous()
-    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-    if t.numel():
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    # a uint8 view, because numpy has no bfloat16
+    _store.hash_bytes(h, name, str(t.dtype), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy())
 
 
 def fingerprint(
@@ -80,172 +53,12 @@ def fingerprint(
     extra: Any = None,
 ) -> str:
     """sha256 of the teacher's weights, the collated data, the teacher feature keys and ``extra``."""
-    h = hashlib.sha256()
-    h.update(f"nas-distill teacher cache v{FORMAT_VERSION}\n{type(teacher).__qualname__}\n".encode())
+    h = _store.new_fingerprint(type(teacher).__qualname__)
     for name, tensor in teacher.state_dict().items():
         _hash_tensor(h, "w:" + name, tensor)
     for key in sorted(fields):
         _hash_tensor(h, "d:" + key, fields[key])
-    h.update(json.dumps({"features": sorted(feature_keys), "extra": extra}, sort_keys=True,
-                        default=str).encode())
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------------
-# precision
-# --------------------------------------------------------------------------------------------------
-def storage_dtype(array: np.ndarray, preferred: str = "float16") -> np.dtype:
-    """``float16`` when storing ``array`` in it is lossless enough, else ``float32``.
-
-    The check runs on the data itself: every value must stay finite and the largest rounding error must
-    be within :data:`FP16_MAX_ABS_ERROR` and :data:`FP16_MAX_REL_ERROR` times the largest magnitude.
-    """
-    if str(preferred) not in ("float16", "fp16", "half") or array.size == 0:
-        return np.dtype(np.float32)
-    a = np.asarray(array, dtype=np.float32)
-    with np.errstate(over="ignore"):
-        h = a.astype(np.float16)
-    if not np.isfinite(h).all():
-        return np.dtype(np.float32)
-    err = float(np.max(np.abs(h.astype(np.float32) - a)))
-    scale = float(np.max(np.abs(a)))
-    if err <= FP16_MAX_ABS_ERROR and err <= FP16_MAX_REL_ERROR * scale or err == 0.0:
-        return np.dtype(np.float16)
-    return np.dtype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------------
-# files
-# --------------------------------------------------------------------------------------------------
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(_HASH_CHUNK)
-            if not chunk:
-                return h.hexdigest()
-            h.update(chunk)
-
-
-def _fsync_dir(path: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_file(path: str, write: Callable[[Any], None]) -> None:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-class CacheEntry:
-    """A complete, validated set of cached teacher outputs: ``arrays[name]`` (read-only memmaps or
-    in-memory arrays) and ``keys[name]`` (the feature key, ``None`` for logits)."""
-
-    def __init__(self, arrays: dict[str, np.ndarray], keys: dict[str, Optional[str]], path: str = ""):
-        self.arrays = arrays
-        self.keys = keys
-        self.path = path
-
-    def by_key(self) -> dict[Optional[str], np.ndarray]:
-        return {self.keys[name]: arr for name, arr in self.arrays.items()}
-
-    @property
-    def nbytes(self) -> int:
-        return int(sum(a.nbytes for a in self.arrays.values()))
-
-
-def write_entry(root: str, fp: str, arrays: dict[str, np.ndarray], keys: dict[str, Optional[str]],
-                dtype: str = "float16") -> str:
-    """Publish ``arrays`` as the entry ``<root>/<fp>`` atomically; returns the entry path.
-
-    If another writer published the same fingerprint first, its (valid) entry is kept and ours dropped.
-    """
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{fp[:16]}-", dir=root)
-    try:
-        manifest = {"version": FORMAT_VERSION, "fingerprint": fp, "arrays": {}}
-        for name, array in arrays.items():
-            store = storage_dtype(array, dtype)
-            data = np.ascontiguousarray(array, dtype=store)
-            fname = f"{name}.npy"
-            path = os.path.join(tmp, fname)
-            _write_file(path, lambda f: np.save(f, data, allow_pickle=False))
-            manifest["arrays"][name] = {
-                "file": fname, "key": keys.get(name), "dtype": store.name, "shape": list(data.shape),
-                "bytes": os.path.getsize(path), "sha256": _sha256_file(path),
-            }
-        # The manifest goes last: its presence (and checksums) is what makes the entry complete.
-        text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        _write_file(os.path.join(tmp, MANIFEST), lambda f: f.write(text))
-        _fsync_dir(tmp)
-        final = os.path.join(root, fp)
-        try:
-            os.rename(tmp, final)  # atomic; fails if another writer already published the entry
-        except OSError:
-            if read_entry(root, fp) is None:  # what is there is broken: replace it
-                _discard(final)
-                os.rename(tmp, final)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
-        _fsync_dir(root)
-        return final
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _discard(path: str) -> None:
-    """Move a broken entry aside atomically (readers never see half a deletion), then delete it."""
-    if not os.path.exists(path):
-        return
-    trash = f"{path}.broken-{uuid.uuid4().hex[:8]}"
-    with contextlib.suppress(OSError):
-        os.rename(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-
-
-def read_entry(root: str, fp: str, verify: bool = True) -> Optional[CacheEntry]:
-    """The entry ``<root>/<fp>`` if it is complete and intact, else ``None`` (never a partial one)."""
-    path = os.path.join(root, fp)
-    try:
-        with open(os.path.join(path, MANIFEST), "rb") as f:
-            manifest = json.loads(f.read().decode())
-        if manifest.get("version") != FORMAT_VERSION or manifest.get("fingerprint") != fp:
-            return None
-        arrays, keys = {}, {}
-        for name, info in manifest["arrays"].items():
-            file = os.path.join(path, os.path.basename(info["file"]))
-            if os.path.getsize(file) != info["bytes"]:
-                return None
-            if verify and _sha256_file(file) != info["sha256"]:
-                return None
-            arr = np.load(file, mmap_mode="r", allow_pickle=False)
-            if arr.dtype.name != info["dtype"] or list(arr.shape) != info["shape"]:
-                return None
-            arrays[name], keys[name] = arr, info.get("key")
-        return CacheEntry(arrays, keys, path)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-@contextlib.contextmanager
-def _locked(root: str, fp: str):
-    if fcntl is None:
-        yield
-        return
-    os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, f"{fp}.lock"), "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    return _store.finish_fingerprint(h, feature_keys, extra)
 
 
 def load_or_build(
@@ -255,32 +68,4 @@ def load_or_build(
     dtype: str = "float16",
 ) -> tuple[CacheEntry, bool]:
     """The entry for ``fp``, built with ``build()`` when missing or broken. Returns ``(entry, built)``."""
-    entry = read_entry(root, fp)
-    if entry is not None:
-        return entry, False
-    with _locked(root, fp):
-        entry = read_entry(root, fp)  # another worker may have finished while we waited
-        if entry is not None:
-            return entry, False
-        if os.path.exists(os.path.join(root, fp)):
-            logger.warning("teacher cache entry %s is incomplete or corrupt; rebuilding it", fp[:16])
-            _discard(os.path.join(root, fp))
-        if fcntl is not None:
-            # We hold the lock, so no live writer of this entry exists: any temporary folder of it is
-            # left over from a worker that died mid-write.
-            for name in os.listdir(root):
-                if name.startswith(f".tmp-{fp[:16]}-"):
-                    shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        arrays, keys = build()
-        write_entry(root, fp, arrays, keys, dtype)
-    entry = read_entry(root, fp)
-    if entry is None:
-        raise RuntimeError(f"teacher cache entry {fp[:16]} in {root} failed validation right after writing")
-    return entry, True
-
-
-def in_memory_entry(arrays: dict[str, np.ndarray], keys: dict[str, Optional[str]],
-                    dtype: str = "float16") -> CacheEntry:
-    """The same precision rules as on disk, for a cache that lives only in this process."""
-    stored = {n: np.ascontiguousarray(a, dtype=storage_dtype(a, dtype)) for n, a in arrays.items()}
-    return CacheEntry(stored, dict(keys))
+    return _store.load_or_build(root, fp, build, dtype, lock=fcntl is not None)

@@ -23,14 +23,24 @@ import inspect
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-from nas_distill.distill.mappings import LayerMapping, Output, parse_layer_mapping
-from nas_distill.errors import InvalidArchitecture, NasDistillError
+from nas_distill.distill.mappings import LayerMapping, Output, parse_layer_mapping  # noqa: F401
+# Plans and results are framework-neutral (shared with the Keras engine); re-exported from here.
+from nas_distill.distill.plans import (  # noqa: F401
+    LOGITS,
+    LossTerm,
+    StagePlan,
+    _broadcast,
+    default_stage,
+    feature_key,
+    plan_stage,
+)
+from nas_distill.distill.results import DistillationDiverged, DistillResult, StageResult  # noqa: F401
+from nas_distill.errors import InvalidArchitecture, NasDistillError  # noqa: F401
 
 from . import cache as cache_mod
 from .data import CollatedData, batch_indices, prepare_data
@@ -39,142 +49,6 @@ from .losses import canonical_loss_type, distillation_loss, task_loss
 from .matchers import FeatureMatchers
 
 logger = logging.getLogger(__name__)
-
-LOGITS = None  # the key of the model's logits among teacher outputs (a feature key is a string)
-
-
-class DistillationDiverged(NasDistillError, FloatingPointError):
-    """The distillation loss became NaN or infinite. The orchestrator records the trial as failed."""
-
-
-# --------------------------------------------------------------------------------------------------
-# results
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class StageResult:
-    name: str
-    kind: str
-    steps: int
-    seconds: float
-    final_loss: float  # loss of the last step
-    mean_loss_last: float  # mean loss over the last 10% of steps (less noisy)
-
-    @property
-    def steps_per_second(self) -> float:
-        return self.steps / self.seconds if self.seconds > 0 else float("inf")
-
-
-@dataclass
-class DistillResult:
-    stages: list[StageResult] = field(default_factory=list)
-    seconds: float = 0.0
-    teacher_cache: str = "disabled"  # 'disk' | 'memory' | 'disabled' | 'bypassed'
-    teacher_forward_calls: int = 0  # teacher forwards during this trial (0 with a warm, complete cache)
-
-    @property
-    def final_loss(self) -> float:
-        return self.stages[-1].final_loss if self.stages else float("nan")
-
-    def as_dict(self) -> dict:
-        """JSON-able summary (for the trial's user attributes)."""
-        d = asdict(self)
-        d["final_loss"] = self.final_loss
-        return d
-
-
-# --------------------------------------------------------------------------------------------------
-# stage plans
-# --------------------------------------------------------------------------------------------------
-def feature_key(layer: str, output: Output) -> str:
-    """A teacher (or student) output's stable name: ``'encoder.layer.1'`` or ``'encoder.layer.1@0'``."""
-    return layer if output is None else f"{layer}@{output}"
-
-
-@dataclass(frozen=True)
-class LossTerm:
-    """One weighted loss between a student output and a teacher output (``None`` side = logits)."""
-
-    kind: str
-    weight: float
-    mapping: Optional[LayerMapping]
-
-    @property
-    def teacher_key(self) -> Optional[str]:
-        m = self.mapping
-        return LOGITS if m is None else feature_key(m.teacher_layer, m.teacher_output)
-
-    @property
-    def matcher_key(self) -> str:
-        m = self.mapping
-        if m is None:
-            return "logits"
-        return feature_key(m.student_layer, m.student_output) + "->" + self.teacher_key
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    name: str
-    kind: str
-    block_names: tuple[str, ...]
-    terms: tuple[LossTerm, ...]
-    add_origin_loss: bool
-    train_steps: int
-    temperature: float
-
-    @property
-    def student_layers(self) -> set[str]:
-        return {t.mapping.student_layer for t in self.terms if t.mapping is not None}
-
-    @property
-    def teacher_keys(self) -> set:
-        return {t.teacher_key for t in self.terms}
-
-
-def _broadcast(values: Sequence, n: int, what: str, stage: str) -> list:
-    values = list(values or ())
-    if len(values) == 1 and n > 1:
-        return values * n
-    if len(values) != n:
-        raise ValueError(f"stage {stage!r}: {len(values)} {what} for {n} mappings")
-    return values
-
-
-def plan_stage(stage: Any) -> StagePlan:
-    """Normalise a ``DistillStage`` (or any object with its fields) into loss terms.
-
-    Mappings present: one term per mapping; ``loss_types`` one per mapping or one for all (default
-    ``MSE``); ``loss_weights`` likewise (default ``1/n``). No mappings: the models' logits, with each of
-    ``loss_types`` (default ``KL``) weighted by ``loss_weights`` (default ``1/len(loss_types)``).
-    """
-    name = getattr(stage, "name", "stage")
-    kind = getattr(stage, "kind", "regular_distillation")
-    mappings = [parse_layer_mapping(m, f"{name}.mappings") for m in (getattr(stage, "mappings", ()) or ())]
-    types = list(getattr(stage, "loss_types", ()) or ())
-    weights = list(getattr(stage, "loss_weights", ()) or ())
-    if mappings:
-        n = len(mappings)
-        types = _broadcast(types or ["MSE"], n, "loss types", name)
-        weights = _broadcast(weights or [1.0 / n], n, "loss weights", name)
-        terms = [LossTerm(canonical_loss_type(t), float(w), m) for t, w, m in zip(types, weights, mappings)]
-    else:
-        types = types or ["KL"]
-        weights = _broadcast(weights or [1.0 / len(types)], len(types), "loss weights", name)
-        terms = [LossTerm(canonical_loss_type(t), float(w), None) for t, w in zip(types, weights)]
-    steps = int(getattr(stage, "train_steps", 100))
-    temperature = float(getattr(stage, "temperature", 1.0))
-    if steps < 0 or temperature <= 0:
-        raise ValueError(f"stage {name!r}: train_steps must be >= 0 and temperature > 0")
-    return StagePlan(name, kind, tuple(getattr(stage, "block_names", ()) or ()), tuple(terms),
-                     bool(getattr(stage, "add_origin_loss", False)), steps, temperature)
-
-
-def default_stage() -> Any:
-    """Regular distillation on logits (KL, T=1) plus nothing else, 100 steps: used when none is given."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(name="regular_distillation", kind="regular_distillation", block_names=(),
-                           mappings=(), loss_types=("KL",), loss_weights=(1.0,), add_origin_loss=False,
-                           train_steps=100, temperature=1.0)
 
 
 # --------------------------------------------------------------------------------------------------

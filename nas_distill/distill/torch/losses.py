@@ -20,17 +20,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("MSE", "KL", "L1", "CE", "CosineSimilarity")
-_ALIASES = {name.lower(): name for name in LOSS_TYPES}
-_ALIASES.update({"cos": "CosineSimilarity", "cosine": "CosineSimilarity", "kld": "KL", "kldiv": "KL"})
-
-
-def canonical_loss_type(name: str) -> str:
-    """``'kl'`` -> ``'KL'``; unknown names raise ``ValueError`` listing the known ones."""
-    key = str(name).strip().lower()
-    if key not in _ALIASES:
-        raise ValueError(f"unknown loss type {name!r}; known: {', '.join(LOSS_TYPES)}")
-    return _ALIASES[key]
+# The names are shared with the Keras engine (no torch there): re-exported from the neutral module.
+from nas_distill.distill.losses_common import _ALIASES, LOSS_TYPES, canonical_loss_type  # noqa: F401
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:

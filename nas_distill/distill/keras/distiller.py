@@ -1,0 +1,456 @@
+"""Flash distillation of one candidate student from a frozen teacher (TensorFlow / Keras 3).
+
+The Keras twin of :class:`nas_distill.distill.torch.FlashDistiller`: the same stages (planned by
+:mod:`nas_distill.distill.plans`), the same losses, the same teacher cache (format and key recipe in
+:mod:`nas_distill.distill.cache_store`), the same :class:`DistillResult`. One
+:class:`KerasFlashDistiller` serves a whole study in one worker process: it holds the teacher, the
+validated training arrays and the teacher-output cache. :meth:`KerasFlashDistiller.distill` trains one
+student:
+
+1. knowledge-transfer stages in order, each training only the layers of its block (exact Keras layer
+   names or ``outer/inner`` paths: ``dense_1`` never unfreezes ``dense_10``) on intermediate-layer
+   losses over its layer mappings;
+2. regular distillation: logit distillation (or the stage's mappings), optionally plus the task loss.
+
+Per stage the step (teacher forward when the cache lacks something, student forward under a
+``tf.GradientTape``, loss, gradients, optimizer update) is one ``tf.function``, traced once: every batch
+has the same size. Per step the Python side only gathers the batch's rows (inputs, labels, cached
+teacher outputs) by example index.
+
+This module knows nothing of Optuna; the orchestrator passes a per-trial ``seed`` and records the
+returned :class:`DistillResult`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from nas_distill.distill.plans import LOGITS, StagePlan, default_stage, feature_key, plan_stage
+from nas_distill.distill.results import DistillationDiverged, DistillResult, StageResult, stage_result
+from nas_distill.errors import ConfigError, InvalidArchitecture
+
+from . import cache as cache_mod
+from .data import KerasData, ModelInputs, batch_indices
+from .layers import LayerNotFound, layer_output, model_logits, output_model, resolve_layer, train_only
+from .losses import distillation_loss, task_loss
+from .matchers import FeatureMatchers
+
+logger = logging.getLogger(__name__)
+
+# A cache entry whose float32 size is at most this is held in process memory as float32: no float16
+# conversion per step (it costs as much as a small student's layer). Larger entries stay memory-mapped,
+# their pages shared with the other workers through the OS page cache.
+IN_MEMORY_FLOAT32_MAX_BYTES = 256 * 2**20
+
+
+class _OwnRetracingFilter(logging.Filter):
+    """Every trial compiles the step (and the evaluator the forward) of a new student on purpose;
+    TensorFlow's "frequent retracing" warning about those functions is noise in a worker's log. Other
+    functions' warnings pass."""
+
+    OWN = ("KerasFlashDistiller", "keras_eval_forward")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("tf.function retracing" in message and any(name in message for name in self.OWN))
+
+
+tf.get_logger().addFilter(_OwnRetracingFilter())
+
+__all__ = ["KerasFlashDistiller", "DistillResult", "StageResult", "DistillationDiverged", "make_optimizer",
+           "resolve_device"]
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+def resolve_device(device: Any = "auto") -> tuple[str, str]:
+    """``(device type, TensorFlow device name)``: ``('cpu', '/CPU:0')`` or ``('gpu', '/GPU:<i>')``."""
+    text = str(device if device is not None else "auto").lower()
+    gpus = tf.config.list_logical_devices("GPU")
+    if text == "auto":
+        return ("gpu", "/GPU:0") if gpus else ("cpu", "/CPU:0")
+    kind, _, index = text.partition(":")
+    if kind == "cpu":
+        return "cpu", "/CPU:0"
+    if kind in ("cuda", "gpu"):
+        i = int(index or 0)
+        if i >= len(gpus):
+            raise ConfigError("flash_distillation.device",
+                              f"{device!r}: TensorFlow sees {len(gpus)} GPU(s) on this machine")
+        return "gpu", f"/GPU:{i}"
+    raise ConfigError("flash_distillation.device",
+                      f"{device!r} is not supported by the Keras engine (use auto, cpu, gpu or cuda[:i])")
+
+
+def make_optimizer(name: str, learning_rate: float, weight_decay: float) -> keras.optimizers.Optimizer:
+    """A Keras optimizer like the torch engine's (epsilon 1e-8 as torch's Adam/AdamW).
+
+    Keras applies ``weight_decay`` decoupled (``w -= lr * wd * w``) for every optimizer; that is torch's
+    AdamW, while torch's Adam / SGD add it to the gradient instead. Zero weight decay is identical.
+    """
+    key = str(name).lower()
+    lr, wd = float(learning_rate), float(weight_decay)
+    if key == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=wd, epsilon=1e-8)
+    if key == "adam":
+        return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd or None, epsilon=1e-8)
+    if key == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, weight_decay=wd or None)
+    raise ConfigError("flash_distillation.optimizer", f"unknown optimizer {name!r}; known: adamw, adam, sgd")
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check_model(model: Any, role: str) -> None:
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"the Keras engine needs the TensorFlow backend; Keras runs on "
+                           f"{keras.backend.backend()!r} (set KERAS_BACKEND=tensorflow before importing keras)")
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"the {role} must be a keras.Model (functional, or a built Sequential), "
+                        f"got {type(model).__name__}")
+
+
+def _stage_field(plan: StagePlan) -> str:
+    return f"flash_distillation.{plan.kind}.layer_mappings_for_knowledge_transfer"
+
+
+# --------------------------------------------------------------------------------------------------
+# the distiller
+# --------------------------------------------------------------------------------------------------
+class KerasFlashDistiller:
+    """Flash distillation from one Keras teacher on one training set, for every trial of a study.
+
+    Args:
+        teacher: the teacher ``keras.Model`` (functional or built Sequential); set non-trainable and
+            always called with ``training=False``.
+        train_data: ``(x, y)``: ``x`` an array or a dict of arrays keyed by the models' input names, ``y``
+            labels of shape ``(n,)`` (or ``None`` when no stage uses the task loss).
+        settings: a ``FlashSettings`` (optimizer, lr, weight decay, batch size, device, teacher cache,
+            augmentation, stages). ``None`` = the defaults.
+        cache_dir: overrides ``settings.teacher_cache.dir``: the folder shared by every worker of the
+            study. No folder = an in-process cache only.
+        stages: overrides ``settings.stages``; when both are empty one regular-distillation stage on the
+            logits is used.
+
+    Raises (at construction, before any work): ConfigError for bad data or settings and for a mapped
+    teacher layer the teacher lacks.
+    """
+
+    def __init__(self, teacher: Any, train_data: Any, settings: Any = None, *,
+                 cache_dir: Optional[str] = None, stages: Optional[Sequence[Any]] = None):
+        if settings is None:
+            from nas_distill.config import FlashSettings
+
+            settings = FlashSettings()
+        self.settings = settings
+        self.device_type, self.device_name = resolve_device(settings.device)
+        _check_model(teacher, "teacher")
+        self.teacher = teacher
+        teacher.trainable = False  # frozen; also keeps its BatchNorm layers in inference mode
+        self.cache_dir = cache_dir if cache_dir is not None else settings.teacher_cache.dir
+        self.data = KerasData.from_tuple(train_data, "train_data")
+        self.live = bool(settings.augmentation)  # augmented data: teacher outputs differ per read
+        self._teacher_inputs = ModelInputs(teacher, "teacher")
+        self._teacher_inputs.check(self.data)
+        raw_stages = list(stages if stages is not None else settings.stages) or [default_stage()]
+        self.plans = [plan_stage(s) for s in raw_stages]
+        # Resolve every mapped teacher layer now: a missing one fails before any trial.
+        self._teacher_symbols: dict = {LOGITS: model_logits(teacher)}
+        for plan in self.plans:
+            for term in plan.terms:
+                if term.mapping is not None and term.teacher_key not in self._teacher_symbols:
+                    m = term.mapping
+                    try:
+                        self._teacher_symbols[term.teacher_key] = layer_output(
+                            teacher, m.teacher_layer, m.teacher_output, "teacher")
+                    except LayerNotFound as exc:
+                        raise ConfigError(_stage_field(plan), f"stage {plan.name!r}: {exc}") from None
+        self._teacher_feature_keys = sorted(k for k in self._teacher_symbols if k is not None)
+        self._teacher_models: dict = {}
+        self._teacher_fns: dict = {}
+        self._cached: dict = {}  # teacher key (None = logits) -> array indexed by example index
+        self.teacher_calls = 0  # teacher forwards (one per batch) over this distiller's life
+        self.matchers: Optional[FeatureMatchers] = None  # the last trial's projections (inspection only)
+        self.cache_status = "pending"
+        self.prepare_seconds = 0.0
+
+    @classmethod
+    def from_config(cls, config: Any, teacher: Any, train_data: Any) -> "KerasFlashDistiller":
+        """The distiller of a study: ``config.flash`` settings and stages, and the teacher cache in
+        ``config.flash.teacher_cache.dir`` or, by default, ``<config.study.run_dir>/teacher_cache``."""
+        flash = config.flash
+        cache_dir = flash.teacher_cache.dir
+        if cache_dir is None:
+            cache_dir = os.path.join(config.study.run_dir, "teacher_cache")
+        return cls(teacher, train_data, flash, cache_dir=cache_dir)
+
+    # ---- teacher -----------------------------------------------------------------------------------
+    def _teacher_model(self, keys: Sequence):
+        """A model sharing the teacher's layers that returns the outputs ``keys`` (None = logits)."""
+        keys = tuple(keys)
+        model = self._teacher_models.get(keys)
+        if model is None:
+            model = output_model(self.teacher, [self._teacher_symbols[k] for k in keys], "teacher_outputs")
+            self._teacher_models[keys] = model
+        return model
+
+    def _teacher_fn(self, keys: Sequence):
+        """The compiled teacher forward (``training=False``) returning the outputs ``keys`` as a list."""
+        keys = tuple(keys)
+        fn = self._teacher_fns.get(keys)
+        if fn is None:
+            model, pack = self._teacher_model(keys), self._teacher_inputs.pack
+            fn = tf.function(lambda x: _as_list(model(pack(x), training=False)), reduce_retracing=True,
+                             autograph=False)
+            self._teacher_fns[keys] = fn
+        return fn
+
+    # ---- cache ---------------------------------------------------------------------------------------
+    def _cache_enabled(self) -> bool:
+        enabled = self.settings.teacher_cache.enabled
+        if enabled is False or str(enabled).lower() in ("false", "off", "no", "0"):
+            return False
+        if self.live:
+            if enabled is True:
+                logger.warning("teacher cache requested but the training data is augmented; bypassing it")
+            return False
+        return True
+
+    def prepare(self) -> str:
+        """Load or build the teacher cache (once per distiller). Returns the cache status:
+        ``'disk'``, ``'memory'`` (no folder), ``'disabled'`` or ``'bypassed'`` (augmentation)."""
+        if self.cache_status != "pending":
+            return self.cache_status
+        start = time.perf_counter()
+        if not self._cache_enabled():
+            self.cache_status = "bypassed" if self.live else "disabled"
+            return self.cache_status
+        cfg = self.settings.teacher_cache
+        dtype = str(cfg.dtype)
+        with tf.device(self.device_name):
+            if self.cache_dir:
+                fp = cache_mod.fingerprint(
+                    self.teacher, self.data.fields(), self._teacher_feature_keys,
+                    extra={"device": self.device_type, "budget_mb": float(cfg.feature_budget_mb),
+                           "dtype": dtype},
+                )
+                entry, built = cache_mod.load_or_build(
+                    str(self.cache_dir), fp, lambda: self._run_teacher_over_data(cfg.feature_budget_mb, dtype),
+                    dtype,
+                )
+                self.cache_status = "disk"
+                logger.info("teacher cache %s: %s (%.1f MiB)", fp[:16], "built" if built else "loaded",
+                            entry.nbytes / 2**20)
+            else:
+                arrays, keys = self._run_teacher_over_data(cfg.feature_budget_mb, dtype)
+                entry = cache_mod.in_memory_entry(arrays, keys, dtype)
+                self.cache_status = "memory"
+        arrays = entry.by_key()
+        if sum(a.size * 4 for a in arrays.values()) <= IN_MEMORY_FLOAT32_MAX_BYTES:
+            arrays = {k: np.array(a, dtype=np.float32) for k, a in arrays.items()}
+        self._cached = arrays
+        self.prepare_seconds = time.perf_counter() - start
+        return self.cache_status
+
+    def _run_teacher_over_data(self, budget_mb: float, dtype: str):
+        """Teacher logits for every example, plus mapped features while they fit ``budget_mb``."""
+        n = len(self.data)
+        keys = self._teacher_feature_keys
+        itemsize = 2 if str(dtype) in ("float16", "fp16", "half") else 4
+        budget = float(budget_mb) * 2**20
+        chosen: list[str] = []
+        for key in keys:  # feature sizes are known from the teacher's graph: choose before running it
+            shape = tuple(self._teacher_symbols[key].shape[1:])
+            if any(d is None for d in shape):
+                logger.info("teacher feature %s has a dynamic shape %s; computed live", key, shape)
+                continue
+            size = n * int(np.prod(shape)) * itemsize
+            if size <= budget:
+                budget -= size
+                chosen.append(key)
+            else:
+                logger.info("teacher feature %s (%.1f MiB) exceeds the cache budget; computed live",
+                            key, size / 2**20)
+        fn = self._teacher_fn([LOGITS] + chosen)
+        arrays: dict[str, np.ndarray] = {}
+        names = ["logits"] + [f"feature-{keys.index(k)}" for k in chosen]
+        bs = max(int(self.settings.batch_size), 64)
+        for start in range(0, n, bs):
+            idx = np.arange(start, min(n, start + bs))
+            outs = fn(self.data.take_x(idx))
+            self.teacher_calls += 1
+            for name, value in zip(names, outs):
+                value = np.asarray(value, dtype=np.float32)
+                if name not in arrays:
+                    arrays[name] = np.empty((n,) + value.shape[1:], np.float32)
+                arrays[name][start:start + len(idx)] = value
+        return arrays, {"logits": None, **{f"feature-{keys.index(k)}": k for k in chosen}}
+
+    # ---- training ------------------------------------------------------------------------------------
+    def check_student(self, student: Any) -> ModelInputs:
+        """Raise InvalidArchitecture when the student cannot take the data, or lacks a mapped layer or a
+        block; returns how the student takes its inputs."""
+        _check_model(student, "student")
+        try:
+            inputs = ModelInputs(student, "student")
+            inputs.check(self.data)
+        except ConfigError as exc:
+            raise InvalidArchitecture(str(exc)) from None
+        for plan in self.plans:
+            try:
+                for term in plan.terms:
+                    if term.mapping is not None:
+                        layer_output(student, term.mapping.student_layer, term.mapping.student_output, "student")
+                for block in plan.block_names:
+                    resolve_layer(student, block, "student")
+            except LayerNotFound as exc:
+                raise InvalidArchitecture(f"stage {plan.name!r}: {exc}") from None
+        return inputs
+
+    def distill(self, student: Any, seed: int = 0) -> DistillResult:
+        """Train ``student`` in place through every stage; returns timings and final losses.
+
+        Same student weights + same ``seed`` give the same results on CPU. Raises
+        :class:`DistillationDiverged` on a NaN/inf loss and InvalidArchitecture when the student lacks a
+        mapped layer or block, or cannot be matched to the teacher.
+        """
+        self.prepare()
+        student_inputs = self.check_student(student)
+        matchers = self.matchers = FeatureMatchers(seed=int(seed))
+        result = DistillResult(teacher_cache=self.cache_status)
+        calls_before = self.teacher_calls
+        start = time.perf_counter()
+        with tf.device(self.device_name):
+            for i, plan in enumerate(self.plans):
+                result.stages.append(
+                    self._run_stage(student, student_inputs, plan, matchers, int(seed) * 1009 + i))
+        result.seconds = time.perf_counter() - start
+        result.teacher_forward_calls = self.teacher_calls - calls_before
+        return result
+
+    def _stage_parts(self, student: Any, plan: StagePlan, matchers: FeatureMatchers):
+        """The stage's student output model, the teacher keys read from the cache and those computed
+        live, and one ``(kind, weight, teacher key, student output index, projection)`` per loss term.
+        Shapes are checked here, on the models' symbolic outputs, before anything is traced."""
+        needs_logits = plan.needs_student_logits
+        s_symbols, s_index = ([model_logits(student)] if needs_logits else []), {}
+        specs = []
+        for term in plan.terms:
+            t_symbol = self._teacher_symbols[term.teacher_key]
+            t_shape = tuple(t_symbol.shape)
+            if term.mapping is None:
+                s_symbol, index = s_symbols[0], 0
+            else:
+                m = term.mapping
+                key = feature_key(m.student_layer, m.student_output)
+                if key not in s_index:
+                    s_index[key] = len(s_symbols)
+                    s_symbols.append(layer_output(student, m.student_layer, m.student_output, "student"))
+                index = s_index[key]
+                s_symbol = s_symbols[index]
+            s_shape = tuple(s_symbol.shape)
+            same_inner = len(s_shape) == len(t_shape) and all(
+                a is None or b is None or a == b for a, b in zip(s_shape[1:-1], t_shape[1:-1]))
+            if not same_inner or (term.mapping is None and s_shape[-1] != t_shape[-1]):
+                raise InvalidArchitecture(
+                    f"stage {plan.name!r}, mapping {term.matcher_key}: student output shape {s_shape} cannot "
+                    f"be matched to the teacher's {t_shape} (only the last dimension of a mapped layer may "
+                    f"differ; logits must have the same width)"
+                )
+            proj = None if term.mapping is None else matchers.get(term.matcher_key, s_shape[-1], t_shape[-1])
+            specs.append((term.kind, term.weight, term.teacher_key, index, proj))
+        s_model = output_model(student, s_symbols, "student_outputs")
+        keys = sorted(plan.teacher_keys, key=lambda k: "" if k is None else "~" + k)
+        cached_keys = [k for k in keys if k in self._cached]
+        live_keys = [k for k in keys if k not in self._cached]
+        return s_model, cached_keys, live_keys, specs
+
+    def _make_step(self, plan: StagePlan, s_model, student_inputs: ModelInputs, cached_keys, live_keys,
+                   specs, optimizer, variables: list):
+        # The teacher's layers go straight into the step's graph (one graph per stage, no nested call).
+        t_model = self._teacher_model(live_keys) if live_keys else None
+        teacher_pack = self._teacher_inputs.pack
+        temperature = plan.temperature
+        need_labels = plan.add_origin_loss
+        student_pack = student_inputs.pack
+        watched = [v.value for v in variables]  # the backing tf.Variables (what a tape can watch)
+
+        # Flat positional arguments (x, [labels], cached targets...): the cheapest call to bind.
+        def step(x, *rest):
+            y = rest[0] if need_labels else None
+            targets = dict(zip(cached_keys, rest[1:] if need_labels else rest))
+            if t_model is not None:  # outside the tape: nothing of the teacher is recorded
+                targets.update(zip(live_keys, _as_list(t_model(teacher_pack(x), training=False))))
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(watched)  # only what trains: no gradients recorded for frozen layers
+                outs = _as_list(s_model(student_pack(x), training=True))
+                loss = None
+                for kind, weight, t_key, index, proj in specs:
+                    s_val = outs[index] if proj is None else proj(outs[index])
+                    term = distillation_loss(kind, s_val, targets[t_key], temperature)
+                    term = term if weight == 1.0 else weight * term
+                    loss = term if loss is None else loss + term
+                if need_labels:
+                    loss = loss + task_loss(outs[0], y)
+            grads = tape.gradient(loss, variables)
+            pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+            if not pairs:  # raised while tracing, i.e. before the first update
+                raise InvalidArchitecture(
+                    f"stage {plan.name!r}: the loss does not depend on any trainable variable (blocks "
+                    f"{list(plan.block_names)} lie after every mapped student layer?)"
+                )
+            optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+            return loss
+
+        # autograph off: the step is straight-line Python over fixed lists, and an error raised while
+        # tracing (InvalidArchitecture above) then reaches the caller as itself, not as a StagingError.
+        return tf.function(step, autograph=False)
+
+    def _run_stage(self, student: Any, student_inputs: ModelInputs, plan: StagePlan,
+                   matchers: FeatureMatchers, order_seed: int) -> StageResult:
+        s = self.settings
+        if plan.add_origin_loss and self.data.y is None:
+            raise ConfigError("train_data.y", f"stage {plan.name!r}: add_origin_loss needs labels in the data")
+        s_model, cached_keys, live_keys, specs = self._stage_parts(student, plan, matchers)
+        check_every = 1 if self.device_type == "cpu" else 25
+        losses: list[float] = []
+        t0 = time.perf_counter()
+        with train_only(student, plan.block_names, "student") as trainable:
+            variables = trainable + matchers.variables
+            if not variables:
+                raise InvalidArchitecture(f"stage {plan.name!r}: blocks {list(plan.block_names)} have no "
+                                          f"trainable variables")
+            optimizer = make_optimizer(s.optimizer, s.learning_rate, s.weight_decay)
+            optimizer.build(variables)
+            step_fn = self._make_step(plan, s_model, student_inputs, cached_keys, live_keys, specs,
+                                      optimizer, variables)
+            y_all = self.data.y
+            for step, idx in enumerate(batch_indices(len(self.data), int(s.batch_size), plan.train_steps,
+                                                     order_seed)):
+                args = [self.data.take_x(idx)]
+                if plan.add_origin_loss:
+                    args.append(np.take(y_all, idx, axis=0))
+                args.extend(np.take(self._cached[k], idx, axis=0) for k in cached_keys)
+                loss = step_fn(*args)
+                if live_keys:
+                    self.teacher_calls += 1
+                if step % check_every == 0 or step == plan.train_steps - 1:
+                    value = float(loss)
+                    if not math.isfinite(value):
+                        raise DistillationDiverged(
+                            f"stage {plan.name!r}, step {step}: the loss is {value}; lower the learning "
+                            f"rate or check the data and the layer mappings"
+                        )
+                    losses.append(value)
+        return stage_result(plan.name, plan.kind, plan.train_steps, time.perf_counter() - t0, losses)
