@@ -313,14 +313,42 @@ def open_study(
             f"{list(metrics)}; use another study name",
         )
     attrs = study.user_attrs
-    if search_space is not None and "search_space" not in attrs:
-        study.set_user_attr("search_space", {k: list(v) for k, v in search_space.items()})
+    if search_space is not None:
+        space = {k: list(v) for k, v in search_space.items()}
+        if "search_space" not in attrs:
+            study.set_user_attr("search_space", space)
+        elif attrs["search_space"] != space:
+            # Trials store each value as its index in the space (Optuna categoricals), and the claim
+            # protocol counts points by index: a changed space would silently reinterpret every stored
+            # trial. Refuse before anything is asked.
+            raise ConfigError(
+                "auto_distillation.search.search_space",
+                f"study {study_name!r} was created with a different search space "
+                f"({_space_difference(attrs['search_space'], space)}); use another study name",
+            )
     if config is not None and "config" not in attrs:
         study.set_user_attr("config", mask_secrets(_jsonable(config)))
     if "metrics" not in attrs:
         study.set_user_attr("metrics", list(metrics))
         study.set_user_attr("higher_is_better", [bool(h) for h in higher_is_better])
     return study
+
+
+def _space_difference(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+    """The first difference between two search spaces, for the error message."""
+    added = sorted(set(wanted) - set(stored))
+    removed = sorted(set(stored) - set(wanted))
+    if added or removed:
+        return f"keys added {added}, removed {removed}"
+    for key in sorted(wanted):
+        if list(stored[key]) != list(wanted[key]):
+            return f"{key!r} was {_short_list(stored[key])}, now {_short_list(wanted[key])}"
+    return "same keys and values"
+
+
+def _short_list(values: Any, limit: int = 8) -> str:
+    values = list(values)
+    return repr(values) if len(values) <= limit else repr(values[:limit])[:-1] + f", ... ({len(values)} values)]"
 
 
 def _with_retries(storage):

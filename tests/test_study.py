@@ -89,6 +89,28 @@ def test_existing_study_with_other_directions_is_refused(tmp_path):
         sm.open_study(url, "x", metrics=["acc", "latency"], higher_is_better=[True, True])
 
 
+def test_existing_study_with_another_search_space_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    space = {"hidden": [64, 128], "layers": [1, 2]}
+    study = sm.open_study(url, "x", metrics=["acc"], higher_is_better=[True], search_space=space)
+    trial = study.ask({"hidden": optuna.distributions.CategoricalDistribution([64, 128])})
+    study.tell(trial, 1.0)
+    # Same space (key order and tuple vs list do not matter): reopened.
+    again = sm.open_study(url, "x", metrics=["acc"], higher_is_better=[True],
+                          search_space={"layers": (1, 2), "hidden": [64, 128]})
+    assert len(again.trials) == 1
+    # A value inserted in front shifts every stored index: refused, naming the key, nothing asked.
+    with pytest.raises(ConfigError) as err:
+        sm.open_study(url, "x", metrics=["acc"], higher_is_better=[True],
+                      search_space={"hidden": [32, 64, 128], "layers": [1, 2]})
+    assert str(err.value).startswith("auto_distillation.search.search_space: ")
+    assert "'hidden' was [64, 128], now [32, 64, 128]" in str(err.value)
+    with pytest.raises(ConfigError, match=r"keys added \['heads'\], removed \[\]"):
+        sm.open_study(url, "x", metrics=["acc"], higher_is_better=[True],
+                      search_space={**space, "heads": [1, 2]})
+    assert len(optuna.load_study(study_name="x", storage=url).trials) == 1
+
+
 def test_journal_storage_search(tmp_path):
     ad = run_search(tmp_path / "run", storage=str(tmp_path / "study.log"))
     assert isinstance(ad.study._storage, optuna.storages.JournalStorage)
