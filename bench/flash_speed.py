@@ -20,8 +20,9 @@ A second table does the same for the Keras engine (``--engine keras``; both run 
 (scikit-learn), an MLP teacher 64-448-448-256-10 (4.1x the student's parameters and FLOPs) and a
 student 64-256-256-10, KL on logits + MSE between the last hidden layers (both 256 wide: no
 projection), AdamW, batch 1024, one TensorFlow thread; (a) is a hand-written ``tf.GradientTape`` step in
-a ``tf.function`` with the teacher run live each step; (d) is that loop reading the teacher's outputs
-from memory (the ceiling of any cache). Goals: (b)/(a) >= 0.95, (c)/(a) >= 2.0.
+a ``tf.function`` with the teacher run live each step (no XLA); (d) is that loop reading the teacher's
+outputs from memory (what a cache saves in the plain loop); (e) is loop (a) compiled with XLA (printed
+for transparency: (b) and (c) are also given against it). Goals: (b)/(a) >= 0.95, (c)/(a) >= 2.0.
 
     python bench/flash_speed.py            # ~3-4 minutes
     python bench/flash_speed.py --quick    # smoke run, ~1 minute
@@ -131,6 +132,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (median reported)")
     ap.add_argument("--engine", choices=("torch", "keras", "both"), default="both",
                     help="which engine's table to print (default both)")
+    ap.add_argument("--xla", choices=("auto", "on", "off"), default="auto",
+                    help="the Keras engine's jit_compile (default auto: XLA on a GPU only)")
     args = ap.parse_args(argv)
     if args.engine in ("keras", "both"):
         # TensorFlow's thread pools are fixed at its first op: set them before the torch part runs.
@@ -237,11 +240,12 @@ def keras_fresh(model):
     return clone
 
 
-def keras_plain_loop(teacher, student, x, steps, precomputed=None):
+def keras_plain_loop(teacher, student, x, steps, precomputed=None, jit_compile=False):
     """The obvious hand-written Keras KD loop: teacher live each step, one tf.function step.
 
     ``precomputed=(teacher logits, teacher hidden)`` for every row of ``x``: the same loop reading the
     teacher's outputs from memory instead (the ceiling of any teacher cache; used for row (d)).
+    ``jit_compile``: the same loop compiled with XLA (row (e), for transparency).
     """
     import keras
     import tensorflow as tf
@@ -260,7 +264,7 @@ def keras_plain_loop(teacher, student, x, steps, precomputed=None):
     opt = keras.optimizers.AdamW(learning_rate=K_LR, weight_decay=0.0, epsilon=1e-8)
     opt.build(variables)
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile or None)
     def step(xb, *targets):
         t_logits, t_hidden = targets if t_model is None else t_model(xb, training=False)
         with tf.GradientTape() as tape:
@@ -301,14 +305,17 @@ def keras_main(args):
     x, y = (digits.data / 16.0).astype("float32"), digits.target.astype("int64")
     teacher, student0 = keras_mlp(K_TEACHER, "t", 0), keras_mlp(K_STUDENT, "s", 1)
     cache_dir = tempfile.mkdtemp(prefix="flash-speed-keras-cache-")
-    live = KerasFlashDistiller(teacher, (x, y), keras_settings(steps, False, None))
-    cached = KerasFlashDistiller(teacher, (x, y), keras_settings(steps, True, cache_dir))
+    jit = {"auto": "auto", "on": True, "off": False}[args.xla]
+    live = KerasFlashDistiller(teacher, (x, y), keras_settings(steps, False, None), jit_compile=jit)
+    cached = KerasFlashDistiller(teacher, (x, y), keras_settings(steps, True, cache_dir), jit_compile=jit)
     t0 = time.perf_counter()
     cached.prepare()
     print(f"\nkeras teacher cache built in {time.perf_counter() - t0:.1f}s ({len(x)} examples) at {cache_dir}")
     # One short warm-up of each path (first-call allocations, tf.function machinery), not timed.
     keras_plain_loop(teacher, keras_fresh(student0), x, 2)
-    KerasFlashDistiller(teacher, (x, y), keras_settings(2, False, None)).distill(keras_fresh(student0))
+    keras_plain_loop(teacher, keras_fresh(student0), x, 2, jit_compile=True)
+    KerasFlashDistiller(teacher, (x, y), keras_settings(2, False, None), jit_compile=jit).distill(
+        keras_fresh(student0))
     cached.distill(keras_fresh(student0))
 
     t_out = keras.Model(teacher.input, [teacher.output, teacher.get_layer(f"t_{len(K_TEACHER)}").output])
@@ -320,12 +327,13 @@ def keras_main(args):
         "b": lambda: live.distill(keras_fresh(student0), seed=0),
         "c": lambda: cached.distill(keras_fresh(student0), seed=0),
         "d": lambda: keras_plain_loop(teacher, keras_fresh(student0), x, steps, precomputed),
+        "e": lambda: keras_plain_loop(teacher, keras_fresh(student0), x, steps, jit_compile=True),
     }
     wall = {k: [] for k in paths}
     cpu = {k: [] for k in paths}
     calls_c = []
     for r in range(rounds):
-        order = "abcd" if r % 2 == 0 else "dcba"
+        order = "abcde" if r % 2 == 0 else "edcba"
         for key in order:
             w, c, out = timed(paths[key], steps)
             wall[key].append(w)
@@ -333,24 +341,28 @@ def keras_main(args):
             if key == "c":
                 calls_c.append(out.teacher_forward_calls)
         print(f"round {r + 1}/{rounds} (steps per CPU-s / wall-s): "
-              + "  ".join(f"{k}={cpu[k][-1]:.1f}/{wall[k][-1]:.1f}" for k in "abcd"))
+              + "  ".join(f"{k}={cpu[k][-1]:.1f}/{wall[k][-1]:.1f}" for k in "abcde"))
     med = {k: statistics.median(v) for k, v in cpu.items()}
     medw = {k: statistics.median(v) for k, v in wall.items()}
     print()
     print(f"keras flash distillation, teacher 64-{'-'.join(map(str, K_TEACHER))}-10 -> student "
           f"64-{'-'.join(map(str, K_STUDENT))}-10 (digits), batch {K_BATCH}, 1 thread, {steps} steps x "
-          f"{rounds} rounds (median; fresh student and tf.function trace included in every run)")
+          f"{rounds} rounds (median; fresh student and tf.function trace included in every run); engine XLA: "
+          f"{'on' if cached.jit_compile else 'off'} ({args.xla})")
     print(f"{'path':44s} {'steps/CPU-s':>11s} {'vs (a)':>7s} {'steps/wall-s':>12s} {'vs (a)':>7s} {'goal':>7s}")
     rows = [("a", "(a) plain Keras KD loop, live teacher", ""),
             ("b", "(b) engine, live teacher (cache disabled)", ">= 0.95"),
             ("c", "(c) engine, warm teacher cache", ">= 2.0"),
-            ("d", "(d) ceiling: plain loop, targets in memory", "")]
+            ("d", "(d) plain loop, targets in memory", ""),
+            ("e", "(e) plain loop (a) compiled with XLA", "")]
     for key, label, goal in rows:
         print(f"{label:44s} {med[key]:11.1f} {med[key] / med['a']:7.2f} {medw[key]:12.1f} "
               f"{medw[key] / medw['a']:7.2f} {goal:>7s}")
+    print(f"against the XLA baseline (e), by CPU time: (b)/(e) = {med['b'] / med['e']:.2f}, "
+          f"(c)/(e) = {med['c'] / med['e']:.2f}")
     print(f"teacher forward calls during (c) trials: {calls_c}")
-    print(f"(c)/(d) = {med['c'] / med['d']:.2f}: the share of the cache's ceiling the engine reaches; the "
-          f"ceiling (d)/(a) = 1 + (teacher forward time / student step time) is set by the models")
+    print(f"(c)/(d) = {med['c'] / med['d']:.2f}: the engine with a cache vs the plain loop with one; (d)/(a) = "
+          f"1 + (teacher forward time / plain student step time) is set by the models")
 
 
 if __name__ == "__main__":

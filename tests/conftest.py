@@ -23,6 +23,9 @@ from helpers_postgres import start_or_skip
 # Offline for every test and every child process (set at import so collection-time imports see it too).
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# TensorFlow (the Keras tests) on its own backend and without its INFO banner in the test output.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 _pp = os.environ.get("PYTHONPATH", "")
 if str(REPO_ROOT) not in _pp.split(os.pathsep):

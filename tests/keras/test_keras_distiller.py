@@ -210,3 +210,74 @@ def test_importing_the_keras_engine_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "KERAS_BACKEND": "tensorflow"})
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+
+
+def test_nested_model_as_a_mapped_layer_in_sequential_and_functional_students(teacher, train_data):
+    def body(name):
+        inp = keras.Input((64,), name="features")
+        return keras.Model(inp, keras.layers.Dense(48, name="embedding")(keras.layers.Dense(16, name="h")(inp)),
+                           name=name)
+
+    st = stage("kt", "knowledge_transfer", block_names=["body"], mappings=[("body", "t_2")], train_steps=2)
+    d = KerasFlashDistiller(teacher, train_data, flash([st], cache=False))
+    # a Sequential student: its nested model's output lives in the graph Keras builds for the Sequential
+    seq = keras.Sequential([keras.Input((64,), name="pixels"), body("body"), keras.layers.Dense(10, name="head")])
+    before = weights_of(seq, "head")
+    assert np.isfinite(d.distill(seq).final_loss)
+    assert not changed(before, weights_of(seq, "head"))  # only the mapped block trained
+    # a nested model called twice: which call's output is meant is ambiguous -> a precise error
+    shared, inp = body("body"), keras.Input((64,), name="pixels")
+    twice = keras.Model(inp, keras.layers.Dense(10, name="head")(keras.layers.Add()([shared(inp), shared(inp)])))
+    with pytest.raises(InvalidArchitecture, match=r"layer 'body' is called 2 times.*Identity"):
+        d.distill(twice)
+
+
+def test_device_resident_batches_equal_numpy_batches(teacher, train_data, monkeypatch):
+    """The step gathers its rows on the device from resident tensors; the numpy path (data too large
+    for that) must train the student identically."""
+    from nas_distill.distill.keras import distiller as distiller_mod
+
+    stages = [stage("kt", "knowledge_transfer", block_names=["dense_1"], mappings=[("dense_1", "t_1")],
+                    train_steps=3), stage(train_steps=3, add_origin_loss=True)]
+    runs = []
+    for cap in (distiller_mod.RESIDENT_MAX_BYTES, 0):
+        monkeypatch.setattr(distiller_mod, "RESIDENT_MAX_BYTES", cap)
+        d = KerasFlashDistiller(teacher, train_data, flash(stages))
+        student = mlp((16, 16), name="student", seed=2)
+        res = d.distill(student, seed=4)
+        runs.append((bool(d._resident), [s.final_loss for s in res.stages], snapshot(student)))
+    assert [r[0] for r in runs] == [True, False]
+    assert runs[0][1] == runs[1][1]
+    assert not any(changed(runs[0][2][n], runs[1][2][n]) for n in runs[0][2])
+
+
+def test_adamw_without_weight_decay_is_the_same_update():
+    from nas_distill.distill.keras.distiller import make_optimizer
+
+    rng = np.random.default_rng(0)
+    start, grads = rng.standard_normal((3, 4)).astype("float32"), rng.standard_normal((5, 3, 4)).astype("float32")
+    results = []
+    for opt in (make_optimizer("adamw", 0.01, 0.0), keras.optimizers.AdamW(0.01, weight_decay=0.0, epsilon=1e-8)):
+        v = keras.Variable(start)
+        for g in grads:
+            opt.apply([keras.ops.convert_to_tensor(g)], [v])
+        results.append(v.numpy())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(results[0], start)
+
+
+def test_xla_step_and_its_fallback(teacher, train_data, caplog):
+    st = stage("kt", "knowledge_transfer", mappings=[("dense_1", "t_1")], train_steps=3)
+    plain = KerasFlashDistiller(teacher, train_data, flash([st]))
+    assert plain.jit_compile is False  # 'auto' on a CPU: no XLA
+    xla = KerasFlashDistiller(teacher, train_data, flash([st]), jit_compile=True)
+    losses = [d.distill(mlp((16,), seed=2), seed=1).final_loss for d in (plain, xla)]
+    assert xla.jit_compile is True and losses[1] == pytest.approx(losses[0], rel=1e-4)
+    # The live teacher's CallCounter is a tf.numpy_function, which XLA cannot compile: the step runs
+    # without XLA (a warning says so) and the trial still trains.
+    live = KerasFlashDistiller(teacher, train_data, flash([st], cache=False), jit_compile=True)
+    res = live.distill(mlp((16,), seed=2), seed=1)
+    assert live.jit_compile is False and res.final_loss == pytest.approx(losses[0], rel=1e-2)
+    assert res.teacher_forward_calls == 3 and "does not compile with XLA" in caplog.text
+    with pytest.raises(ConfigError, match="jit_compile"):
+        KerasFlashDistiller(teacher, train_data, flash([st]), jit_compile="yes")

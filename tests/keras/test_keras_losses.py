@@ -109,3 +109,29 @@ def test_one_engine_step_weighs_the_terms_as_configured():
                temperature=T)
     res = KerasFlashDistiller(teacher, (x, y), flash([st], cache=False, batch_size=64)).distill(student)
     assert res.final_loss == pytest.approx(0.3 * kl + 0.7 * ce + task, rel=1e-5)
+
+
+def test_numpy_inputs_when_tf_functions_run_eagerly(monkeypatch):
+    """Under ``tf.config.run_functions_eagerly(True)`` the step receives the numpy rows themselves."""
+    from nas_distill.distill.keras import distiller as distiller_mod
+
+    logits = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    expected_ce = np.mean([-math.log(math.exp(2) / (math.exp(2) + 2)), -math.log(1 / (math.e + 2))])
+    x, y = digits(64)
+    st = stage(loss_types=["KL"], add_origin_loss=True, train_steps=2, temperature=2.0)
+
+    def final_loss():
+        teacher, student = mlp((24,), name="t", seed=1, prefix="t"), mlp((8,), name="s", seed=2)
+        return KerasFlashDistiller(teacher, (x, y), flash([st], batch_size=32)).distill(student).final_loss
+
+    graph_loss = final_loss()
+    monkeypatch.setattr(distiller_mod, "RESIDENT_MAX_BYTES", 0)  # the numpy-rows step
+    tf.config.run_functions_eagerly(True)
+    try:
+        assert float(task_loss(logits, np.array([0, 2]))) == pytest.approx(expected_ce, rel=1e-6)
+        assert float(task_loss(np.array([[1.0], [3.0]], np.float32), np.array([0.0, 1.0]))) == pytest.approx(2.5)
+        assert float(distillation_loss("MSE", np.ones((2, 3), np.float32), np.zeros((2, 3), np.float16))) == 1.0
+        eager_loss = final_loss()  # cached teacher logits and labels reach the losses as numpy arrays
+    finally:
+        tf.config.run_functions_eagerly(False)
+    assert eager_loss == pytest.approx(graph_loss, rel=1e-5)

@@ -14,8 +14,14 @@ student:
 
 Per stage the step (teacher forward when the cache lacks something, student forward under a
 ``tf.GradientTape``, loss, gradients, optimizer update) is one ``tf.function``, traced once: every batch
-has the same size. Per step the Python side only gathers the batch's rows (inputs, labels, cached
-teacher outputs) by example index.
+has the same size. Per step the Python side passes the batch's example indices; the step gathers the
+inputs, labels and cached teacher outputs from tensors kept on the device (or, for data too large for
+that, the Python side gathers the rows with numpy). XLA (``jit_compile``) is used on GPUs by default and
+falls back to the plain graph if the step does not compile; on CPU it is off by default (measured
+slower than TensorFlow's oneDNN kernels for MLP students, see bench/README.md).
+
+A worker runs hundreds of trials in one process: :mod:`.tracing` releases what TensorFlow would keep of
+every trial's step (its graph, held by a gradient registration, and kernel-cache entries).
 
 This module knows nothing of Optuna; the orchestrator passes a per-trial ``seed`` and records the
 returned :class:`DistillResult`.
@@ -38,6 +44,7 @@ from nas_distill.distill.results import DistillationDiverged, DistillResult, Sta
 from nas_distill.errors import ConfigError, InvalidArchitecture
 
 from . import cache as cache_mod
+from . import tracing
 from .data import KerasData, ModelInputs, batch_indices
 from .layers import LayerNotFound, layer_output, model_logits, output_model, resolve_layer, train_only
 from .losses import distillation_loss, task_loss
@@ -49,6 +56,10 @@ logger = logging.getLogger(__name__)
 # conversion per step (it costs as much as a small student's layer). Larger entries stay memory-mapped,
 # their pages shared with the other workers through the OS page cache.
 IN_MEMORY_FLOAT32_MAX_BYTES = 256 * 2**20
+# The training arrays and an in-memory cache whose bytes together are at most this are also held as
+# tensors on the training device, and the step gathers its batch there by index: no numpy gather and
+# host -> device copy of every input per step (about 5% of a small student's step on one CPU thread).
+RESIDENT_MAX_BYTES = 256 * 2**20
 
 
 class _OwnRetracingFilter(logging.Filter):
@@ -99,6 +110,10 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float) -> kera
     """
     key = str(name).lower()
     lr, wd = float(learning_rate), float(weight_decay)
+    if key == "adamw" and wd == 0.0:
+        # The same update without a decay of zero: Keras' AdamW would still compute and apply
+        # ``w -= lr * 0 * w`` for every weight at every step.
+        return keras.optimizers.Adam(learning_rate=lr, epsilon=1e-8)
     if key == "adamw":
         return keras.optimizers.AdamW(learning_rate=lr, weight_decay=wd, epsilon=1e-8)
     if key == "adam":
@@ -142,19 +157,25 @@ class KerasFlashDistiller:
             study. No folder = an in-process cache only.
         stages: overrides ``settings.stages``; when both are empty one regular-distillation stage on the
             logits is used.
+        jit_compile: compile each step with XLA: ``"auto"`` (on a GPU only), ``True`` or ``False``. A step
+            XLA cannot compile (an op without an XLA kernel) runs without it, with a warning.
 
     Raises (at construction, before any work): ConfigError for bad data or settings and for a mapped
     teacher layer the teacher lacks.
     """
 
     def __init__(self, teacher: Any, train_data: Any, settings: Any = None, *,
-                 cache_dir: Optional[str] = None, stages: Optional[Sequence[Any]] = None):
+                 cache_dir: Optional[str] = None, stages: Optional[Sequence[Any]] = None,
+                 jit_compile: Any = "auto"):
         if settings is None:
             from nas_distill.config import FlashSettings
 
             settings = FlashSettings()
         self.settings = settings
         self.device_type, self.device_name = resolve_device(settings.device)
+        if jit_compile not in ("auto", True, False):
+            raise ConfigError("jit_compile", f"{jit_compile!r}: expected 'auto', True or False")
+        self.jit_compile = (self.device_type == "gpu") if jit_compile == "auto" else bool(jit_compile)
         _check_model(teacher, "teacher")
         self.teacher = teacher
         teacher.trainable = False  # frozen; also keeps its BatchNorm layers in inference mode
@@ -180,6 +201,7 @@ class KerasFlashDistiller:
         self._teacher_models: dict = {}
         self._teacher_fns: dict = {}
         self._cached: dict = {}  # teacher key (None = logits) -> array indexed by example index
+        self._resident: Optional[dict] = None  # device tensors: 'x', 'y', ('cache', key); {} = numpy path
         self.teacher_calls = 0  # teacher forwards (one per batch) over this distiller's life
         self.matchers: Optional[FeatureMatchers] = None  # the last trial's projections (inspection only)
         self.cache_status = "pending"
@@ -298,6 +320,27 @@ class KerasFlashDistiller:
         return arrays, {"logits": None, **{f"feature-{keys.index(k)}": k for k in chosen}}
 
     # ---- training ------------------------------------------------------------------------------------
+    def _resident_arrays(self) -> dict:
+        """The training arrays and the in-memory cache as tensors on the device (built once), or ``{}``
+        when they are too large for that or the cache is memory-mapped (the step then takes numpy rows)."""
+        if self._resident is not None:
+            return self._resident
+        arrays = list(self.data.fields().values()) + list(self._cached.values())
+        mapped = any(isinstance(a, np.memmap) for a in self._cached.values())
+        if mapped or sum(a.nbytes for a in arrays) > RESIDENT_MAX_BYTES:
+            self._resident = {}
+            return self._resident
+        with tf.device(self.device_name):
+            x = self.data.x
+            resident: dict = {"x": ({k: tf.constant(v) for k, v in x.items()} if isinstance(x, dict)
+                                    else tf.constant(x))}
+            if self.data.y is not None:
+                resident["y"] = tf.constant(self.data.y)
+            for key, value in self._cached.items():
+                resident[("cache", key)] = tf.constant(value)
+        self._resident = resident
+        return resident
+
     def check_student(self, student: Any) -> ModelInputs:
         """Raise InvalidArchitecture when the student cannot take the data, or lacks a mapped layer or a
         block; returns how the student takes its inputs."""
@@ -331,10 +374,14 @@ class KerasFlashDistiller:
         result = DistillResult(teacher_cache=self.cache_status)
         calls_before = self.teacher_calls
         start = time.perf_counter()
-        with tf.device(self.device_name):
-            for i, plan in enumerate(self.plans):
-                result.stages.append(
-                    self._run_stage(student, student_inputs, plan, matchers, int(seed) * 1009 + i))
+        try:
+            with tf.device(self.device_name):
+                for i, plan in enumerate(self.plans):
+                    result.stages.append(
+                        self._run_stage(student, student_inputs, plan, matchers, int(seed) * 1009 + i))
+        finally:
+            # Per-trial kernels (the optimizer's new variables) would stay cached for the worker's life.
+            tracing.clear_kernel_cache()
         result.seconds = time.perf_counter() - start
         result.teacher_forward_calls = self.teacher_calls - calls_before
         return result
@@ -377,7 +424,7 @@ class KerasFlashDistiller:
         return s_model, cached_keys, live_keys, specs
 
     def _make_step(self, plan: StagePlan, s_model, student_inputs: ModelInputs, cached_keys, live_keys,
-                   specs, optimizer, variables: list):
+                   specs, optimizer, variables: list, resident: dict, jit_compile: bool):
         # The teacher's layers go straight into the step's graph (one graph per stage, no nested call).
         t_model = self._teacher_model(live_keys) if live_keys else None
         teacher_pack = self._teacher_inputs.pack
@@ -386,10 +433,18 @@ class KerasFlashDistiller:
         student_pack = student_inputs.pack
         watched = [v.value for v in variables]  # the backing tf.Variables (what a tape can watch)
 
-        # Flat positional arguments (x, [labels], cached targets...): the cheapest call to bind.
-        def step(x, *rest):
-            y = rest[0] if need_labels else None
-            targets = dict(zip(cached_keys, rest[1:] if need_labels else rest))
+        if resident:  # one argument, the batch's example indices; the rows are gathered on the device
+            def batch(idx):
+                x = tf.nest.map_structure(lambda t: tf.gather(t, idx), resident["x"])
+                y = tf.gather(resident["y"], idx) if need_labels else None
+                return x, y, {k: tf.gather(resident[("cache", k)], idx) for k in cached_keys}
+        else:  # flat positional arguments (x, [labels], cached targets...): the cheapest call to bind
+            def batch(x, *rest):
+                y = rest[0] if need_labels else None
+                return x, y, dict(zip(cached_keys, rest[1:] if need_labels else rest))
+
+        def step(*args):
+            x, y, targets = batch(*args)
             if t_model is not None:  # outside the tape: nothing of the teacher is recorded
                 targets.update(zip(live_keys, _as_list(t_model(teacher_pack(x), training=False))))
             with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -415,7 +470,7 @@ class KerasFlashDistiller:
 
         # autograph off: the step is straight-line Python over fixed lists, and an error raised while
         # tracing (InvalidArchitecture above) then reaches the caller as itself, not as a StagingError.
-        return tf.function(step, autograph=False)
+        return tf.function(step, autograph=False, jit_compile=jit_compile or None)
 
     def _run_stage(self, student: Any, student_inputs: ModelInputs, plan: StagePlan,
                    matchers: FeatureMatchers, order_seed: int) -> StageResult:
@@ -433,16 +488,27 @@ class KerasFlashDistiller:
                                           f"trainable variables")
             optimizer = make_optimizer(s.optimizer, s.learning_rate, s.weight_decay)
             optimizer.build(variables)
-            step_fn = self._make_step(plan, s_model, student_inputs, cached_keys, live_keys, specs,
-                                      optimizer, variables)
+            resident = self._resident_arrays()
+
+            def make(jit: bool):
+                return self._make_step(plan, s_model, student_inputs, cached_keys, live_keys, specs,
+                                       optimizer, variables, resident, jit)
+
             y_all = self.data.y
+            concrete = None
             for step, idx in enumerate(batch_indices(len(self.data), int(s.batch_size), plan.train_steps,
                                                      order_seed)):
-                args = [self.data.take_x(idx)]
-                if plan.add_origin_loss:
-                    args.append(np.take(y_all, idx, axis=0))
-                args.extend(np.take(self._cached[k], idx, axis=0) for k in cached_keys)
-                loss = step_fn(*args)
+                if resident:
+                    args = [tf.constant(idx, tf.int32)]
+                else:
+                    args = [self.data.take_x(idx)]
+                    if plan.add_origin_loss:
+                        args.append(np.take(y_all, idx, axis=0))
+                    args.extend(np.take(self._cached[k], idx, axis=0) for k in cached_keys)
+                if concrete is None:  # every batch has the same shapes: one trace per stage
+                    concrete, loss = self._first_step(make, args, plan)
+                else:
+                    loss = concrete(*args)
                 if live_keys:
                     self.teacher_calls += 1
                 if step % check_every == 0 or step == plan.train_steps - 1:
@@ -454,3 +520,18 @@ class KerasFlashDistiller:
                         )
                     losses.append(value)
         return stage_result(plan.name, plan.kind, plan.train_steps, time.perf_counter() - t0, losses)
+
+    def _first_step(self, make, args: list, plan: StagePlan):
+        """Trace the stage's step and run it once: ``(concrete step, loss)``. With XLA, a step that does
+        not compile (XLA compiles at the first call, before anything runs) is traced again without it."""
+        if self.jit_compile:
+            concrete = tracing.trace(make(True), args)
+            try:
+                return concrete, concrete(*args)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
+                    tf.errors.InternalError) as exc:
+                logger.warning("stage %r: the step does not compile with XLA (%s); running it without XLA "
+                               "for this distiller", plan.name, str(exc).strip().splitlines()[0][:200])
+                self.jit_compile = False
+        concrete = tracing.trace(make(False), args)
+        return concrete, concrete(*args)

@@ -8,6 +8,8 @@ Outputs: a functional model (or a Sequential one that has been built) records ev
 output, so ``keras.Model(model.input, [logits, model.get_layer(name).output, ...])`` is a model that
 shares the original's layers and weights and returns the mapped outputs as well. Keras computes only
 what those outputs depend on, so a stage that needs no logits stops after its deepest mapped layer.
+A nested model called once in the outer graph is a mapped layer like any other (its output is that call's
+output); a layer inside it is not (its output belongs to the nested model's own graph).
 """
 
 from __future__ import annotations
@@ -64,23 +66,45 @@ def resolve_path_chain(model: Any, path: str) -> list:
     return chain
 
 
-def _output_in_graph(model: Any, layer: Any) -> Any:
+def _graph_of(model: Any) -> Any:
+    """The functional graph that runs ``model``: itself, or the one a built Sequential model keeps."""
+    functional = getattr(model, "_functional", None)  # keras.Sequential builds one on its first input
+    return functional if functional is not None else model
+
+
+def _output_in_graph(model: Any, layer: Any, path: str, role: str) -> Any:
     """``layer``'s output where ``model``'s graph calls it.
 
     ``layer.output`` is not that for a nested model (Keras returns the nested model's own outputs, which
-    the outer inputs do not reach), so the call node is looked up among the outer graph's nodes. Keras'
-    node keys are internal: without them, ``layer.output`` (the first call) is used.
+    the outer inputs do not reach), so the call node is looked up among the outer graph's nodes (a built
+    Sequential model's graph included). A layer called more than once there is ambiguous; a nested model
+    the graph does not call has no output in it: both are :class:`LayerNotFound` saying what to map
+    instead. Without Keras' node keys (an internal), ``layer.output`` (the first call) is used.
     """
-    keys = getattr(model, "_nodes", None)
+    graph = _graph_of(model)
+    keys = getattr(graph, "_nodes", None)
     try:
         from keras.src.ops.function import make_node_key
     except ImportError:  # pragma: no cover - a Keras without it
+        keys = None
+    if keys is None:
         return layer.output
-    if keys is not None:
-        for i, node in enumerate(layer._inbound_nodes):
-            if make_node_key(layer, i) in keys:
-                outputs = list(node.outputs)
-                return outputs[0] if len(outputs) == 1 else outputs
+    calls = [node for i, node in enumerate(layer._inbound_nodes) if make_node_key(layer, i) in keys]
+    if len(calls) > 1:
+        raise LayerNotFound(
+            f"{role}: layer {path!r} is called {len(calls)} times in the model's graph, so its output is "
+            f"ambiguous; map a layer applied to the one output you mean (e.g. keras.layers.Identity("
+            f"name=...) on it)"
+        )
+    if calls:
+        outputs = list(calls[0].outputs)
+        return outputs[0] if len(outputs) == 1 else outputs
+    if isinstance(layer, keras.Model):
+        raise LayerNotFound(
+            f"{role}: the nested model {path!r} is not called in the model's graph (its own outputs are not "
+            f"connected to the model's inputs); map a layer of the outer graph applied to its output "
+            f"instead (e.g. keras.layers.Identity(name=...) on it)"
+        )
     return layer.output
 
 
@@ -94,7 +118,7 @@ def layer_output(model: Any, path: str, output: Output, role: str = "model") -> 
             f"nested paths, mapped layers may not)"
         )
     try:
-        value = _output_in_graph(model, layer)
+        value = _output_in_graph(model, layer, str(path), role)
     except (AttributeError, ValueError, RuntimeError) as exc:
         raise LayerNotFound(f"{role}: layer {path!r} has no output in the model's graph ({exc})") from None
     try:

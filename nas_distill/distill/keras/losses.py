@@ -84,6 +84,8 @@ def distillation_loss(kind: str, student: tf.Tensor, teacher: tf.Tensor, tempera
 
     Shapes are checked on what is known when the step is traced (a ``None`` batch size matches anything).
     """
+    # numpy arrays arrive as they are when tf.function runs eagerly (tf.config.run_functions_eagerly)
+    student, teacher = tf.convert_to_tensor(student), tf.convert_to_tensor(teacher)
     if not student.shape.is_compatible_with(teacher.shape):
         raise ValueError(
             f"{kind} loss: student output of shape {tuple(student.shape)} vs teacher output of shape "
@@ -94,7 +96,8 @@ def distillation_loss(kind: str, student: tf.Tensor, teacher: tf.Tensor, tempera
 
 def task_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """The loss against the labels: cross-entropy for integer labels, MSE for float (regression)."""
-    logits = tf.cast(logits, tf.float32)
+    # tensors, or numpy arrays / lists (as they arrive when tf.function runs eagerly): one dtype API
+    logits, labels = tf.cast(logits, tf.float32), tf.convert_to_tensor(labels)
     if labels.dtype.is_floating:
         return tf.reduce_mean(tf.square(tf.reshape(logits, tf.shape(labels)) - tf.cast(labels, tf.float32)))
     labels = tf.reshape(tf.cast(labels, tf.int32), (-1,))
