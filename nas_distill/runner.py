@@ -269,8 +269,13 @@ class TrialRunner:
         ``self._done`` is a lower bound of the counted COMPLETE trials (they never decrease); while it
         plus the trials seen running is below ``max_trials`` no read is needed.
         """
-        if self._done < self.max_trials and self._done + getattr(self, "_running_workers", 1) < self.max_trials:
+        # The first check of a worker always reads: a worker started on a study whose budget is already
+        # spent (the same command run again) must stop before asking, not leave a discarded trial behind.
+        first = not getattr(self, "_budget_read", False)
+        if not first and self._done < self.max_trials and \
+                self._done + getattr(self, "_running_workers", 1) < self.max_trials:
             return False
+        self._budget_read = True
         from optuna.trial import TrialState
 
         trials = self.study._storage.get_all_trials(self.study._study_id, deepcopy=False,

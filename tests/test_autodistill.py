@@ -182,8 +182,9 @@ def test_resume_continues_the_same_study_without_retraining(tmp_path):
     agent, best = run(7)  # the same command again, with a bigger budget: continues
     assert len(trained) == 7 and len(set(trained)) == 7
     assert len([t for t in agent.study.trials if t.state == TrialState.COMPLETE]) == 7
-    run(7)  # nothing left to do
+    agent, _ = run(7)  # nothing left to do: no trial is even asked
     assert len(trained) == 7
+    assert len(agent.study.trials) == 7
 
 
 def test_dump_and_load_search_results(tmp_path):
