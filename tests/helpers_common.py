@@ -103,3 +103,22 @@ def wait_for_server_json(proc, log, url: str, timeout_s: float):
                 log.seek(0)
                 pytest.fail(f"the server did not answer within {timeout_s} s:\n{log.read()[-3000:]}")
             time.sleep(0.2)
+
+
+def listening_addresses(port: int) -> list[str]:
+    """Local IPv4/IPv6 addresses in LISTEN state on ``port`` (from /proc/net/tcp*, Linux)."""
+    found = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            address, port_hex = fields[1].split(":")
+            if int(port_hex, 16) == port and fields[3] == "0A":  # 0A = LISTEN
+                if len(address) == 8:  # IPv4, little-endian hex
+                    found.append(".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+                else:
+                    found.append(address)
+    return found

@@ -26,35 +26,15 @@ from nas_distill.config import (
     TeacherCacheSettings,
 )
 from nas_distill.distill.mappings import LayerMapping
+from helpers_config import KT, RD, SEARCH, SPACE
 from nas_distill.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO_ROOT / "examples" / "seed_layout.yaml"
 
-SPACE = {"hidden_size": [64, 128], "num_layers": [1, 2]}
-KT = {
-    "block_names": ["s.layer.0", "s.layer.1"],
-    "layer_mappings_for_knowledge_transfer": [
-        [["s.layer.0", "t.layer.0"]],
-        [["s.layer.1", "1", "t.layer.3", "1"], ["s.layer.1.out", "t.layer.3.out"]],
-    ],
-    "loss_types": ["MSE", ["KL", "MSE"]],
-    "loss_weights": [1.0, [0.3, 0.7]],
-    "add_origin_loss": [False, True],
-    "train_steps": [10, 20],
-    "temperature": [1.0, 2.0],
-}
-RD = {"loss_types": [["KL"]], "add_origin_loss": [True], "train_steps": [30], "temperature": [3.0]}
 # The inner mapping (what sits under `auto_distillation:`), every section present.
 BASE = {
-    "search": {
-        "search_space": SPACE,
-        "search_algorithm": "random",
-        "metrics": ["accuracy", "latency"],
-        "higher_is_better": [True, False],
-        "max_trials": 4,
-        "seed": 7,
-    },
+    "search": SEARCH,
     "flash_distillation": {
         "knowledge_transfer": KT,
         "regular_distillation": RD,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers_common import REPO_ROOT, free_port, get_json, wait_for_server_json
+from helpers_common import REPO_ROOT, free_port, get_json, listening_addresses, wait_for_server_json
 from helpers_report import make_study
 
 from nas_distill.reporting.dashboard import HYPERVOLUME_FIGURE_ID, push_figures
@@ -26,25 +26,6 @@ from nas_distill.reporting.dashboard import HYPERVOLUME_FIGURE_ID, push_figures
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 STARTUP_TIMEOUT_S = 45
-
-
-def _listening_addresses(port: int) -> list[str]:
-    """Local IPv4/IPv6 addresses in LISTEN state on ``port`` (from /proc/net/tcp*, Linux)."""
-    found = []
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            address, port_hex = fields[1].split(":")
-            if int(port_hex, 16) == port and fields[3] == "0A":  # 0A = LISTEN
-                if len(address) == 8:  # IPv4, little-endian hex
-                    found.append(".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)))
-                else:
-                    found.append(address)
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +115,7 @@ def test_student_checkpoint_is_downloadable(server):
 def test_binds_loopback_only(server):
     if not Path("/proc/net/tcp").exists():
         pytest.skip("no /proc/net/tcp to read the listening address from")
-    assert _listening_addresses(server["port"]) == ["127.0.0.1"]
+    assert listening_addresses(server["port"]) == ["127.0.0.1"]
 
 
 def test_push_is_idempotent(tmp_path):

@@ -26,7 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 import optuna
 import pytest
 import yaml
-from helpers_common import REPO_ROOT, free_port, task_config, wait_for_server_json, write_config
+from helpers_common import (REPO_ROOT, free_port, listening_addresses, task_config, wait_for_server_json,
+                            write_config)
 
 from nas_distill.errors import ConfigError
 
@@ -41,23 +42,6 @@ def cli(*args, env=None, cwd=None, timeout=180):
 
 
 # ---------------------------------------------------------------------------------------- loopback
-def _listening(port: int) -> list[str]:
-    """Addresses in LISTEN state on ``port`` (Linux /proc/net/tcp and tcp6; IPv6 shown as hex)."""
-    found = []
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            local, state = line.split()[1], line.split()[3]
-            address, port_hex = local.split(":")
-            if int(port_hex, 16) == port and state == "0A":
-                found.append(".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0))
-                             if len(address) == 8 else address)
-    return found
-
-
 def test_every_server_entry_point_defaults_to_loopback():
     from dashboards import launch
     from nas_distill.cli import build_parser
@@ -84,7 +68,7 @@ def test_cli_dashboard_listens_on_loopback_only(tmp_path):
     try:
         studies = wait_for_server_json(proc, log, f"http://127.0.0.1:{port}/api/studies", STARTUP_TIMEOUT_S)
         assert [s["study_name"] for s in studies["study_summaries"]] == ["exposed"]
-        assert _listening(port) == ["127.0.0.1"]
+        assert listening_addresses(port) == ["127.0.0.1"]
     finally:
         proc.terminate()
         try:

@@ -48,33 +48,14 @@ from nas_distill.config import (
     StudySettings,
     TeacherCacheSettings,
 )
+from helpers_config import KT, RD, SEARCH
 from nas_distill.errors import ConfigError
 
 # ----------------------------------------------------------------------------------- the valid base
 RUN_DIR = "run"
 STORAGE = "sqlite:///run/study.db"  # relative to the (empty) folder each case runs in
-KT = {
-    "block_names": ["s.layer.0", "s.layer.1"],
-    "layer_mappings_for_knowledge_transfer": [
-        [["s.layer.0", "t.layer.0"]],
-        [["s.layer.1", "1", "t.layer.3", "1"], ["s.layer.1.out", "t.layer.3.out"]],
-    ],
-    "loss_types": ["MSE", ["KL", "MSE"]],
-    "loss_weights": [1.0, [0.3, 0.7]],
-    "add_origin_loss": [False, True],
-    "train_steps": [10, 20],
-    "temperature": [1.0, 2.0],
-}
-RD = {"loss_types": [["KL"]], "add_origin_loss": [True], "train_steps": [30], "temperature": [3.0]}
 INNER = {
-    "search": {
-        "search_space": {"hidden_size": [64, 128], "num_layers": [1, 2]},
-        "search_algorithm": "random",
-        "metrics": ["accuracy", "latency"],
-        "higher_is_better": [True, False],
-        "max_trials": 4,
-        "seed": 7,
-    },
+    "search": SEARCH,
     "flash_distillation": {
         "knowledge_transfer": KT,
         "regular_distillation": RD,
