@@ -94,6 +94,9 @@ def pareto_test_accuracy(study, run_dir: str | os.PathLike) -> dict[int, float]:
     from .study import artifact_store
     from .tasks import digits
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one result line per student, no "Loading weights" bars
     _, _, test = digits.datasets()
     store = artifact_store(run_dir)
     accuracies: dict[int, float] = {}

@@ -208,6 +208,9 @@ def train_teacher(
 def load_or_train_teacher(run_dir: str | os.PathLike, **train_kwargs: Any):
     """The cached teacher of ``run_dir`` (trained on first use). Returns (model, metrics dict)."""
     from transformers import ViTForImageClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" / "Writing model shards" bars in the output
 
     path = Path(run_dir) / "teacher"
     if not (path / "config.json").exists():
