@@ -73,6 +73,7 @@ def study_results(study) -> dict[str, Any]:
         "search_space": attrs.get("search_space"),
         "config": mask_secrets(attrs.get("config")),
         "counts": state_counts(study),
+        "reasons": state_reasons(study),
         "trials": records,
     }
 
@@ -82,6 +83,23 @@ def state_counts(study) -> dict[str, int]:
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     return counts
+
+
+def state_reasons(study) -> dict[str, dict[str, int]]:
+    """Why trials ended FAIL (their ``error_type``: ``Discarded``, ``WorkerLost``, an exception name...) or
+    PRUNED (``duplicate``: another trial had the arch), counted, so a status line can tell a crash from
+    a trial that was asked after the budget was spent and never trained."""
+    reasons: dict[str, dict[str, int]] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name == "FAIL":
+            why = str(t.user_attrs.get("error_type") or "unknown")
+        elif t.state.name == "PRUNED":
+            why = "duplicate" if "duplicate_of" in t.user_attrs else "pruned"
+        else:
+            continue
+        per_state = reasons.setdefault(t.state.name, {})
+        per_state[why] = per_state.get(why, 0) + 1
+    return reasons
 
 
 # ---------------------------------------------------------------------------------------- files
@@ -240,17 +258,26 @@ def pareto_table(data: Mapping[str, Any], width: int = TABLE_WIDTH) -> str:
 def status_text(data: Mapping[str, Any], max_trials: int | None = None, width: int = TABLE_WIDTH) -> str:
     counts = data.get("counts") or {}
     order = ["COMPLETE", "RUNNING", "WAITING", "FAIL", "PRUNED"]
-    parts = [f"{s.lower()} {counts[s]}" for s in order if counts.get(s)]
+    reasons = data.get("reasons") or {}
+    parts = []
+    for state in order:
+        if not counts.get(state):
+            continue
+        why = reasons.get(state) or {}
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(why.items(), key=lambda kv: (-kv[1], kv[0])))
+        parts.append(f"{state.lower()} {counts[state]}" + (f" ({detail})" if detail else ""))
     budget = f" of {max_trials}" if max_trials else ""
     done = sum(1 for t in data["trials"] if "imported_from" not in t)
     lines = [
-        f"study {data['study_name']!r}: {done}{budget} trials complete"
-        + (f" ({', '.join(parts)})" if parts else " (no trials yet)"),
+        f"study {data['study_name']!r}: {done}{budget} trials complete",
+        "trials: " + (", ".join(parts) if parts else "none yet"),
         "metrics: " + ", ".join(
             f"{m} ({'higher' if h else 'lower'} is better)"
             for m, h in zip(data["metrics"], data["higher_is_better"])
         ),
     ]
+    if (reasons.get("FAIL") or {}).get("Discarded"):
+        lines.insert(2, "  (Discarded: asked by a worker after the budget was spent; never trained.)")
     if any(t.get("pareto") for t in data["trials"]):
         lines += ["", "Pareto front:", pareto_table(data, width)]
     return "\n".join(lines)

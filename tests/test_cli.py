@@ -131,3 +131,33 @@ def test_export_writes_a_from_pretrained_folder(tmp_path, monkeypatch):
     assert json.loads((out / "arch.json").read_text()) == {"hidden": 16}
     res = cli("export", cfg_path, "--trial", 99, "-o", tmp_path / "x", env=env)
     assert res.returncode != 0 and "no trial 99" in res.stderr
+
+
+def test_status_tells_discarded_and_duplicate_trials_from_failures(tmp_path):
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState
+
+    from nas_distill import results
+    from nas_distill import study as sm
+
+    study = sm.open_study(f"sqlite:///{tmp_path / 's.db'}", "why", metrics=["acc"], higher_is_better=[True])
+    dist = {"a": CategoricalDistribution([1, 2, 3])}
+    ended = [
+        (TrialState.COMPLETE, {}),
+        (TrialState.FAIL, {"error_type": "Discarded"}),
+        (TrialState.FAIL, {"error_type": "Discarded"}),
+        (TrialState.FAIL, {"error_type": "WorkerLost"}),
+        (TrialState.PRUNED, {"duplicate_of": 0}),
+    ]
+    for state, attrs in ended:
+        trial = study.ask(dist)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, 0.5 if state == TrialState.COMPLETE else None, state=state)
+    data = results.study_results(optuna.load_study(study_name="why", storage=f"sqlite:///{tmp_path / 's.db'}"))
+    assert data["reasons"] == {"FAIL": {"Discarded": 2, "WorkerLost": 1}, "PRUNED": {"duplicate": 1}}
+    lines = results.status_text(data, max_trials=1).splitlines()
+    assert lines[0] == "study 'why': 1 of 1 trials complete"
+    assert lines[1] == "trials: complete 1, fail 3 (Discarded 2, WorkerLost 1), pruned 1 (duplicate 1)"
+    assert "never trained" in lines[2]
