@@ -171,6 +171,21 @@ def table_reads(engine) -> dict[str, int]:
     return out
 
 
+def _settled_reads(engine, timeout_s: float = 5.0) -> dict[str, int]:
+    """:func:`table_reads` once the exited workers' counters are in: a backend reports its statistics
+    as it exits, asynchronously to our reading, so read until two readings 0.25 s apart agree (a
+    figure of the benchmark only; nothing is asserted on it)."""
+    last = table_reads(engine)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = table_reads(engine)
+        if now == last:
+            break
+        last = now
+    return last
+
+
 # ------------------------------------------------------------------------------------ the scenario
 def run_load(storage: str, study_name: str, run_dir: Path, *, workers: int = 16, trials: int = 2000,
              algorithm: str = "random", timeout_s: float = 900, sample_every_s: float = 0.25) -> LoadResult:
@@ -242,9 +257,7 @@ def run_load(storage: str, study_name: str, run_dir: Path, *, workers: int = 16,
             log.seek(0)
             result.stderr_tails[fig.label] = log.read()[-3000:]
             log.close()
-    # Counters of exited backends are flushed at exit; give the server a moment to publish them.
-    time.sleep(1.5)
-    after = table_reads(engine)
+    after = _settled_reads(engine)
     result.reads = {k: after[k] - reads_before.get(k, 0) for k in after}
     result.cpu_timeline.append((_complete_count(engine, study_name), sum(f.cpu_s for f in figures)))
     engine.dispose()

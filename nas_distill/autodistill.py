@@ -399,10 +399,8 @@ class AutoDistillation:
         Returns:
             The Pareto-optimal architectures found (dicts), best trade-offs of all metrics.
         """
-        from .dryrun import dry_run
         from .runner import TrialRunner
 
-        dry_run(self)  # data / layer problems: one ConfigError now, before any trial exists
         runner = TrialRunner(self, model_cls=model_cls, progress=getattr(self, "progress", None))
         self.last_run = runner.run()
         self.find_best_model_archs()

@@ -144,7 +144,14 @@ class TrialRunner:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> RunSummary:
-        """Run trials until the study holds ``max_trials`` COMPLETE trials or the space is exhausted."""
+        """Run trials until the study holds ``max_trials`` COMPLETE trials or the space is exhausted.
+
+        First the dry run (:mod:`nas_distill.dryrun`): a data or layer problem is one ConfigError now,
+        before the study is opened or any trial exists, whichever entry point started this loop.
+        """
+        from .dryrun import dry_run
+
+        dry_run(self.ad)
         rank, world = self._dist
         if world > 1:
             return self._run_distributed(rank)

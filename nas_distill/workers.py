@@ -231,9 +231,6 @@ def run_worker(
             ad = build_autodistill(config, task=task, storage=storage, study_name=study_name,
                                    run_dir=run_dir, max_trials=max_trials)
             set_threads(threads)  # the task may have imported torch
-            from .dryrun import dry_run
-
-            dry_run(ad)  # data / layer problems: one ConfigError now, before this worker's first trial
             runner = TrialRunner(ad, progress=progress, model_cls=getattr(ad, "model_cls", None),
                                  worker_label=label)
             summary = runner.run()
