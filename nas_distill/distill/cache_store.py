@@ -291,3 +291,44 @@ def in_memory_entry(arrays: dict[str, np.ndarray], keys: dict[str, Optional[str]
     """The same precision rules as on disk, for a cache that lives only in this process."""
     stored = {n: np.ascontiguousarray(a, dtype=storage_dtype(a, dtype)) for n, a in arrays.items()}
     return CacheEntry(stored, dict(keys))
+
+
+# ------------------------------------------------------------------------------ what a distiller uses
+def cache_wanted(cache_settings: Any, live: bool) -> bool:
+    """Whether a distiller should use the teacher cache: not when the settings turn it off, nor when the
+    training data is augmented (``live``: the teacher's outputs differ per read)."""
+    enabled = cache_settings.enabled
+    if enabled is False or str(enabled).lower() in ("false", "off", "no", "0"):
+        return False
+    if live:
+        if enabled is True:
+            logger.warning("teacher cache requested but the training data is augmented; bypassing it")
+        return False
+    return True
+
+
+def obtain_entry(
+    cache_dir: Optional[str],
+    cache_settings: Any,
+    device_type: str,
+    fingerprint_of: Callable[[dict], str],
+    build: Callable[[float, str], tuple[dict[str, np.ndarray], dict[str, Optional[str]]]],
+    lock: bool = True,
+) -> tuple[CacheEntry, str]:
+    """The teacher-output entry a distiller trains from, and the cache status (``'disk'`` | ``'memory'``).
+
+    With ``cache_dir``: the shared on-disk entry keyed by ``fingerprint_of(extra)`` (the engine's
+    fingerprint of its teacher and data, plus the device type, feature budget and storage dtype in
+    ``extra``), built with ``build(feature_budget_mb, dtype)`` by whichever worker gets there first.
+    Without: ``build`` runs in this process and the entry lives in memory, under the same precision rules.
+    """
+    dtype = str(cache_settings.dtype)
+    budget = cache_settings.feature_budget_mb
+    if not cache_dir:
+        arrays, keys = build(budget, dtype)
+        return in_memory_entry(arrays, keys, dtype), "memory"
+    fp = fingerprint_of({"device": device_type, "budget_mb": float(budget), "dtype": dtype})
+    entry, built = load_or_build(str(cache_dir), fp, lambda: build(budget, dtype), dtype, lock=lock)
+    logger.info("teacher cache %s: %s (%.1f MiB)", fp[:16], "built" if built else "loaded", entry.nbytes / 2**20)
+    return entry, "disk"
+

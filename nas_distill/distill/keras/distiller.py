@@ -39,6 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nas_distill.distill import cache_store
 from nas_distill.distill.plans import LOGITS, StagePlan, default_stage, feature_key, plan_stage
 from nas_distill.distill.results import DistillationDiverged, DistillResult, StageResult, stage_result
 from nas_distill.errors import ConfigError, InvalidArchitecture
@@ -240,14 +241,7 @@ class KerasFlashDistiller:
 
     # ---- cache ---------------------------------------------------------------------------------------
     def _cache_enabled(self) -> bool:
-        enabled = self.settings.teacher_cache.enabled
-        if enabled is False or str(enabled).lower() in ("false", "off", "no", "0"):
-            return False
-        if self.live:
-            if enabled is True:
-                logger.warning("teacher cache requested but the training data is augmented; bypassing it")
-            return False
-        return True
+        return cache_store.cache_wanted(self.settings.teacher_cache, self.live)
 
     def prepare(self) -> str:
         """Load or build the teacher cache (once per distiller). Returns the cache status:
@@ -258,26 +252,13 @@ class KerasFlashDistiller:
         if not self._cache_enabled():
             self.cache_status = "bypassed" if self.live else "disabled"
             return self.cache_status
-        cfg = self.settings.teacher_cache
-        dtype = str(cfg.dtype)
         with tf.device(self.device_name):
-            if self.cache_dir:
-                fp = cache_mod.fingerprint(
-                    self.teacher, self.data.fields(), self._teacher_feature_keys,
-                    extra={"device": self.device_type, "budget_mb": float(cfg.feature_budget_mb),
-                           "dtype": dtype},
-                )
-                entry, built = cache_mod.load_or_build(
-                    str(self.cache_dir), fp, lambda: self._run_teacher_over_data(cfg.feature_budget_mb, dtype),
-                    dtype,
-                )
-                self.cache_status = "disk"
-                logger.info("teacher cache %s: %s (%.1f MiB)", fp[:16], "built" if built else "loaded",
-                            entry.nbytes / 2**20)
-            else:
-                arrays, keys = self._run_teacher_over_data(cfg.feature_budget_mb, dtype)
-                entry = cache_mod.in_memory_entry(arrays, keys, dtype)
-                self.cache_status = "memory"
+            entry, self.cache_status = cache_store.obtain_entry(
+                self.cache_dir, self.settings.teacher_cache, self.device_type,
+                lambda extra: cache_mod.fingerprint(self.teacher, self.data.fields(), self._teacher_feature_keys,
+                                                    extra=extra),
+                self._run_teacher_over_data, lock=cache_mod.fcntl is not None,
+            )
         arrays = entry.by_key()
         if sum(a.size * 4 for a in arrays.values()) <= IN_MEMORY_FLOAT32_MAX_BYTES:
             arrays = {k: np.array(a, dtype=np.float32) for k, a in arrays.items()}

@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from nas_distill.distill import cache_store
 from nas_distill.distill.mappings import LayerMapping, Output, parse_layer_mapping  # noqa: F401
 # Plans and results are framework-neutral (shared with the Keras engine); re-exported from here.
 from nas_distill.distill.plans import (  # noqa: F401
@@ -190,14 +191,7 @@ class FlashDistiller:
         raise KeyError(key)
 
     def _cache_enabled(self) -> bool:
-        enabled = self.settings.teacher_cache.enabled
-        if enabled is False or str(enabled).lower() in ("false", "off", "no", "0"):
-            return False
-        if self.data.live:  # augmentation configured or detected: outputs differ per read
-            if enabled is True:
-                logger.warning("teacher cache requested but the training data is augmented; bypassing it")
-            return False
-        return True
+        return cache_store.cache_wanted(self.settings.teacher_cache, self.data.live)
 
     def prepare(self) -> str:
         """Load or build the teacher cache (once per distiller). Returns the cache status."""
@@ -207,24 +201,12 @@ class FlashDistiller:
         if not self._cache_enabled():
             self.cache_status = "bypassed" if self.data.live else "disabled"
             return self.cache_status
-        cfg = self.settings.teacher_cache
-        dtype = str(cfg.dtype)
-        if self.cache_dir:
-            fp = cache_mod.fingerprint(
-                self.teacher, self.data.fields, self._teacher_feature_keys,
-                extra={"device": self.device.type, "budget_mb": float(cfg.feature_budget_mb), "dtype": dtype},
-            )
-            entry, built = cache_mod.load_or_build(
-                str(self.cache_dir), fp, lambda: self._run_teacher_over_data(cfg.feature_budget_mb, dtype),
-                dtype,
-            )
-            self.cache_status = "disk"
-            logger.info("teacher cache %s: %s (%.1f MiB)", fp[:16], "built" if built else "loaded",
-                        entry.nbytes / 2**20)
-        else:
-            arrays, keys = self._run_teacher_over_data(cfg.feature_budget_mb, dtype)
-            entry = cache_mod.in_memory_entry(arrays, keys, dtype)
-            self.cache_status = "memory"
+        entry, self.cache_status = cache_store.obtain_entry(
+            self.cache_dir, self.settings.teacher_cache, self.device.type,
+            lambda extra: cache_mod.fingerprint(self.teacher, self.data.fields, self._teacher_feature_keys,
+                                                extra=extra),
+            self._run_teacher_over_data, lock=cache_mod.fcntl is not None,
+        )
         self._cached = self._to_device(entry.by_key())
         self.prepare_seconds = time.perf_counter() - start
         return self.cache_status
