@@ -261,13 +261,10 @@ class AutoDistillation:
         return self._study
 
     def _make_advisor(self):
-        from .search.searchers import make_searcher, torch_free_algorithm
+        from .search.searchers import make_searcher
 
         cfg = self._search_cfg
-        algorithm = cfg.search_algorithm
-        if self.framework == "tensorflow":  # GPSampler would import torch next to TensorFlow
-            algorithm = torch_free_algorithm(algorithm)
-        return make_searcher(algorithm, cfg.search_space, seed=sampler_seed(cfg.seed), study=self.study)
+        return make_searcher(cfg.search_algorithm, cfg.search_space, seed=sampler_seed(cfg.seed), study=self.study)
 
     # ------------------------------------------------------------------ proposing / measuring
     def model_arch_proposition(self) -> dict[str, Any]:

@@ -196,7 +196,7 @@ class _ClaimingSampler(BaseSampler):
                     f"all {len(self._space)} points of the search space are held by trials of study "
                     f"{study.study_name!r}"
                 )
-            index = self._choose(held, trial.number, attempt)
+            index = self._choose(study, held, trial.number, attempt)
             storage.set_trial_system_attr(trial_id, CLAIM_KEY, index)
             verified = held_indices(study, self._space, exclude_number=trial.number)
             if index not in verified:
@@ -232,7 +232,7 @@ class _ClaimingSampler(BaseSampler):
     #: Whether the claim's first round may choose from the last verified read (see _remembered_held).
     _REUSE_OLD_READ = False
 
-    def _choose(self, held: set[int], number: int, attempt: int) -> int:
+    def _choose(self, study: Study, held: set[int], number: int, attempt: int) -> int:
         raise NotImplementedError
 
 
@@ -247,7 +247,7 @@ class SpaceGridSampler(_ClaimingSampler):
         seed: unused by the order; accepted for a uniform signature.
     """
 
-    def _choose(self, held: set[int], number: int, attempt: int) -> int:
+    def _choose(self, study: Study, held: set[int], number: int, attempt: int) -> int:
         index = 0
         while index in held:
             index += 1
@@ -268,7 +268,7 @@ class SpaceRandomSampler(_ClaimingSampler):
     # Draws spread over the free points: two workers choosing from old reads rarely collide.
     _REUSE_OLD_READ = True
 
-    def _choose(self, held: set[int], number: int, attempt: int) -> int:
+    def _choose(self, study: Study, held: set[int], number: int, attempt: int) -> int:
         size = len(self._space)
         rng = np.random.default_rng([self._seed, number, attempt])
         if 2 * len(held) >= size:
