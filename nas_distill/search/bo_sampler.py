@@ -30,6 +30,7 @@ indices, or ``{}``: those objectives are modelled for that arch.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -40,10 +41,24 @@ from ..errors import SearchSpaceExhausted
 from .ehvi import expected_improvement_volume
 from .gp import ArchGP, encode_space
 from .pareto import find_pareto_front
-from .samplers import _ClaimingSampler, trial_index
+from .samplers import _ClaimingSampler, held_indices, trial_index
 from .space import SearchSpace
 
-__all__ = ["SpaceBOSampler"]
+__all__ = ["CandidateScores", "SpaceBOSampler"]
+
+
+@dataclass
+class CandidateScores:
+    """One suggestion's view (see :meth:`SpaceBOSampler.score_candidates`); ``gain`` is None during the
+    start-up trials, where ``startup_position`` counts the trials already started."""
+
+    candidates: list[int]
+    mean: np.ndarray | None = None
+    sd: np.ndarray | None = None
+    front: np.ndarray | None = None
+    reference: np.ndarray | None = None
+    gain: np.ndarray | None = None
+    startup_position: int = 0
 
 
 class SpaceBOSampler(_ClaimingSampler):
@@ -79,7 +94,7 @@ class SpaceBOSampler(_ClaimingSampler):
         self._n_startup = int(n_startup_trials)
         self._enumerate_up_to = int(enumerate_up_to)
         self._n_candidates = int(n_candidates)
-        self._scales, self._categorical = encode_space(self._space.values)
+        self._levels, self._categorical = encode_space(self._space.values)
         # Flat index = sum(digit * stride), last key fastest (SearchSpace's order).
         radices = self._space.radices
         self._strides = [math.prod(radices[d + 1:]) for d in range(len(radices))]
@@ -91,6 +106,23 @@ class SpaceBOSampler(_ClaimingSampler):
     # ------------------------------------------------------------------ the choice
     def _choose(self, study: Study, held: set[int], number: int, attempt: int) -> int:
         rng = np.random.default_rng([self._seed, number, attempt])
+        scores = self.score_candidates(study, held, number, rng)
+        if scores.gain is None:
+            return self._startup_choice(scores.candidates, scores.startup_position, len(study.directions), rng)
+        best = np.flatnonzero(scores.gain >= scores.gain.max())
+        return int(scores.candidates[best[int(rng.integers(len(best)))]])
+
+    def score_candidates(self, study: Study, held: set[int] | None = None, number: int | None = None,
+                         rng: np.random.Generator | None = None) -> "CandidateScores":
+        """What a suggestion for trial ``number`` sees: the free candidates and, past the start-up
+        trials, each one's posterior (higher is better), the front, the reference point and the
+        acquisition value (expected hypervolume improvement, per unit of cost when ``cost`` is set).
+
+        ``held``: the held indices as the claim read them (with their ``trials``); None reads the study.
+        """
+        if held is None:
+            held = held_indices(study, self._space, exclude_number=number)
+        rng = rng if rng is not None else np.random.default_rng(self._seed)
         trials = getattr(held, "trials", None)
         if trials is None:
             trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
@@ -100,28 +132,55 @@ class SpaceBOSampler(_ClaimingSampler):
                     and len(t.values) == len(directions) and (i := trial_index(t, self._space)) is not None]
         pending = [i for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)
                    and t.number != number and (i := trial_index(t, self._space)) is not None]
+        # The study stores raw values in its own directions; the model works higher-is-better, as
+        # known_objectives does.
         signs = np.array([1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in directions])
         values = np.array([t.values for _, t in complete], dtype=float).reshape(-1, len(signs)) * signs
         digits_done = self._digits([i for i, _ in complete])
         candidates = self._free_candidates(held, rng, digits_done, values)
         self.last_candidate_count = len(candidates)
         if len(complete) < self._n_startup:
-            return int(candidates[int(rng.integers(len(candidates)))])
-        candidate_digits = self._digits(candidates)
-        archs = [self._point(d) for d in candidate_digits]
-        mean, sd = self._posterior(archs, candidate_digits, digits_done, values)
-        front = values
-        if pending:
-            pending_digits = self._digits(pending)
-            pending_mean, _ = self._posterior([self._point(d) for d in pending_digits], pending_digits,
-                                              digits_done, values)
-            front = np.vstack([values, pending_mean])
+            return CandidateScores(candidates, startup_position=len(complete) + len(pending))
+        # Candidates and the points other workers are running share one posterior.
+        pool = self._digits(list(candidates) + pending)
+        archs = [self._point(d) for d in pool]
+        mean, sd = self._posterior(archs, pool, [self._point(d) for d in digits_done], digits_done, values)
+        n = len(candidates)
+        front = np.vstack([values, mean[n:]])
+        mean, sd, archs = mean[:n], sd[:n], archs[:n]
         reference = _reference(values, mean, sd)
         gain = expected_improvement_volume(mean, sd, front, reference)
         if self._cost is not None:
             gain = gain / np.array([_positive(self._cost(a), "cost", a) for a in archs])
-        best = np.flatnonzero(gain >= gain.max())
-        return int(candidates[best[int(rng.integers(len(best)))]])
+        return CandidateScores(candidates, mean=mean, sd=sd, front=front, reference=reference, gain=gain)
+
+    def _conflicts(self, index: int, held: set[int]) -> bool:
+        if index in held:
+            return True
+        if self._canonical is None:
+            return False
+        key = self._canonical_key(index)
+        return any(self._canonical_key(other) == key for other in held)
+
+    def _startup_choice(self, candidates: list[int], position: int, m: int, rng: np.random.Generator) -> int:
+        """A start-up point: random, but spread over the range of a known objective when there is one.
+
+        The ``position``-th start-up trial takes a random candidate from one slice of the candidates
+        sorted by their first known objective (slices visited middle, ends, then between), so the first
+        trials span the trade-off instead of clustering where most architectures are.
+        """
+        pick = int(rng.integers(len(candidates)))
+        if self._known is None or position >= self._n_startup:
+            return int(candidates[pick])
+        known = self._known_matrix([self._point(d) for d in self._digits(candidates)], m)
+        full = [j for j in range(m) if not np.isnan(known[:, j]).any()]
+        if not full:
+            return int(candidates[pick])
+        order = np.argsort(known[:, full[0]], kind="stable")
+        slices = np.array_split(order, self._n_startup)
+        visit = _spread_order(self._n_startup)
+        chosen = slices[visit[position]]
+        return int(candidates[int(chosen[int(rng.integers(len(chosen)))])])
 
     # ------------------------------------------------------------------ candidates
     def _free_candidates(self, held: set[int], rng: np.random.Generator, digits_done: np.ndarray,
@@ -174,26 +233,50 @@ class SpaceBOSampler(_ClaimingSampler):
         return key
 
     # ------------------------------------------------------------------ the model
-    def _posterior(self, archs: list[dict], digits: np.ndarray, digits_done: np.ndarray,
+    def _posterior(self, archs: list[dict], digits: np.ndarray, archs_done: list[dict], digits_done: np.ndarray,
                    values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per candidate and objective (higher is better): the known value with sd 0, or the GP's."""
-        n, m = len(archs), values.shape[1]
-        mean = np.full((n, m), np.nan)
-        sd = np.zeros((n, m))
-        if self._known is not None:
-            for row, arch in enumerate(archs):
-                for objective, value in (self._known(arch) or {}).items():
-                    if 0 <= int(objective) < m:
-                        mean[row, int(objective)] = _finite(value, arch)
-        inputs = digits * self._scales
+        """Per arch and objective (higher is better): the known value with sd 0, or the GP's posterior.
+
+        An objective known for every arch and every COMPLETE trial is also a GP input (scaled to [0, 1]):
+        latency or size tracks capacity, which accuracy follows, more smoothly than any one key does.
+        """
+        m = values.shape[1]
+        mean, known_done = self._known_matrix(archs, m), self._known_matrix(archs_done, m)
+        sd = np.zeros_like(mean)
+        inputs, inputs_done = self._inputs(digits), self._inputs(digits_done)
+        categorical = list(self._categorical)
+        for objective in range(m):
+            column, done = mean[:, objective], known_done[:, objective]
+            if np.isnan(column).any() or np.isnan(done).any():
+                continue
+            low = min(column.min(), done.min())
+            span = max(column.max(), done.max()) - low or 1.0
+            inputs = np.column_stack([inputs, (column - low) / span])
+            inputs_done = np.column_stack([inputs_done, (done - low) / span])
+            categorical.append(False)
         for objective in range(m):
             unknown = np.isnan(mean[:, objective])
             if not unknown.any():
                 continue
-            model = self._models.setdefault(objective, ArchGP(self._categorical))
-            model.fit(digits_done * self._scales, values[:, objective])
+            model = self._models.get(objective)
+            if model is None or len(model.categorical) != len(categorical):
+                model = self._models[objective] = ArchGP(np.array(categorical))
+            model.fit(inputs_done, values[:, objective])
             mean[unknown, objective], sd[unknown, objective] = model.predict(inputs[unknown])
         return mean, sd
+
+    def _inputs(self, digits: np.ndarray) -> np.ndarray:
+        return np.column_stack([levels[digits[:, d]] for d, levels in enumerate(self._levels)])
+
+    def _known_matrix(self, archs: list[dict], m: int) -> np.ndarray:
+        """``known_objectives`` of each arch as an ``(len(archs), m)`` matrix, NaN where not known."""
+        out = np.full((len(archs), m), np.nan)
+        if self._known is not None:
+            for row, arch in enumerate(archs):
+                for objective, value in (self._known(arch) or {}).items():
+                    if 0 <= int(objective) < m:
+                        out[row, int(objective)] = _finite(value, arch)
+        return out
 
     # ------------------------------------------------------------------ index arithmetic
     def _digits(self, indices: Sequence[int]) -> np.ndarray:
@@ -211,6 +294,22 @@ class SpaceBOSampler(_ClaimingSampler):
 
     def _point(self, digits: Sequence[int]) -> dict[str, Any]:
         return {key: values[int(d)] for key, values, d in zip(self._space.keys, self._space.values, digits)}
+
+
+def _spread_order(n: int) -> list[int]:
+    """0..n-1 in an order that covers the range early: middle, both ends, then midpoints between."""
+    order, pending = [], [(0, n - 1)]
+    order = [n // 2, 0, n - 1] if n >= 3 else list(range(n))
+    seen = set(order)
+    spans = sorted(order)
+    while len(order) < n:
+        gaps = [(b - a, a, b) for a, b in zip(spans, spans[1:]) if b - a > 1]
+        _, a, b = max(gaps)
+        middle = (a + b) // 2
+        order.append(middle)
+        seen.add(middle)
+        spans = sorted(seen)
+    return order
 
 
 def _reference(values: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
