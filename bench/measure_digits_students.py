@@ -13,17 +13,19 @@ How it differs from ``nas-distill demo`` (to keep the CPU time modest on a share
     * flash distillation is shortened to 50 knowledge-transfer steps + 150 logit-distillation steps (the
       demo: 150 + 450), so accuracies are those of a briefly distilled student;
     * latency: the evaluator's median of 30 runs at batch 1 after 5 warm-up runs, one torch thread, on
-      this (shared, 2-core) machine.
+      this 2-core machine while other jobs shared it (load average 5-20), by 2 worker processes (the
+      grid hands each student to exactly one); so latencies carry that load's noise.
 
 Usage::
 
-    python bench/measure_digits_students.py [--run-dir /tmp/digits-students] [--out bench/data/digits_students.csv]
+    python bench/measure_digits_students.py [--run-dir /tmp/digits-students] [--workers 2] [--out bench/data/digits_students.csv]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import multiprocessing
 import os
 import sys
 import time
@@ -63,6 +65,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", default="/tmp/digits-students")
     parser.add_argument("--out", default=str(Path(__file__).parent / "data" / "digits_students.csv"))
+    parser.add_argument("--workers", type=int, default=2, help="worker processes on the one study (default 2)")
     args = parser.parse_args(argv)
 
     from nas_distill.study import load_study, resolve_storage_url
@@ -73,10 +76,17 @@ def main(argv=None) -> int:
     folder = Path(args.run_dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     data = config(folder)
-    digits.load_or_train_teacher(folder)
+    digits.load_or_train_teacher(folder)  # once, before the workers start
+    ctx = multiprocessing.get_context("spawn")
+    helpers = [ctx.Process(target=run_worker, args=(data,), kwargs={"threads": 1, "label": f"w{i}"})
+               for i in range(1, args.workers)]
+    for process in helpers:
+        process.start()
     code = run_worker(data, threads=1, label="w0")
-    if code != 0:
-        return code
+    for process in helpers:
+        process.join()
+    if code != 0 or any(process.exitcode for process in helpers):
+        return code or 1
     study = load_study(resolve_storage_url(None, folder), "digits-students")
     rows = [{**t.params, "accuracy": t.values[0], "latency_ms": t.values[1], "params": int(t.values[2])}
             for t in study.trials if t.values is not None]

@@ -29,7 +29,10 @@ from scipy.optimize import minimize
 
 __all__ = ["ArchGP", "encode_space"]
 
-_SQRT5 = math.sqrt(5.0)
+_FEW_POINTS = 30
+_RESTART_EVERY = 10
+# Elements of the (rows, n_train, dim) difference array per prediction block (~32 MB of floats).
+_PREDICT_ELEMENTS = 1 << 22
 _MIN_NOISE = 1e-6
 # Log-normal priors: (mean, standard deviation) of log w, log s, log noise.
 _PRIOR_LOG_W = (0.0, 2.0)
@@ -86,6 +89,7 @@ class ArchGP:
         self.categorical = np.asarray(categorical, dtype=bool)
         self.params = _prior_mode(len(self.categorical))
         self._x: np.ndarray | None = None
+        self._fits = 0
 
     # ------------------------------------------------------------------ distances
     def _pairs(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +114,13 @@ class ArchGP:
         dim = x.shape[1]
         bounds = [_BOUNDS_LOG_W] * dim + [_BOUNDS_LOG_S, _BOUNDS_LOG_LINEAR, _BOUNDS_LOG_NOISE]
         prior_mode = _prior_mode(dim)
-        starts = [prior_mode] if self._x is None or len(self.params) != len(prior_mode) else [self.params, prior_mode]
+        warm = self._x is not None and len(self.params) == len(prior_mode)
+        # The previous optimum moves little as points arrive; the prior's mode is tried too while data are
+        # few (the posterior may have several modes then) and every _RESTART_EVERY fits after that.
+        starts = [self.params] if warm else []
+        if not warm or len(y) < _FEW_POINTS or self._fits % _RESTART_EVERY == 0:
+            starts.append(prior_mode)
+        self._fits += 1
         best = None
         for start in starts:
             result = minimize(_neg_log_posterior, start, args=(pairs, z), jac=True, method="L-BFGS-B",
@@ -126,6 +136,10 @@ class ArchGP:
     def predict(self, x_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation of the latent function at ``x_new (m, dim)``."""
         x_new = np.asarray(x_new, dtype=float)
+        step = max(1, _PREDICT_ELEMENTS // max(1, len(self._x) * x_new.shape[1]))
+        if len(x_new) > step:  # bounded temporaries: (rows, n_train, dim) per block
+            parts = [self.predict(x_new[start:start + step]) for start in range(0, len(x_new), step)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         w, s, linear, _ = _unpack(self.params)
         sq, products = self._pairs(x_new, self._x)
         k_star = s * _matern52(sq @ w)[0] + linear * products
