@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -145,10 +146,14 @@ class AutoDistillation:
         self.train_dataset = None
         self.eval_dataset = None
         self.metric_fn = None  # optional metric_fn(predictions, labels) for the built-in evaluator
+        # optional compute_metrics(EvalPrediction) -> dict, as transformers' Trainer takes it: other eval_*
+        # metrics for the built-in (PyTorch) evaluator
+        self.compute_metrics = None
         self.flash_distillers: list[Any] = []
         self.regular_distillers: list[Any] = []
         self._distiller = None
         self.search_results: dict[tuple, dict[str, float]] = {}
+        self.model_paras_num: dict[tuple, int] = {}  # arch vector -> parameter count (the seed's attribute)
         self.resumed_search_results: dict[tuple, dict[str, float]] = {}
         self.best_model_archs: list[dict[str, Any]] = []
         self.model_paths: dict[tuple, str] = {}
@@ -222,7 +227,9 @@ class AutoDistillation:
         self.metrics = list(conf.metrics)
         self.higher_is_better = [bool(h) for h in conf.higher_is_better]
         self.max_trials = int(self._max_trials_override or conf.max_trials)
-        self.seed = conf.seed
+        # seed None: a fresh seed for this run, recorded in the study (user attr "seed") when it opens.
+        self.seed_drawn = conf.seed is None
+        self.seed = secrets.randbelow(2**32) if self.seed_drawn else conf.seed
         study = conf.study
         self.storage = self._overrides["storage"] or study.storage
         self.study_name = self._overrides["study_name"] or study.study_name
@@ -258,6 +265,8 @@ class AutoDistillation:
                     heartbeat_interval=self.heartbeat_interval,
                     grace_period=self.grace_period,
                 )
+                if self.seed_drawn:
+                    self._study.set_user_attr("seed", self.seed)
         return self._study
 
     def _make_advisor(self):
@@ -267,12 +276,57 @@ class AutoDistillation:
         algorithm = cfg.search_algorithm
         if self.framework == "tensorflow":  # GPSampler would import torch next to TensorFlow
             algorithm = torch_free_algorithm(algorithm)
-        return make_searcher(algorithm, cfg.search_space, seed=sampler_seed(cfg.seed), study=self.study)
+        return make_searcher(algorithm, cfg.search_space, seed=sampler_seed(self.seed), study=self.study)
 
     # ------------------------------------------------------------------ proposing / measuring
     def model_arch_proposition(self) -> dict[str, Any]:
         """Propose architecture of the model based on search algorithm for next search iteration."""
         return self.advisor.suggestion()
+
+    @property
+    def search_space_keys(self) -> list[str]:
+        """The search space's keys, sorted: the order of an arch vector (the seed's attribute)."""
+        return sorted(self.search_space)
+
+    def count_model_parameters(self, model) -> int:
+        """Parameter count of a torch module or a Keras model (or anything with ``num_parameters()``)."""
+        from .runner import _parameter_count
+
+        count = _parameter_count(model, None)
+        if count is None:
+            raise TypeError(f"cannot count the parameters of a {type(model).__name__}")
+        return count
+
+    # The seed's per-kind views of the flash-distillation stages: one entry per stage, '' for a stage
+    # that trains every parameter.
+    def _stages_of(self, kind: str) -> list[Any]:
+        return [s for s in (getattr(self.conf.flash, "stages", None) or []) if s.kind == kind]
+
+    @staticmethod
+    def _block_name(stage) -> Any:
+        names = list(stage.block_names)
+        return "" if not names else names[0] if len(names) == 1 else names
+
+    @property
+    def flash_distillation_config(self):
+        """The config's ``flash_distillation`` section, readable by attribute (the seed's attribute)."""
+        return self.conf.config.auto_distillation.flash_distillation
+
+    @property
+    def flash_block_names(self) -> list[Any]:
+        return [self._block_name(s) for s in self._stages_of("knowledge_transfer")]
+
+    @property
+    def flash_train_steps(self) -> list[int]:
+        return [s.train_steps for s in self._stages_of("knowledge_transfer")]
+
+    @property
+    def regular_block_names(self) -> list[Any]:
+        return [self._block_name(s) for s in self._stages_of("regular_distillation")]
+
+    @property
+    def regular_train_steps(self) -> list[int]:
+        return [s.train_steps for s in self._stages_of("regular_distillation")]
 
     def params_vec2params_dict(self, paras_vec: Sequence[Any]) -> dict[str, Any]:
         """Transfer the vector (values in sorted-key order) into a dict holding the parameters."""
@@ -315,12 +369,19 @@ class AutoDistillation:
         self.regular_distillers = [s for s in stages if s.kind == "regular_distillation"]
 
     def _train(self, model) -> Any:
+        """Train ``model``; returns the model to evaluate and save.
+
+        As in the seed's loop (``model = train_func(model)``), a ``train_func`` that returns a model hands
+        over that model (a new one, or a wrapper); one that returns ``None`` trained ``model`` in place.
+        """
         if self.train_func is not None:
-            return self.train_func(model)
+            returned = self.train_func(model)
+            return model if returned is None else returned
         if self._distiller is None:
             self.create_distillers()
         seed = (self.seed or 0) + int(getattr(getattr(self.advisor, "current_trial", None), "number", 0) or 0)
-        return self._distiller.distill(model, seed=seed)
+        self._distiller.distill(model, seed=seed)
+        return model
 
     def _evaluate(self, model) -> Any:
         if self.eval_func is not None:
@@ -329,19 +390,20 @@ class AutoDistillation:
             raise ConfigError("eval_dataset", "set eval_dataset (or eval_func) to measure the students")
         if self.framework == "tensorflow":
             from .distill.keras.evaluate import evaluate
-        else:
-            from .evaluate import evaluate
+
+            return evaluate(model, self.eval_dataset, self.metrics, settings=self.conf.evaluation,
+                            metric_fn=self.metric_fn)
+        from .evaluate import evaluate
 
         return evaluate(model, self.eval_dataset, self.metrics, settings=self.conf.evaluation,
-                        metric_fn=self.metric_fn)
+                        metric_fn=self.metric_fn, compute_metrics=self.compute_metrics)
 
     def _estimate_overridden(self) -> bool:
         return type(self).estimate is not AutoDistillation.estimate
 
     def estimate(self, model) -> Any:
         """Train and evaluate the model. Returns its metrics (as ``eval_func`` gives them)."""
-        self._train(model)
-        return self._evaluate(model)
+        return self._evaluate(self._train(model))
 
     # ------------------------------------------------------------------ metrics
     def _metrics_list(self, metrics: Any) -> list[float]:
@@ -404,19 +466,45 @@ class AutoDistillation:
         runner = TrialRunner(self, model_cls=model_cls, progress=getattr(self, "progress", None))
         self.last_run = runner.run()
         self.find_best_model_archs()
+        if not self.best_model_archs:
+            self._raise_if_all_failed()
         if res_save_path is not None:
             folder = Path(res_save_path) / "AutoDistillationSearch"
             folder.mkdir(parents=True, exist_ok=True)
             self.dump_search_results(folder / "search_results.txt")
         return self.best_model_archs
 
+    def _raise_if_all_failed(self) -> None:
+        """No COMPLETE trial, and trials failed: the search produced nothing; say why instead of ``[]``."""
+        from optuna.trial import TrialState
+
+        from .errors import SearchFailed
+
+        failed = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if t.user_attrs.get("error_type") != "Discarded"]
+        if not failed:
+            return
+        first = min(failed, key=lambda t: t.number)
+        kind = first.user_attrs.get("error_type") or "unknown error"
+        error = first.user_attrs.get("error") or "no message recorded"
+        raise SearchFailed(
+            f"all {len(failed)} trial(s) of study {self.study_name!r} failed; the first, trial {first.number} "
+            f"(arch {first.user_attrs.get('arch') or dict(first.params)}), with {kind}: {error}",
+            failed=len(failed), first_error_type=kind, first_error=error,
+        )
+
     def _sync_results(self) -> None:
         """Rebuild ``search_results`` (arch vector -> metrics) from the study's COMPLETE trials."""
         from .results import complete_records
 
+        records = complete_records(self.study, self.metrics)
         self.search_results = {
             tuple(rec["arch"][k] for k in sorted(rec["arch"])): dict(zip(self.metrics, rec["values"]))
-            for rec in complete_records(self.study, self.metrics)
+            for rec in records
+        }
+        self.model_paras_num = {
+            tuple(rec["arch"][k] for k in sorted(rec["arch"])): rec["params"]
+            for rec in records if isinstance(rec.get("params"), int)
         }
 
     def find_best_model_archs(self) -> list[dict[str, Any]]:

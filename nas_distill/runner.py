@@ -532,7 +532,8 @@ class TrialRunner:
         else:
             t0 = time.perf_counter()
             self._report("train", number)
-            self.ad._train(model)
+            model = self.ad._train(model)  # the model train_func returned, if it returned one
+            self.ad.student_model = model
             timings["train"] = round(time.perf_counter() - t0, 4)
             t0 = time.perf_counter()
             self._report("eval", number)

@@ -377,6 +377,7 @@ def test_missing_pieces_fail_the_trial_with_a_clear_reason(tmp_path):
                                                                  space={"a": [1]}))
     from nas_distill import ConfigError
 
+    agent.eval_func = lambda m: {"acc": 1.0, "latency": 1.0, "size": 1.0}
     with pytest.raises(ConfigError, match="teacher_model"):  # a setup problem stops the search at once
         agent.search()  # no train_func, no teacher / datasets
     trial = agent.study.trials[0]
@@ -384,6 +385,5 @@ def test_missing_pieces_fail_the_trial_with_a_clear_reason(tmp_path):
     assert trial.user_attrs["error_type"] == "ConfigError" and "teacher_model" in trial.user_attrs["error"]
     # its arch waits for the fixed setup, and is trained then
     agent.train_func = lambda m: None
-    agent.eval_func = lambda m: {"acc": 1.0, "latency": 1.0, "size": 1.0}
     agent.search()
     assert [t.state for t in agent.study.trials] == [TrialState.FAIL, TrialState.COMPLETE], [t.user_attrs for t in agent.study.trials]
