@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import secrets
+import weakref
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -143,6 +144,7 @@ class AutoDistillation:
         self._eval_func = None
         self._advisor = None
         self._study = None
+        self._proposal = None  # (trial, heartbeat, finalizer) of a model_arch_proposition awaiting feedback
         self.train_dataset = None
         self.eval_dataset = None
         self.metric_fn = None  # optional metric_fn(predictions, labels) for the built-in evaluator
@@ -186,9 +188,13 @@ class AutoDistillation:
 
     @property
     def advisor(self):
-        """Getter of advisor: the searcher (an Optuna sampler wrapper) that proposes architectures."""
+        """Getter of advisor: the searcher (an Optuna sampler wrapper) that proposes architectures.
+
+        Built, and its study opened, on first use, not when read: reading ``agent.advisor`` creates no
+        file before the first proposal (the study's place may still change with ``search(res_save_path)``).
+        """
         if self._advisor is None:
-            self._advisor = self._make_advisor()
+            self._advisor = _LazyAdvisor(self)
         return self._advisor
 
     @advisor.setter
@@ -252,8 +258,11 @@ class AutoDistillation:
     def study(self):
         """The shared Optuna study (created or loaded on first use)."""
         if self._study is None:
-            if self._advisor is not None and getattr(self._advisor, "_study", None) is not None:
-                self._study = self._advisor.study
+            advisor = self._advisor
+            if isinstance(advisor, _LazyAdvisor):  # not built yet: nothing to ask (it asks us)
+                advisor = object.__getattribute__(advisor, "_real")
+            if advisor is not None and getattr(advisor, "_study", None) is not None:
+                self._study = advisor.study
             else:
                 self._study = study_mod.open_study(
                     self.storage_url,
@@ -280,8 +289,50 @@ class AutoDistillation:
 
     # ------------------------------------------------------------------ proposing / measuring
     def model_arch_proposition(self) -> dict[str, Any]:
-        """Propose architecture of the model based on search algorithm for next search iteration."""
+        """Propose architecture of the model based on search algorithm for next search iteration.
+
+        The proposal is a RUNNING trial of the study until ``advisor.feedback(...)`` tells its result. A
+        heartbeat keeps it alive meanwhile; it is failed as ``Abandoned`` when the next proposal, a
+        ``search()`` or :meth:`close` comes first, or when this object is collected or the interpreter
+        exits; if the process dies, its heartbeat lapses and the next worker's sweep fails it.
+        """
+        self._abandon_proposal("a new proposal was made before feedback on this one")
+        arch = self._propose()
+        trial = self.advisor.current_trial
+        heartbeat = study_mod.Heartbeat(self.study, trial._trial_id, attrs={"arch": arch}).__enter__()
+        self._proposal = (trial, heartbeat, weakref.finalize(
+            self, _abandon, self.study, trial, heartbeat, "the agent was closed before feedback"))
+        return arch
+
+    def _propose(self) -> dict[str, Any]:
+        """The searcher's next architecture (its trial is ``advisor.current_trial``); the trial loop's
+        entry point, which keeps its own heartbeat."""
         return self.advisor.suggestion()
+
+    def _proposal_told(self) -> None:
+        """Feedback arrived for the pending proposal: stop its heartbeat, nothing to abandon."""
+        proposal, self._proposal = self._proposal, None
+        if proposal is not None:
+            trial, heartbeat, finalizer = proposal
+            finalizer.detach()
+            heartbeat.__exit__(None, None, None)
+
+    def _abandon_proposal(self, reason: str) -> None:
+        proposal, self._proposal = self._proposal, None
+        if proposal is not None:
+            _, _, finalizer = proposal
+            finalizer.detach()
+            _abandon(self.study, proposal[0], proposal[1], reason)
+
+    def close(self) -> None:
+        """Fail a proposal that never got feedback (``Abandoned``). The study and its files stay."""
+        self._abandon_proposal("the agent was closed before feedback")
+
+    def __enter__(self) -> "AutoDistillation":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @property
     def search_space_keys(self) -> list[str]:
@@ -451,28 +502,73 @@ class AutoDistillation:
         """Auto distillation search process.
 
         Runs trials on the shared study until it holds ``max_trials`` COMPLETE trials (counting every
-        worker's) or the space is exhausted. With ``res_save_path``, the results are also written there
-        (``AutoDistillationSearch/search_results.{txt,json}``). With ``model_cls``, each student is
-        saved and rebuilt before training (seed behaviour): ``save_pretrained`` +
-        ``model_cls.from_pretrained`` for torch / Hugging Face models; for a ``keras.Model``, saved as
-        ``.keras`` and reloaded by ``keras.saving.load_model(..., safe_mode=True)`` (with
-        ``custom_objects={model_cls.__name__: model_cls}`` when ``model_cls`` subclasses ``keras.Model``).
+        worker's) or the space is exhausted. With ``model_cls``, each student is saved and rebuilt before
+        training (seed behaviour): ``save_pretrained`` + ``model_cls.from_pretrained`` for torch / Hugging
+        Face models; for a ``keras.Model``, saved as ``.keras`` and reloaded by
+        ``keras.saving.load_model(..., safe_mode=True)`` (with ``custom_objects={model_cls.__name__:
+        model_cls}`` when ``model_cls`` subclasses ``keras.Model``).
+
+        Results folder (the seed's): ``<res_save_path or the current folder>/AutoDistillationResults/``.
+        Unless the config names ``study.storage`` or ``study.run_dir``, the study and the trained
+        students live there too, so two searches with different ``res_save_path`` never share a study.
+        Results found there at the start (``lastest_results.json``, an old ``lastest_results.npy`` or
+        the old texts) are imported first and answered from the store, never retrained. Each completed
+        trial writes ``Trial_{k}_results.txt``; the end writes ``Final_results.txt`` and
+        ``lastest_results.json`` (see :mod:`nas_distill.seed_results`).
 
         Returns:
             The Pareto-optimal architectures found (dicts), best trade-offs of all metrics.
+
+        Raises:
+            SearchFailed: no trial completed and trials failed; names the first failure.
         """
         from .runner import TrialRunner
+        from . import seed_results
 
-        runner = TrialRunner(self, model_cls=model_cls, progress=getattr(self, "progress", None))
+        folder = Path(res_save_path if res_save_path is not None else os.getcwd()) / seed_results.FOLDER
+        if not self.conf.study_location_given and not any(self._overrides.values()):
+            self._move_study_to(folder)
+        elif res_save_path is None:
+            folder = Path(self.run_dir)
+        self._abandon_proposal("search() started before feedback on this proposal")
+        if seed_results.has_results(folder):
+            imported = self.load_search_results(folder)
+            log.info("resumed from %s: %d result(s) imported", folder, imported)
+        user_progress = getattr(self, "progress", None)
+
+        def progress(event) -> None:
+            if event.stage == "complete":
+                self._write_trial_file(folder, event.done)
+            if user_progress is not None:
+                user_progress(event)
+
+        runner = TrialRunner(self, model_cls=model_cls, progress=progress)
         self.last_run = runner.run()
         self.find_best_model_archs()
         if not self.best_model_archs:
             self._raise_if_all_failed()
-        if res_save_path is not None:
-            folder = Path(res_save_path) / "AutoDistillationSearch"
-            folder.mkdir(parents=True, exist_ok=True)
-            self.dump_search_results(folder / "search_results.txt")
+        self.dump_search_results(folder / seed_results.FINAL_TEXT)
+        self.results_folder = folder
         return self.best_model_archs
+
+    def _move_study_to(self, folder: Path) -> None:
+        """Place the study (and the students, the teacher cache) in ``folder``; a study opened elsewhere
+        before is let go (it stays where it is)."""
+        if self._study is not None and Path(self.run_dir).resolve() == folder.resolve():
+            return
+        self._abandon_proposal("the study moved to the search's results folder before feedback")
+        self.run_dir = str(folder)
+        self._study = None
+        self._advisor = None
+        self._distiller = None
+
+    def _write_trial_file(self, folder: Path, k: int) -> None:
+        from . import seed_results
+
+        try:
+            seed_results.write_results(self.study, seed_results.trial_file(folder, k))
+        except OSError as exc:  # the results are in the study either way
+            log.warning("could not write %s: %s", seed_results.trial_file(folder, k), exc)
 
     def _raise_if_all_failed(self) -> None:
         """No COMPLETE trial, and trials failed: the search produced nothing; say why instead of ``[]``."""
@@ -526,25 +622,89 @@ class AutoDistillation:
 
     # ------------------------------------------------------------------ results files
     def dump_search_results(self, path: str | os.PathLike) -> None:
-        """Write the study's results: a readable text report at ``path`` and JSON next to it."""
-        from .results import dump_results
+        """Write the study's results at ``path`` in the seed's text format, and ``lastest_results.json``
+        beside it (the seed wrote ``lastest_results.npy`` there)."""
+        from .seed_results import write_results
 
-        dump_results(self.study, path, metrics=self.metrics, higher_is_better=self.higher_is_better)
+        write_results(self.study, path)
 
     def load_search_results(self, path: str | os.PathLike) -> int:
         """Load previous search results into this study (answered from the store, never retrained).
 
-        ``path``: a results JSON written by :meth:`dump_search_results` (or its folder), or a storage URL
+        ``path``: a results folder (``lastest_results.json``, or the seed's ``lastest_results.npy`` read by
+        a restricted unpickler that admits only plain data, or its ``Final_results.txt`` /
+        ``Trial_*_results.txt``), one of those files, a results JSON, or a storage URL
         (``sqlite:///...``, ``postgresql+psycopg://...``, optionally ``#study_name``). Imported trials are
         COMPLETE with ``imported_from`` set; they do not use the ``max_trials`` budget. Returns how many
         trials were imported (already present archs are skipped).
         """
         from .results import import_results, read_results
+        from .seed_results import read_results_folder
 
-        results = read_results(path)
+        text = str(path)
+        if "://" in text:
+            results = read_results(path)
+        else:
+            results = read_results_folder(path, self.search_space, self.metrics)
         self.resumed_search_results = {
             tuple(r["arch"][k] for k in sorted(r["arch"])): dict(zip(results["metrics"], r["values"]))
             for r in results["trials"]
         }
         return import_results(self.study, results, metrics=self.metrics, search_space=self.search_space,
-                              source=study_mod.mask_url(str(path)))
+                              source=study_mod.mask_url(text))
+
+
+def _abandon(study, trial, heartbeat, reason: str) -> None:
+    """Fail a proposed trial that never got feedback (if it is still RUNNING); stop its heartbeat."""
+    from optuna.trial import TrialState
+
+    heartbeat.__exit__(None, None, None)
+    try:
+        if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            return
+        study_mod.set_user_attrs(study, trial._trial_id, {"error_type": "Abandoned", "error": reason})
+        study.tell(trial, state=TrialState.FAIL)
+    except Exception as exc:  # noqa: BLE001 - at interpreter exit the storage may be gone: the sweep will do
+        log.debug("could not fail abandoned trial %s: %s", getattr(trial, "number", "?"), exc)
+
+
+class _LazyAdvisor:
+    """``agent.advisor`` before the searcher exists: builds it (and opens the study) on first use, then
+    stands for it. ``feedback`` / ``tell`` also end a pending ``model_arch_proposition``'s heartbeat."""
+
+    def __init__(self, agent: AutoDistillation):
+        object.__setattr__(self, "_agent", agent)
+        object.__setattr__(self, "_real", None)
+
+    def _searcher(self):
+        real = object.__getattribute__(self, "_real")
+        if real is None:
+            real = object.__getattribute__(self, "_agent")._make_advisor()
+            object.__setattr__(self, "_real", real)
+        return real
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._searcher(), name)
+        if name in ("feedback", "tell", "tell_raw") and callable(value):
+            agent = object.__getattribute__(self, "_agent")
+
+            def told(*args: Any, **kwargs: Any) -> Any:
+                out = value(*args, **kwargs)
+                pending = agent._proposal
+                if pending is not None:
+                    from optuna.trial import TrialState
+
+                    trial = pending[0]
+                    if agent.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                        agent._proposal_told()
+                return out
+
+            return told
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._searcher(), name, value)
+
+    def __repr__(self) -> str:
+        real = object.__getattribute__(self, "_real")
+        return repr(real) if real is not None else "<advisor, not built yet>"

@@ -1143,6 +1143,15 @@ class AutoDistillationConfig:
         return self.flash.stages
 
     @property
+    def study_location_given(self) -> bool:
+        """Whether the source named ``study.storage`` or ``study.run_dir`` (not left to the defaults):
+        the seed API's ``search(res_save_path=...)`` places the study only when neither was given."""
+        study = self._raw.get("study")
+        if isinstance(study, StudySettings):
+            return True
+        return isinstance(study, Mapping) and any(study.get(k) is not None for k in ("storage", "run_dir"))
+
+    @property
     def directions(self) -> list[str]:
         """Optuna study directions, one per metric (``'maximize'`` / ``'minimize'``)."""
         return ["maximize" if h else "minimize" for h in self.higher_is_better]

@@ -215,7 +215,7 @@ class TrialRunner:
                 with warnings.catch_warnings():
                     # Optuna warns that heartbeats are meant for study.optimize; ours run their own thread.
                     warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-                    arch = self.ad.model_arch_proposition()
+                    arch = self.ad._propose()
             except Exception as exc:
                 from .errors import SearchSpaceExhausted
 

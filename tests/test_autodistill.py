@@ -192,23 +192,24 @@ def test_dump_and_load_search_results(tmp_path):
     agent.train_func = lambda m: None
     agent.eval_func = metrics_of
     best = agent.search(res_save_path=str(tmp_path / "res"))
-    txt = tmp_path / "res" / "AutoDistillationSearch" / "search_results.txt"
-    data = json.loads(txt.with_suffix(".json").read_text())
-    assert "Pareto front" in txt.read_text()
+    folder = tmp_path / "res" / "AutoDistillationResults"
+    data = json.loads((folder / "lastest_results.json").read_text())
+    assert "Best Search Results" in (folder / "Final_results.txt").read_text()
     assert data["metrics"] == ["acc", "latency", "size"] and len(data["trials"]) == 5
     assert sorted(json.dumps(t["arch"], sort_keys=True) for t in data["trials"] if t["pareto"]) == \
         sorted(json.dumps(a, sort_keys=True) for a in best)
 
-    agent.dump_search_results(tmp_path / "copy.txt")
-    assert (tmp_path / "copy.txt").exists() and (tmp_path / "copy.json").exists()
+    agent.dump_search_results(tmp_path / "copy" / "results.txt")
+    assert (tmp_path / "copy" / "results.txt").exists()
+    assert json.loads((tmp_path / "copy" / "lastest_results.json").read_text())["trials"] == data["trials"]
 
     trained = []
     other = AutoDistillation(lambda arch: dict(arch), seed_conf(tmp_path / "b", "Grid", 7))
     other.train_func = lambda m: trained.append(m)
     other.eval_func = metrics_of
-    assert other.load_search_results(str(tmp_path / "copy.json")) == 5
+    assert other.load_search_results(str(tmp_path / "copy")) == 5
     assert len(other.resumed_search_results) == 5
-    assert other.load_search_results(str(tmp_path / "copy.json")) == 0  # already there
+    assert other.load_search_results(str(tmp_path / "copy" / "lastest_results.json")) == 0  # already there
     other.search()
     # 7 new trainings; the 5 imported archs are answered from the store, never retrained
     imported = {json.dumps(t["arch"], sort_keys=True) for t in data["trials"]}
