@@ -240,6 +240,12 @@ class AutoDistillation:
         self.storage = self._overrides["storage"] or study.storage
         self.study_name = self._overrides["study_name"] or study.study_name
         self.run_dir = self._overrides["run_dir"] or study.run_dir
+        if not self._location_given():
+            # The seed's folder: the study and the results live in ./AutoDistillationResults (or in
+            # search(res_save_path)'s), never in a folder the user did not name.
+            from .seed_results import FOLDER
+
+            self.run_dir = os.path.abspath(FOLDER)
         self.heartbeat_interval = study.heartbeat_interval
         self.grace_period = study.grace_period
         self.init_search_cfg(conf)
@@ -526,7 +532,7 @@ class AutoDistillation:
         from . import seed_results
 
         folder = Path(res_save_path if res_save_path is not None else os.getcwd()) / seed_results.FOLDER
-        if not self.conf.study_location_given and not any(self._overrides.values()):
+        if not self._location_given():
             self._move_study_to(folder)
         elif res_save_path is None:
             folder = Path(self.run_dir)
@@ -550,6 +556,10 @@ class AutoDistillation:
         self.dump_search_results(folder / seed_results.FINAL_TEXT)
         self.results_folder = folder
         return self.best_model_archs
+
+    def _location_given(self) -> bool:
+        """A storage or run folder was named (config or constructor): it wins over the seed's folder."""
+        return self.conf.study_location_given or any(self._overrides[k] for k in ("storage", "run_dir"))
 
     def _move_study_to(self, folder: Path) -> None:
         """Place the study (and the students, the teacher cache) in ``folder``; a study opened elsewhere

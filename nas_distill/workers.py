@@ -149,7 +149,7 @@ def build_autodistill(
     func, args = load_task_function(spec)
     pieces = call_task(func, args, cfg)
     ad = AutoDistillation(pieces["model_builder"], cfg, storage=storage, study_name=study_name,
-                          run_dir=run_dir, max_trials=max_trials)
+                          run_dir=run_dir or cfg.study.run_dir, max_trials=max_trials)
     for key in ("train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset", "metric_fn"):
         if pieces.get(key) is not None:
             setattr(ad, key, pieces[key])
@@ -270,8 +270,8 @@ def prepare_study(config, *, task=None, storage=None, study_name=None, run_dir=N
     cfg = load_config(data)
     from .autodistill import AutoDistillation
 
-    ad = AutoDistillation(lambda arch: arch, cfg, storage=storage, study_name=study_name, run_dir=run_dir,
-                          max_trials=max_trials)
+    ad = AutoDistillation(lambda arch: arch, cfg, storage=storage, study_name=study_name,
+                          run_dir=run_dir or cfg.study.run_dir, max_trials=max_trials)
     ad.study  # noqa: B018 - creates the study and records the config once
     return ad.storage_url, ad.study_name, str(Path(ad.run_dir).resolve()), ad.max_trials
 

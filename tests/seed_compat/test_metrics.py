@@ -110,4 +110,4 @@ def test_eval_func_may_produce_any_metric(tmp_path):
     agent.search()
     complete = agent.study.get_trials(states=(TrialState.COMPLETE,))
     assert [t.values[0] for t in complete] == pytest.approx(
-        [float(builder(t.params).body.bias.sum()) for t in complete])
+        [float(builder(t.params).body.bias.detach().sum()) for t in complete])
