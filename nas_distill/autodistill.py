@@ -270,6 +270,13 @@ class AutoDistillation:
             if advisor is not None and getattr(advisor, "_study", None) is not None:
                 self._study = advisor.study
             else:
+                # The run folder is ours to create (the default storage, artifacts and teacher cache live
+                # there); a storage file elsewhere must already have its folder (study.make_storage), and
+                # nothing is created when it does not.
+                run_dir = Path(self.run_dir).resolve()
+                storage_file = study_mod.storage_file(self.storage_url)
+                if storage_file is not None and Path(storage_file).resolve().parent == run_dir:
+                    run_dir.mkdir(parents=True, exist_ok=True)
                 self._study = study_mod.open_study(
                     self.storage_url,
                     self.study_name,
@@ -280,6 +287,7 @@ class AutoDistillation:
                     heartbeat_interval=self.heartbeat_interval,
                     grace_period=self.grace_period,
                 )
+                run_dir.mkdir(parents=True, exist_ok=True)
                 if self.seed_drawn:
                     self._study.set_user_attr("seed", self.seed)
         return self._study
