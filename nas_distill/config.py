@@ -133,7 +133,7 @@ class DistillStage:
     loss_types: tuple[str, ...] = ()
     loss_weights: tuple[float, ...] = ()
     add_origin_loss: bool = False
-    train_steps: int = 500
+    train_steps: int = 100  # for stages built by hand; a config's stages default to DEFAULT_TRAIN_STEPS
     temperature: float = 1.0
 
 
