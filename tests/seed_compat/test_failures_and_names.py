@@ -78,6 +78,11 @@ def test_config_attribute_access_and_old_defaults():
         layer_mappings_for_knowledge_transfer=[[("s.0", "t.0")], [("s.1", "t.1")]]))
     assert [s.train_steps for s in bare.flash.stages] == [500, 500]
     assert (bare.max_trials, bare.search_algorithm) == (3, "bo")
+    # where the old system had no config field: the optimizer, and regular distillation without mappings
+    assert (bare.flash.optimizer, bare.flash.learning_rate) == ("adamw", 1e-3)
+    logits = AutoDistillationConfig(search_space=SPACE, regular_distillation=FlashDistillationConfig(
+        train_steps=[5])).flash.stages[0]
+    assert (logits.mappings, logits.loss_types, logits.block_names) == ((), ("KL",), ())
 
 
 SPACE_OLD = {"hidden_size": [16, 32], "intermediate_size": [32, 64]}
