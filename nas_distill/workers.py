@@ -21,6 +21,8 @@ worker process (the module must be importable there: installed, or on ``PYTHONPA
     eval_dataset    optional   evaluation data                              } eval_dataset
     metric_fn       optional   metric_fn(predictions, labels) for the built-in evaluator
     model_cls       optional   the seed's model_cls (rebuild students with from_pretrained)
+    preprocessor    optional   the students' image processor or tokenizer (saved with each student, so
+                               an exported student runs in ``transformers.pipeline`` on its own)
 
 Processes
 ---------
@@ -60,7 +62,7 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 TASK_KEYS = ("model_builder", "train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset",
-             "metric_fn", "model_cls")
+             "metric_fn", "model_cls", "preprocessor")
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
 
@@ -154,7 +156,8 @@ def build_autodistill(
     pieces = call_task(func, args, cfg)
     ad = AutoDistillation(pieces["model_builder"], cfg, storage=storage, study_name=study_name,
                           run_dir=run_dir or cfg.study.run_dir, max_trials=max_trials)
-    for key in ("train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset", "metric_fn"):
+    for key in ("train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset", "metric_fn",
+                "preprocessor"):
         if pieces.get(key) is not None:
             setattr(ad, key, pieces[key])
     ad.model_cls = pieces.get("model_cls")
