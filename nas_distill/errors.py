@@ -22,3 +22,14 @@ class InvalidArchitecture(NasDistillError, ValueError):
 
 class SearchSpaceExhausted(NasDistillError):
     """Every point of the search space has been claimed by a trial; there is nothing new to propose."""
+
+
+class SearchFailed(NasDistillError, RuntimeError):
+    """Every trial of a search failed: there is no result to return. The message names the first
+    failure; ``failed``, ``first_error_type`` and ``first_error`` hold the figures."""
+
+    def __init__(self, message: str, *, failed: int = 0, first_error_type: str = "", first_error: str = ""):
+        super().__init__(message)
+        self.failed = failed
+        self.first_error_type = first_error_type
+        self.first_error = first_error
