@@ -209,12 +209,13 @@ def _open_rdb(url: str, engine_kwargs: dict[str, Any], interval, grace, callback
     """
     import random
 
-    import optuna
     import sqlalchemy.exc
+
+    from .atomic_storage import AtomicRDBStorage
 
     for attempt in range(_SCHEMA_RACE_ATTEMPTS):
         try:
-            return optuna.storages.RDBStorage(
+            return AtomicRDBStorage(
                 url,
                 engine_kwargs=dict(engine_kwargs),
                 heartbeat_interval=interval,
@@ -600,14 +601,12 @@ def fail_stale_trials(study) -> list[int]:
     if stale_ids and retry is not None and retry.recovered_within(settle):
         return []  # the read above was the first call to get through
     failed = []
+    reason = {"error_type": "WorkerLost",
+              "error": f"no heartbeat for more than {grace:g} s: the worker died or hung "
+                       f"(or, never beating after {_orphan_age(grace):g} s, nobody ever ran it)"}
     for trial_id in stale_ids:
         try:
-            storage.set_trial_user_attr(trial_id, "error_type", "WorkerLost")
-            storage.set_trial_user_attr(
-                trial_id, "error", f"no heartbeat for more than {grace:g} s: the worker died or hung "
-                f"(or, never beating after {_orphan_age(grace):g} s, nobody ever ran it)"
-            )
-            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            if finish_trial(study, trial_id, TrialState.FAIL, attrs=reason):
                 failed.append(trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker (or the owner) finished it first
@@ -622,6 +621,28 @@ def fail_stale_trials(study) -> list[int]:
             except Exception as exc:  # noqa: BLE001 - a failed retry must not stop the sweeping worker
                 log.warning("retry of trial %d failed: %s", frozen.number, exc)
     return numbers
+
+
+def finish_trial(study, trial_id: int, state, values=None, attrs: Mapping[str, Any] | None = None) -> bool:
+    """Finish a trial with ``attrs`` recorded on it, exactly once across every worker.
+
+    On SQL storages the attrs and the state change are one transaction, so a loser (the trial was
+    finished by someone else first: ``UpdateFinishedTrialError``) leaves no attrs behind on the
+    winner's trial. Elsewhere (the journal) the attrs are written first, then the state, which the
+    journal's replay gives to the first writer only.
+    """
+    from .atomic_storage import atomic_rdb
+    from .storage_retry import call
+
+    storage = study._storage
+    rdb = atomic_rdb(storage)
+    values = None if values is None else [float(v) for v in values]
+    if rdb is not None:
+        return call(storage, rdb.finish_trial, trial_id, state, values, {k: _jsonable(v) for k, v in
+                                                                           (attrs or {}).items()})
+    if attrs:
+        set_user_attrs(study, trial_id, attrs)
+    return storage.set_trial_state_values(trial_id, state=state, values=values)
 
 
 class RetryStaleTrial:
@@ -741,8 +762,9 @@ def set_user_attrs(study, trial_id: int, attrs: Mapping[str, Any]) -> None:
         storage.set_trial_user_attr(trial_id, key, value)
 
 
-def _write_user_attrs(rdb, session, trial_id: int, values: Mapping[str, Any]) -> None:
-    """Upsert JSON-safe user attrs of one trial inside ``session`` (the caller commits).
+def _write_user_attrs(rdb, session, trial_id: int, values: Mapping[str, Any], check: bool = True) -> None:
+    """Upsert JSON-safe user attrs of one trial inside ``session`` (the caller commits). ``check=False``:
+    the caller has just finished the trial in this same transaction (the attrs go with the finish).
 
     On SQLite and PostgreSQL: one check that the trial may still be updated (as Optuna does before each
     attr) and one upsert statement for all the attrs, stored as Optuna stores them (``json.dumps`` in
@@ -761,12 +783,22 @@ def _write_user_attrs(rdb, session, trial_id: int, values: Mapping[str, Any]) ->
         from sqlalchemy.dialects.postgresql import insert
     elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
         from sqlalchemy.dialects.sqlite import insert
-    if insert is None:
+    if insert is None and check:
         for key, value in values.items():
             rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
         return
-    trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-    rdb.check_trial_is_updatable(trial_id, trial.state)
+    if insert is None:  # another dialect, the trial just finished: Optuna's setter would refuse it
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+        for key, value in values.items():
+            row = models.TrialUserAttributeModel.find_by_trial_and_key(trial, key, session)
+            if row is None:
+                session.add(models.TrialUserAttributeModel(trial_id=trial_id, key=key, value_json=json.dumps(value)))
+            else:
+                row.value_json = json.dumps(value)
+        return
+    if check:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+        rdb.check_trial_is_updatable(trial_id, trial.state)
     table = models.TrialUserAttributeModel.__table__
     stmt = insert(table)
     stmt = stmt.on_conflict_do_update(index_elements=[table.c.trial_id, table.c.key],
