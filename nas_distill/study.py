@@ -61,7 +61,7 @@ DEFAULT_STUDY_NAME = "nas-distill"
 # user attrs that mark a COMPLETE trial as not having cost a training slot
 UNCOUNTED_ATTRS = ("duplicate_of", "imported_from")
 # error types of failures that say nothing about the architecture: the arch is tried again
-RETRYABLE_ERRORS = ("WorkerLost", "Interrupted", "ConfigError")
+RETRYABLE_ERRORS = ("WorkerLost", "Interrupted", "ConfigError", "Environment")
 #: Age (s, at least the grace period) after which a RUNNING trial that never beat is an orphan: no worker
 #: runs it (every worker's first beat follows its ask within the sampler's time, far less than this).
 ORPHAN_AGE_S = 60.0
@@ -389,6 +389,24 @@ def artifact_store(run_dir: str | os.PathLike):
     path = Path(run_dir) / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(path))
+
+
+def check_writable(folder: str | os.PathLike, field: str) -> None:
+    """Create ``folder`` and write (then remove) a file in it; a ConfigError naming ``field`` if either
+    fails. Called before the first trial, so a run folder nobody can write costs no training."""
+    import tempfile
+
+    from .errors import ConfigError
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-") as probe:
+            probe.write(b"ok")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise ConfigError(field, f"cannot write to {folder}: {exc.strerror or exc}; fix its permissions or "
+                                 f"free space, or choose another folder (--run-dir)") from None
 
 
 def _jsonable(value: Any) -> Any:
