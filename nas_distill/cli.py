@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--allow-writes", action="store_true",
+                   help="let the dashboard edit notes and delete studies (default: read-only)")
 
     p = sub.add_parser("export", help="copy a trained student to a folder")
     _common(p)
@@ -260,7 +262,7 @@ def cmd_dashboard(args) -> int:
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (storage {mask_url(url)})", flush=True)
     # launch_dashboard also pushes the hypervolume-history figure, which optuna-dashboard lacks.
     launch_dashboard(make_storage(url), Path(run_dir) / "artifacts", host=args.host, port=args.port,
-                     study_name=name)
+                     study_name=name, allow_writes=args.allow_writes)
     return 0
 
 

@@ -153,6 +153,7 @@ class TrialRunner:
         from .dryrun import dry_run
 
         dry_run(self.ad)
+        self.study  # noqa: B018 - opened first: an unreachable storage is reported before a folder is made
         self._check_folders()
         rank, world = self._dist
         if world > 1:
