@@ -88,11 +88,28 @@ __all__ = [
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
 
 
+# A password as a query parameter (``?password=...``, SQLAlchemy / libpq) or a libpq ``key=value`` DSN
+# (``host=db password=...``): the value up to the next separator.
+_PARAM_PASSWORD = re.compile(
+    r"(?P<head>(?:^|[?&;\s])(?:password|passwd|pwd|sslpassword|pass)\s*=\s*)(?P<pw>'[^']*'|[^&;\s#'\"]*)",
+    re.IGNORECASE)
+#: Environment variables whose values are passwords the storage drivers read (libpq's, ours).
+PASSWORD_ENV_VARS = ("PGPASSWORD",)
+
+
 def mask_url(url: Any) -> Any:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``; other values unchanged."""
+    """Every password in a text masked as ``***``: a URL's userinfo (``postgresql://user:secret@host/db``
+    -> ``postgresql://user:***@host/db``), a ``password=`` query parameter or DSN field, and the value of
+    ``$PGPASSWORD`` wherever it appears. Other values are returned unchanged."""
     if not isinstance(url, str):
         return url
-    return _URL_PASSWORD.sub(lambda m: m.group("head") + "***" + m.group("tail"), url)
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + "***" + m.group("tail"), url)
+    text = _PARAM_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+    for name in PASSWORD_ENV_VARS:
+        secret = os.environ.get(name)
+        if secret and len(secret) >= 3:  # a one- or two-letter value would mask ordinary text
+            text = text.replace(secret, "***")
+    return text
 
 
 def mask_secrets(value: Any) -> Any:
@@ -187,7 +204,7 @@ def make_storage(
             except Exception as exc:  # noqa: BLE001 - one line naming the storage, not a stack
                 from .errors import ConfigError
 
-                raise ConfigError("study.storage", f"cannot open {mask_url(url)}: {exc}") from exc
+                raise ConfigError("study.storage", mask_url(f"cannot open {url}: {exc}")) from exc
     if url.startswith("sqlite:///") and _sqlite_path(url):
         _tune_sqlite(storage)
     # What our own sweep and heartbeat thread read (any storage).
@@ -279,8 +296,12 @@ def open_study(
     """
     import optuna
 
+    from .config import study_name_error
     from .errors import ConfigError
 
+    problem = study_name_error(study_name)
+    if problem:  # the storage would fail on it with a generic "invalid data in the commit"
+        raise ConfigError("study.study_name", problem)
     if isinstance(storage, (str, os.PathLike)) or storage is None:
         storage = make_storage(
             resolve_storage_url(storage and str(storage)),

@@ -65,14 +65,19 @@ EXIT_INTERRUPTED = 130
 
 # ------------------------------------------------------------------------------------ config + task
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The YAML config as a dict (``yaml.safe_load``)."""
+    """The YAML config as a dict (``yaml.safe_load``, bounded: :func:`nas_distill.config.load_yaml_text`)."""
     import yaml
+
+    from .config import MAX_CONFIG_BYTES, load_yaml_text
 
     p = Path(path)
     if not p.exists():
         raise ConfigError("config", f"no such file: {p}")
+    if p.is_file() and p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(str(p), f"the config file is {p.stat().st_size} bytes; configs over "
+                                  f"{MAX_CONFIG_BYTES} bytes are refused")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml_text(p.read_text(), str(p))
     except yaml.YAMLError as exc:
         raise ConfigError("config", f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
