@@ -5,7 +5,8 @@ This module holds the plain settings dataclasses that the rest of the package im
 :class:`FlashSettings`, :class:`EvaluationSettings`, :class:`StudySettings`), then the validator and
 :class:`AutoDistillationConfig`. It imports neither torch nor Optuna at module import time (Optuna only
 when a non-string ``search_algorithm`` has to be checked against ``optuna.samplers.BaseSampler``), and
-YAML is read with ``yaml.safe_load`` only.
+YAML is read with PyYAML's safe loader only (:mod:`nas_distill.yamlio`: plus YAML 1.2 numbers such as
+``3e-3``).
 
 Layout (the seed's; ``examples/seed_layout.yaml`` shows every key)::
 
@@ -804,74 +805,16 @@ def _study(value: Any, path: str) -> StudySettings:
 # ---------------------------------------------------------------------------------------------------
 # Loading: YAML file / dict -> the inner layout {model, search, flash_distillation, evaluation, study}
 # ---------------------------------------------------------------------------------------------------
-#: Largest config file read (bytes): a real config is a few KB.
-MAX_CONFIG_BYTES = 1 << 20
-#: Most YAML nodes a config may hold once its aliases are expanded: anchors and aliases are allowed, but
-#: an alias bomb (each level's list repeating the previous level's alias) stops here, before any
-#: Python object is built.
-MAX_CONFIG_NODES = 100_000
-
-
-def load_yaml_text(text: str, source: str) -> Any:
-    """``yaml.safe_load`` of ``text`` with bounds: at most :data:`MAX_CONFIG_BYTES` bytes and
-    :data:`MAX_CONFIG_NODES` nodes with every alias expanded (counted on the composed node graph, in time
-    linear in the document). A ConfigError naming ``source`` otherwise; ``yaml.YAMLError`` for bad YAML."""
-    import yaml
-
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > MAX_CONFIG_BYTES:
-        raise ConfigError(source, f"the config is {size} bytes; configs over {MAX_CONFIG_BYTES} bytes are refused")
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        try:
-            nodes = _expanded_nodes(node, {}, MAX_CONFIG_NODES)
-        except RecursionError:
-            raise ConfigError(source, "the YAML is nested too deeply") from None
-        if nodes > MAX_CONFIG_NODES:
-            raise ConfigError(source, f"the YAML expands (its aliases repeated) to more than {MAX_CONFIG_NODES} "
-                                      f"values; refused (an alias bomb?)")
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _expanded_nodes(node: Any, memo: dict[int, int], cap: int) -> int:
-    """Nodes under ``node`` (itself included) with aliases expanded; stops counting past ``cap``."""
-    import yaml
-
-    known = memo.get(id(node))
-    if known is not None:
-        return known
-    memo[id(node)] = cap + 1  # a node reached again while counting it: a recursive alias, refused
-    total = 1
-    if isinstance(node, yaml.SequenceNode):
-        children = node.value
-    elif isinstance(node, yaml.MappingNode):
-        children = [item for pair in node.value for item in pair]
-    else:
-        children = []
-    for child in children:
-        total += _expanded_nodes(child, memo, cap)
-        if total > cap:
-            break
-    memo[id(node)] = total
-    return total
-
-
 def _read_yaml(path: str) -> Any:
-    """The YAML mapping of a config file (:func:`load_yaml_text`); every failure is a ConfigError naming
-    the file."""
+    """The safe, bounded YAML load of a file (:func:`~nas_distill.yamlio.load_yaml`); every failure is a
+    ConfigError naming the file."""
     import yaml  # local: keeps `import nas_distill.config` light
 
+    from .yamlio import load_yaml
+
     try:
-        if os.stat(path).st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(path, f"the config file is {os.stat(path).st_size} bytes; configs over "
-                                    f"{MAX_CONFIG_BYTES} bytes are refused")
         with open(path, encoding="utf-8") as handle:
-            data = load_yaml_text(handle.read(MAX_CONFIG_BYTES + 1), path)
+            data = load_yaml(handle, path)
     except ConfigError:
         raise
     except FileNotFoundError:
@@ -886,7 +829,7 @@ def _read_yaml(path: str) -> Any:
         raise ConfigError(_short(path), f"cannot open the config file ({exc})") from None
     except yaml.YAMLError as exc:
         detail = " ".join(str(exc).split())
-        raise ConfigError(path, f"invalid YAML (only plain YAML is read, with yaml.safe_load): {detail}") from None
+        raise ConfigError(path, f"invalid YAML (only plain YAML is read, with a safe loader): {detail}") from None
     if data is None:
         raise ConfigError(path, "expected a YAML mapping, got an empty document")
     if not isinstance(data, Mapping):
@@ -1143,7 +1086,7 @@ class AutoDistillationConfig:
 
     @classmethod
     def from_yaml(cls, path: Any) -> "AutoDistillationConfig":
-        """Read a YAML file (``yaml.safe_load`` only: no Python tags are ever executed)."""
+        """Read a YAML file (a safe YAML loader only: no Python tags are ever executed)."""
         return cls(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else cls(path)
 
     @classmethod

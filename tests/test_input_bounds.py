@@ -22,7 +22,7 @@ import yaml
 
 from helpers_common import task_config, write_config
 from nas_distill import AutoDistillationConfig, ConfigError
-from nas_distill.config import MAX_CONFIG_BYTES, load_yaml_text
+from nas_distill.yamlio import MAX_CONFIG_BYTES, load_yaml
 
 
 def alias_bomb(levels: int = 12, width: int = 12) -> str:
@@ -54,13 +54,13 @@ def test_alias_bomb_is_refused_fast_and_small(tmp_path):
 def test_ordinary_anchors_and_aliases_still_load():
     text = ("defaults: &d {learning_rate: 0.001, batch_size: 32}\n"
             "stages: [*d, *d]\n")
-    data = load_yaml_text(text, "cfg.yaml")
+    data = load_yaml(text, "cfg.yaml")
     assert data["stages"] == [yaml.safe_load(text)["defaults"]] * 2
 
 
 def test_recursive_alias_is_refused():
     with pytest.raises(ConfigError, match="alias bomb"):
-        load_yaml_text("a: &a [1, *a]\n", "cfg.yaml")
+        load_yaml("a: &a [1, *a]\n", "cfg.yaml")
 
 
 def test_oversized_config_file_is_refused(tmp_path):
