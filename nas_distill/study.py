@@ -89,8 +89,8 @@ __all__ = [
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
 
 
-# A password as a query parameter (``?password=...``, SQLAlchemy / libpq) or a libpq ``key=value`` DSN
-# (``host=db password=...``): the value up to the next separator.
+# A password as a query parameter (``password``, SQLAlchemy / libpq) or a field of a libpq ``key=value``
+# DSN: the value up to the next separator.
 _PARAM_PASSWORD = re.compile(
     r"(?P<head>(?:^|[?&;\s])(?:password|passwd|pwd|sslpassword|pass)\s*=\s*)(?P<pw>'[^']*'|[^&;\s#'\"]*)",
     re.IGNORECASE)
@@ -100,7 +100,7 @@ PASSWORD_ENV_VARS = ("PGPASSWORD",)
 
 def mask_url(url: Any) -> Any:
     """Every password in a text masked as ``***``: a URL's userinfo (``postgresql://user:secret@host/db``
-    -> ``postgresql://user:***@host/db``), a ``password=`` query parameter or DSN field, and the value of
+    -> ``postgresql://user:***@host/db``), a ``password`` query parameter or DSN field, and the value of
     ``$PGPASSWORD`` wherever it appears. Other values are returned unchanged."""
     if not isinstance(url, str):
         return url
