@@ -87,8 +87,8 @@ def test_two_processes_finishing_one_trial_exactly_one_wins(tmp_path, kind):
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_two_processes_finishing_one_trial_exactly_one_wins_postgres(postgres_url, fresh_pg_study_name):
-    wins, outcome, stored = _race_finishes(postgres_url, fresh_pg_study_name, 100)
-    assert len(wins) == 100 and max(wins.values()) == 1
+    wins, outcome, stored = _race_finishes(postgres_url, fresh_pg_study_name, 50)
+    assert len(wins) == 50 and max(wins.values()) == 1
     for state_name, won in outcome.items():
         assert all(stored[t] == TrialState[state_name] for t in won)
 
