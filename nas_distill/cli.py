@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-writes", action="store_true",
                    help="let the dashboard edit notes and delete studies (default: read-only)")
 
-    p = sub.add_parser("export", help="copy a trained student to a folder")
+    p = sub.add_parser("export", help="write a trained student, its preprocessing and a model card to a folder")
     _common(p)
     p.add_argument("--trial", type=int, help="trial number (default: best of the first metric on the front)")
     p.add_argument("-o", "--output", required=True,
@@ -290,14 +290,10 @@ def _require_study(storage, name: str | None, url: str) -> None:
 
 
 def cmd_export(args) -> int:
-    import tempfile
-
-    from optuna.artifacts import download_artifact
     from optuna.trial import TrialState
 
+    from .export import export_student
     from .results import complete_records, pareto_records
-    from .runner import extract_student
-    from .study import artifact_store
 
     study, run_dir, _ = _open(args)
     if args.trial is None:
@@ -315,13 +311,9 @@ def cmd_export(args) -> int:
     trial = trials[0]
     if trial.state != TrialState.COMPLETE:
         raise CLIError(f"trial {number} is {trial.state.name}, not COMPLETE")
-    artifact_id = trial.user_attrs.get("artifact_id")
-    if not artifact_id:
+    if not trial.user_attrs.get("artifact_id"):
         raise CLIError(f"trial {number} has no saved student (artifact_id)")
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = os.path.join(tmp, "student.tar")
-        download_artifact(artifact_store=artifact_store(run_dir), file_path=archive, artifact_id=artifact_id)
-        out = extract_student(archive, args.output)
+    out = export_student(study, trial, run_dir, args.output)
     print(f"trial {number} -> {out}")
     return 0
 

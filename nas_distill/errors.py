@@ -24,6 +24,17 @@ class SearchSpaceExhausted(NasDistillError):
     """Every point of the search space has been claimed by a trial; there is nothing new to propose."""
 
 
+class SearchFailed(NasDistillError, RuntimeError):
+    """Every trial of a search failed: there is no result to return. The message names the first
+    failure; ``failed``, ``first_error_type`` and ``first_error`` hold the figures."""
+
+    def __init__(self, message: str, *, failed: int = 0, first_error_type: str = "", first_error: str = ""):
+        super().__init__(message)
+        self.failed = failed
+        self.first_error_type = first_error_type
+        self.first_error = first_error
+
+
 class EnvironmentFailure(NasDistillError, RuntimeError):
     """The worker's environment failed the same way twice in a row (a folder it cannot write, a full
     disk, an unreachable storage, no memory, a device error): the worker stops instead of failing every

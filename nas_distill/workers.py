@@ -21,6 +21,8 @@ worker process (the module must be importable there: installed, or on ``PYTHONPA
     eval_dataset    optional   evaluation data                              } eval_dataset
     metric_fn       optional   metric_fn(predictions, labels) for the built-in evaluator
     model_cls       optional   the seed's model_cls (rebuild students with from_pretrained)
+    preprocessor    optional   the students' image processor or tokenizer (saved with each student, so
+                               an exported student runs in ``transformers.pipeline`` on its own)
 
 Processes
 ---------
@@ -60,7 +62,7 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 TASK_KEYS = ("model_builder", "train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset",
-             "metric_fn", "model_cls")
+             "metric_fn", "model_cls", "preprocessor")
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
 
@@ -154,8 +156,9 @@ def build_autodistill(
     func, args = load_task_function(spec)
     pieces = call_task(func, args, cfg)
     ad = AutoDistillation(pieces["model_builder"], cfg, storage=storage, study_name=study_name,
-                          run_dir=run_dir, max_trials=max_trials)
-    for key in ("train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset", "metric_fn"):
+                          run_dir=run_dir or cfg.study.run_dir, max_trials=max_trials)
+    for key in ("train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset", "metric_fn",
+                "preprocessor"):
         if pieces.get(key) is not None:
             setattr(ad, key, pieces[key])
     ad.model_cls = pieces.get("model_cls")
@@ -301,8 +304,8 @@ def prepare_study(config, *, task=None, storage=None, study_name=None, run_dir=N
     cfg = load_config(data)
     from .autodistill import AutoDistillation
 
-    ad = AutoDistillation(lambda arch: arch, cfg, storage=storage, study_name=study_name, run_dir=run_dir,
-                          max_trials=max_trials)
+    ad = AutoDistillation(lambda arch: arch, cfg, storage=storage, study_name=study_name,
+                          run_dir=run_dir or cfg.study.run_dir, max_trials=max_trials)
     ad.study  # noqa: B018 - creates the study and records the config once
     return ad.storage_url, ad.study_name, str(Path(ad.run_dir).resolve()), ad.max_trials
 
