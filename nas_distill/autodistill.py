@@ -31,6 +31,8 @@ Extra keyword arguments (not in the seed): ``storage``, ``study_name``, ``run_di
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import math
 import os
@@ -142,6 +144,7 @@ class AutoDistillation:
         self._eval_func = None
         self._advisor = None
         self._study = None
+        self._arch_metrics = None
         self.train_dataset = None
         self.eval_dataset = None
         self.metric_fn = None  # optional metric_fn(predictions, labels) for the built-in evaluator
@@ -236,6 +239,7 @@ class AutoDistillation:
         self._search_cfg = config
         self._advisor = None
         self._study = None
+        self._arch_metrics = None
 
     @property
     def storage_url(self) -> str:
@@ -260,18 +264,47 @@ class AutoDistillation:
                 )
         return self._study
 
-    def _make_advisor(self):
-        from .search.searchers import make_searcher, torch_free_algorithm
+    def _search_algorithm(self):
+        from .search.searchers import torch_free_algorithm
 
-        cfg = self._search_cfg
-        algorithm = cfg.search_algorithm
+        algorithm = self._search_cfg.search_algorithm
         if self.framework == "tensorflow":  # GPSampler would import torch next to TensorFlow
             algorithm = torch_free_algorithm(algorithm)
-        return make_searcher(algorithm, cfg.search_space, seed=sampler_seed(cfg.seed), study=self.study)
+        return algorithm
+
+    def _make_advisor(self):
+        from .search.searchers import make_searcher
+
+        cfg = self._search_cfg
+        extra = {}
+        if self.arch_metrics.enabled:
+            extra["known_objectives"] = self.arch_metrics.known_objectives
+        return make_searcher(self._search_algorithm(), cfg.search_space, seed=sampler_seed(cfg.seed),
+                             study=self.study, **extra)
+
+    @property
+    def arch_metrics(self):
+        """The study's metrics fixed by the architecture (:mod:`nas_distill.arch_metrics`); measured and
+        handed to the searcher when it can use them."""
+        if self._arch_metrics is None:
+            from .arch_metrics import ArchMetrics
+
+            self._arch_metrics = ArchMetrics(self, enabled=self._searcher_takes_known_objectives()
+                                             and not self._estimate_overridden()
+                                             and (self.eval_func is not None or self.eval_dataset is not None))
+        return self._arch_metrics
+
+    def _searcher_takes_known_objectives(self) -> bool:
+        from .search.searchers import canonical_algorithm, make_searcher
+
+        algorithm = self._search_algorithm()
+        return (isinstance(algorithm, str) and canonical_algorithm(algorithm) == "bo"
+                and "known_objectives" in inspect.signature(make_searcher).parameters)
 
     # ------------------------------------------------------------------ proposing / measuring
     def model_arch_proposition(self) -> dict[str, Any]:
         """Propose architecture of the model based on search algorithm for next search iteration."""
+        self.arch_metrics.refresh()
         return self.advisor.suggestion()
 
     def params_vec2params_dict(self, paras_vec: Sequence[Any]) -> dict[str, Any]:
@@ -322,9 +355,19 @@ class AutoDistillation:
         seed = (self.seed or 0) + int(getattr(getattr(self.advisor, "current_trial", None), "number", 0) or 0)
         return self._distiller.distill(model, seed=seed)
 
-    def _evaluate(self, model) -> Any:
+    def _evaluate(self, model, metrics: Sequence[str] | None = None) -> Any:
+        """Measure ``model`` (``metrics``: a subset of the config's; ``eval_func`` answers all of them).
+
+        Timed metrics (latency) are taken under the machine's measurement lock, so no two workers of a
+        machine time a model at once (:mod:`nas_distill.machine_lock`)."""
+        from .arch_metrics import timed_metric_names
+        from .machine_lock import measurement_lock
+
+        names = list(self.metrics if metrics is None else metrics)
+        timed = timed_metric_names(names, getattr(self.conf, "architecture_metrics", None) or ())
         if self.eval_func is not None:
-            return self.eval_func(model)
+            with measurement_lock() if timed else contextlib.nullcontext():
+                return self.eval_func(model)
         if self.eval_dataset is None:
             raise ConfigError("eval_dataset", "set eval_dataset (or eval_func) to measure the students")
         if self.framework == "tensorflow":
@@ -332,8 +375,15 @@ class AutoDistillation:
         else:
             from .evaluate import evaluate
 
-        return evaluate(model, self.eval_dataset, self.metrics, settings=self.conf.evaluation,
-                        metric_fn=self.metric_fn)
+        def measure(subset):
+            return evaluate(model, self.eval_dataset, subset, settings=self.conf.evaluation,
+                            metric_fn=self.metric_fn) if subset else {}
+
+        out = measure([n for n in names if n not in timed])
+        if timed:
+            with measurement_lock():
+                out.update(measure(timed))
+        return {n: out[n] for n in names}
 
     def _estimate_overridden(self) -> bool:
         return type(self).estimate is not AutoDistillation.estimate

@@ -1,0 +1,155 @@
+"""Predict an architecture metric (latency first of all) from the architecture alone, numpy only.
+
+A space too large to measure every student still has a latency for every candidate: a ridge regression
+fitted on the students measured so far. Features: the monomials, up to degree 3, of the space's numeric
+keys scaled to [0, 1] (for a transformer: depth x width^2 is the attention / MLP FLOPs and parameters of
+the encoder, depth x width x MLP-width the MLP's, depth alone the per-layer overhead that dominates small
+models on a CPU), plus one indicator per value of each non-numeric key. The fit minimises squared
+*relative* error (each row divided by its measured value), since the goal is a percentage error on
+students whose latencies differ by 10x or more. The ridge penalty is chosen by exact leave-one-out error
+(closed form), and those leave-one-out errors are the predictor's reported error: each measured student
+predicted by a fit that did not see it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+#: Fewest measured students a fit needs.
+MIN_SAMPLES = 8
+#: Features are capped near this count by lowering the monomial degree (many keys).
+MAX_FEATURES = 400
+#: Most recent measurements a fit uses (the leave-one-out solve is cubic in this count).
+MAX_SAMPLES = 2000
+_PENALTIES = 10.0 ** np.arange(-12.0, 1.0, 0.5)  # times the largest eigenvalue of the Gram matrix
+
+
+def _numeric(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+
+
+class MetricPredictor:
+    """Ridge regression of one metric on architecture features, chosen and scored by leave-one-out.
+
+    ``fit(archs, values)`` then ``predict(archs)``; after a fit, ``loo_relative_errors`` holds the
+    signed leave-one-out errors ``(predicted - measured) / measured`` of the measured students and
+    :meth:`summary` the figures ``status`` prints.
+    """
+
+    def __init__(self, search_space: Mapping[str, Sequence[Any]], degree: int = 3):
+        self.keys = sorted(search_space)
+        self.numeric = [k for k in self.keys if _numeric(search_space[k])]
+        self.scale = {k: max(abs(float(v)) for v in search_space[k]) or 1.0 for k in self.numeric}
+        self.levels = {k: list(search_space[k])[1:] for k in self.keys if k not in self.numeric}
+        self.exponents = self._exponents(degree)
+        self.coef: np.ndarray | None = None
+        self.floor = 0.0
+        self.loo_relative_errors = np.zeros(0)
+        self.n_samples = 0
+
+    def _exponents(self, degree: int) -> list[tuple[int, ...]]:
+        k = len(self.numeric)
+        while degree > 1 and math.comb(k + degree, degree) > MAX_FEATURES:
+            degree -= 1
+        return [e for d in range(degree + 1) for e in _compositions(k, d)]
+
+    # ------------------------------------------------------------------ features
+    def features(self, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """One row per arch: the monomials of the scaled numeric keys, then the indicators."""
+        x = np.array([[float(a[k]) / self.scale[k] for k in self.numeric] for a in archs], dtype=float)
+        x = x.reshape(len(archs), len(self.numeric))
+        columns = [np.prod(x ** np.array(e, dtype=float), axis=1) if e else np.ones(len(archs))
+                   for e in self.exponents]
+        for key, levels in self.levels.items():
+            for level in levels:
+                columns.append(np.array([1.0 if _same(a[key], level) else 0.0 for a in archs]))
+        return np.stack(columns, axis=1) if columns else np.ones((len(archs), 1))
+
+    # ------------------------------------------------------------------ fit / predict
+    def fit(self, archs: Sequence[Mapping[str, Any]], values: Sequence[float]) -> "MetricPredictor":
+        """Fit on measured ``values`` (> 0) of ``archs``; ``ValueError`` with fewer than
+        :data:`MIN_SAMPLES` usable ones."""
+        pairs = [(a, float(v)) for a, v in zip(archs, values) if math.isfinite(float(v)) and float(v) > 0]
+        pairs = pairs[-MAX_SAMPLES:]
+        if len(pairs) < MIN_SAMPLES:
+            raise ValueError(f"a fit needs {MIN_SAMPLES} measured students with a positive value, "
+                             f"got {len(pairs)}")
+        y = np.array([v for _, v in pairs])
+        rows = self.features([a for a, _ in pairs]) / y[:, None]  # relative error: rows over their value
+        norms = np.linalg.norm(rows, axis=0)
+        norms[norms == 0] = 1.0
+        design = rows / norms
+        # Dual (kernel) form: n x n, whatever the feature count; one eigendecomposition serves every
+        # penalty, and the leave-one-out residual of ridge is r_i / (1 - h_ii).
+        gram = design @ design.T
+        eigval, eigvec = np.linalg.eigh(gram)
+        eigval = np.clip(eigval, 0.0, None)
+        target = np.ones(len(y))
+        projected = eigvec.T @ target
+        best = None
+        for penalty in _PENALTIES * max(float(eigval[-1]), 1e-12):
+            shrink = eigval / (eigval + penalty)
+            fitted = eigvec @ (shrink * projected)
+            leverage = (eigvec ** 2) @ shrink
+            loo = (fitted - target) / np.clip(1.0 - leverage, 1e-9, None)
+            score = float(np.mean(np.abs(loo)))
+            if best is None or score < best[0]:
+                best = (score, penalty, loo)
+        _, penalty, loo = best
+        dual = eigvec @ (projected / (eigval + penalty))
+        self.coef = (design.T @ dual) / norms
+        self.loo_relative_errors = -loo  # in the scaled space a residual is (measured - predicted) / measured
+        self.floor = 0.5 * float(y.min())
+        self.n_samples = len(y)
+        return self
+
+    @property
+    def fitted(self) -> bool:
+        return self.coef is not None
+
+    def predict(self, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        if self.coef is None:
+            raise RuntimeError("predict() before fit()")
+        # A polynomial may dip below zero far from the data; no student is faster than half the fastest.
+        return np.maximum(self.features(archs) @ self.coef, self.floor)
+
+    def summary(self) -> dict[str, Any]:
+        """``{n, mean_abs_pct, median_abs_pct, max_abs_pct, within_10pct}`` of the leave-one-out errors."""
+        errors = np.abs(self.loo_relative_errors) * 100.0
+        if not len(errors):
+            return {"n": 0}
+        return {
+            "n": int(self.n_samples),
+            "mean_abs_pct": round(float(errors.mean()), 2),
+            "median_abs_pct": round(float(np.median(errors)), 2),
+            "max_abs_pct": round(float(errors.max()), 2),
+            "within_10pct": round(float(np.mean(errors <= 10.0)), 3),
+        }
+
+
+def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> np.ndarray:
+    """``(predicted - measured) / measured``, elementwise."""
+    measured = np.asarray(measured, dtype=float)
+    return (np.asarray(predicted, dtype=float) - measured) / measured
+
+
+def _compositions(k: int, total: int) -> list[tuple[int, ...]]:
+    """Every exponent tuple of ``k`` non-negative ints summing to ``total``."""
+    if k == 0:
+        return [()] if total == 0 else []
+    out = []
+    for combo in itertools.combinations_with_replacement(range(k), total):
+        e = [0] * k
+        for i in combo:
+            e[i] += 1
+        out.append(tuple(e))
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b and type(a) is type(b)
