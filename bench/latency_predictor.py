@@ -3,7 +3,7 @@
 Usage::
 
     OMP_NUM_THREADS=1 python bench/latency_predictor.py [--space demo|text|all] [--splits 20]
-        [--train-fraction 0.6] [--threads 1]
+        [--train-fraction 0.6] [--threads 1] [--save measured.json | --load measured.json]
 
 Every student of the space is built untrained and measured by the pipeline itself
 (:class:`nas_distill.arch_metrics.ArchMetrics`, the built-in evaluator's latency and parameter count,
@@ -12,12 +12,14 @@ under the machine's measurement lock) into a throwaway study. Then, ``--splits``
 rest are predicted; the table gives the held-out errors, and beside them the measurement's own noise:
 the same students measured a second time, compared with their first measurement (a predictor cannot
 beat it). Spaces: the demo's 108 ViT students of 8x8 digits, and the text example's 72 BERT students
-(``examples/text_classification.yaml``: bert-base vocabulary, 64 tokens, batch 1).
+(``examples/text_classification.yaml``: bert-base vocabulary, 64 tokens, batch 1). ``--save`` writes
+the measurements as JSON; ``--load`` reads them back instead of measuring (to compare fits on one set).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -101,10 +103,10 @@ def main() -> int:
     ap.add_argument("--splits", type=int, default=20)
     ap.add_argument("--train-fraction", type=float, default=0.6)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save", help="write the measurements to this JSON file")
+    ap.add_argument("--load", help="read the measurements from this JSON file instead of measuring")
     args = ap.parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
+    saved = json.loads(Path(args.load).read_text()) if args.load else {}
     setups = {"demo": demo_setup, "text": text_setup}
     names = list(setups) if args.space == "all" else [args.space]
     print(f"held-out error of the latency predictor: {args.splits} random splits, "
@@ -112,15 +114,27 @@ def main() -> int:
     print(f"{'space':<6} {'students':>8} {'metric':<8} {'median %':>9} {'mean %':>7} {'p90 %':>6} "
           f"{'max %':>6} {'within 10%':>10} | {'re-measure median % / max %':>28}")
     for name in names:
-        space, builder, data = setups[name]()
-        with tempfile.TemporaryDirectory() as folder:
-            archs, latency, params, noise = measure_space(space, builder, data, args.threads, folder)
+        if args.load:
+            space, archs, latency, params, noise = (saved[name][k] for k in ("space", "archs", "latency",
+                                                                              "params", "noise"))
+            latency, params, noise = np.array(latency), np.array(params), np.array(noise)
+        else:
+            import torch
+
+            torch.set_num_threads(args.threads)
+            space, builder, data = setups[name]()
+            with tempfile.TemporaryDirectory() as folder:
+                archs, latency, params, noise = measure_space(space, builder, data, args.threads, folder)
+            saved[name] = {"space": space, "archs": archs, "latency": latency.tolist(),
+                           "params": params.tolist(), "noise": noise.tolist()}
         for metric, values in (("latency", latency), ("params", params)):
             e = held_out(space, archs, values, args.splits, args.train_fraction)
             remeasure = f"{np.median(noise):.1f} / {noise.max():.1f}" if metric == "latency" else "exact"
             print(f"{name:<6} {len(archs):>8} {metric:<8} {np.median(e):>9.2f} {e.mean():>7.2f} "
                   f"{np.percentile(e, 90):>6.1f} {e.max():>6.1f} {np.mean(e <= 10):>10.0%} | {remeasure:>28}")
         print(f"{'':<6} latency range {latency.min():.2f} - {latency.max():.2f} ms")
+    if args.save:
+        Path(args.save).write_text(json.dumps(saved))
     return 0
 
 

@@ -4,9 +4,10 @@ A space too large to measure every student still has a latency for every candida
 fitted on the students measured so far. Features: the monomials, up to degree 3, of the space's numeric
 keys scaled to [0, 1] (for a transformer: depth x width^2 is the attention / MLP FLOPs and parameters of
 the encoder, depth x width x MLP-width the MLP's, depth alone the per-layer overhead that dominates small
-models on a CPU), plus one indicator per value of each non-numeric key. The fit minimises squared
+models on a CPU), and the same monomials times an indicator per value of each non-numeric key. The fit minimises squared
 *relative* error (each row divided by its measured value), since the goal is a percentage error on
-students whose latencies differ by 10x or more. The ridge penalty is chosen by exact leave-one-out error
+students whose latencies differ by 10x or more, with Huber weights (a timing taken while the machine
+was busy is an outlier, not a trend). The ridge penalty is chosen by exact leave-one-out error
 (closed form), and those leave-one-out errors are the predictor's reported error: each measured student
 predicted by a fit that did not see it.
 """
@@ -27,6 +28,8 @@ MAX_FEATURES = 400
 #: Most recent measurements a fit uses (the leave-one-out solve is cubic in this count).
 MAX_SAMPLES = 2000
 _PENALTIES = 10.0 ** np.arange(-12.0, 1.0, 0.5)  # times the largest eigenvalue of the Gram matrix
+_HUBER = 1.345  # the usual Huber threshold, in robust standard deviations of the relative residuals
+_ROBUST_ROUNDS = 4
 
 
 def _numeric(values: Sequence[Any]) -> bool:
@@ -54,21 +57,26 @@ class MetricPredictor:
 
     def _exponents(self, degree: int) -> list[tuple[int, ...]]:
         k = len(self.numeric)
-        while degree > 1 and math.comb(k + degree, degree) > MAX_FEATURES:
+        groups = 1 + sum(len(levels) for levels in self.levels.values())
+        while degree > 1 and math.comb(k + degree, degree) * groups > MAX_FEATURES:
             degree -= 1
         return [e for d in range(degree + 1) for e in _compositions(k, d)]
 
     # ------------------------------------------------------------------ features
     def features(self, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """One row per arch: the monomials of the scaled numeric keys, then the indicators."""
+        """One row per arch: the monomials of the scaled numeric keys, then the same monomials times
+        the indicator of each value of each non-numeric key (an activation or a layer type changes the
+        cost of every layer: a factor, not an offset)."""
         x = np.array([[float(a[k]) / self.scale[k] for k in self.numeric] for a in archs], dtype=float)
         x = x.reshape(len(archs), len(self.numeric))
-        columns = [np.prod(x ** np.array(e, dtype=float), axis=1) if e else np.ones(len(archs))
-                   for e in self.exponents]
+        monomials = np.stack([np.prod(x ** np.array(e, dtype=float), axis=1) if e else np.ones(len(archs))
+                              for e in self.exponents], axis=1)
+        blocks = [monomials]
         for key, levels in self.levels.items():
             for level in levels:
-                columns.append(np.array([1.0 if _same(a[key], level) else 0.0 for a in archs]))
-        return np.stack(columns, axis=1) if columns else np.ones((len(archs), 1))
+                indicator = np.array([1.0 if _same(a[key], level) else 0.0 for a in archs])
+                blocks.append(monomials * indicator[:, None])
+        return np.concatenate(blocks, axis=1)
 
     # ------------------------------------------------------------------ fit / predict
     def fit(self, archs: Sequence[Mapping[str, Any]], values: Sequence[float]) -> "MetricPredictor":
@@ -83,27 +91,18 @@ class MetricPredictor:
         rows = self.features([a for a, _ in pairs]) / y[:, None]  # relative error: rows over their value
         norms = np.linalg.norm(rows, axis=0)
         norms[norms == 0] = 1.0
-        design = rows / norms
-        # Dual (kernel) form: n x n, whatever the feature count; one eigendecomposition serves every
-        # penalty, and the leave-one-out residual of ridge is r_i / (1 - h_ii).
-        gram = design @ design.T
-        eigval, eigvec = np.linalg.eigh(gram)
-        eigval = np.clip(eigval, 0.0, None)
-        target = np.ones(len(y))
-        projected = eigvec.T @ target
-        best = None
-        for penalty in _PENALTIES * max(float(eigval[-1]), 1e-12):
-            shrink = eigval / (eigval + penalty)
-            fitted = eigvec @ (shrink * projected)
-            leverage = (eigvec ** 2) @ shrink
-            loo = (fitted - target) / np.clip(1.0 - leverage, 1e-9, None)
-            score = float(np.mean(np.abs(loo)))
-            if best is None or score < best[0]:
-                best = (score, penalty, loo)
-        _, penalty, loo = best
-        dual = eigvec @ (projected / (eigval + penalty))
-        self.coef = (design.T @ dual) / norms
-        self.loo_relative_errors = -loo  # in the scaled space a residual is (measured - predicted) / measured
+        rows = rows / norms
+        # Huber weights by iteratively reweighted least squares: a latency taken while the machine was
+        # busy is a large positive outlier, and a square loss would bend the whole fit towards it.
+        weights = np.ones(len(y))
+        for _ in range(_ROBUST_ROUNDS):
+            root = np.sqrt(weights)
+            coef, loo = _ridge_loo(rows * root[:, None], root, weights)
+            residual = rows @ coef - 1.0
+            scale = 1.4826 * float(np.median(np.abs(residual))) or 1e-12
+            weights = np.minimum(1.0, _HUBER * scale / np.maximum(np.abs(residual), 1e-12))
+        self.coef = coef / norms
+        self.loo_relative_errors = loo / root  # predicted / measured - 1, each from a fit without it
         self.floor = 0.5 * float(y.min())
         self.n_samples = len(y)
         return self
@@ -130,6 +129,28 @@ class MetricPredictor:
             "max_abs_pct": round(float(errors.max()), 2),
             "within_10pct": round(float(np.mean(errors <= 10.0)), 3),
         }
+
+
+def _ridge_loo(design: np.ndarray, target: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge of ``target`` on ``design`` with the penalty of least weighted mean absolute leave-one-out
+    residual: ``(coefficients, leave-one-out residuals)``.
+
+    Dual (kernel) form: n x n, whatever the feature count; one eigendecomposition serves every penalty,
+    and the leave-one-out residual of ridge is r_i / (1 - h_ii)."""
+    eigval, eigvec = np.linalg.eigh(design @ design.T)
+    eigval = np.clip(eigval, 0.0, None)
+    projected = eigvec.T @ target
+    best = None
+    for penalty in _PENALTIES * max(float(eigval[-1]), 1e-12):
+        shrink = eigval / (eigval + penalty)
+        fitted = eigvec @ (shrink * projected)
+        leverage = (eigvec ** 2) @ shrink
+        loo = (fitted - target) / np.clip(1.0 - leverage, 1e-9, None)
+        score = float(np.sum(weights * np.abs(loo)))
+        if best is None or score < best[0]:
+            best = (score, penalty, loo)
+    _, penalty, loo = best
+    return design.T @ (eigvec @ (projected / (eigval + penalty))), loo
 
 
 def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> np.ndarray:

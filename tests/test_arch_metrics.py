@@ -1,0 +1,235 @@
+"""Architecture metrics: measured untrained once per arch, stored in the study, reused by every worker,
+timed one worker at a time per machine, predicted for archs never measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from arch_metrics_task import LARGE_SPACE, SPACE, build, make_ad, mlp_params
+from nas_distill.arch_metrics import INITIAL_SAMPLE, ArchMetrics, arch_key, read_entries
+from nas_distill.config import AutoDistillationConfig
+from nas_distill.errors import ConfigError
+from nas_distill.latency_predictor import MetricPredictor, relative_errors
+from nas_distill.machine_lock import LOCK_DIR_ENV, measurement_lock, measurement_lock_path
+from nas_distill.search.space import SearchSpace
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def own_lock_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path / "locks"))
+
+
+def points(space):
+    s = SearchSpace(space)
+    return [s.point(i) for i in range(len(s))]
+
+
+def test_second_worker_measures_nothing_already_measured(tmp_path):
+    first = ArchMetrics(make_ad(tmp_path))
+    first.refresh()
+    assert first.measured_here == len(points(SPACE)) == 12
+
+    second_ad = make_ad(tmp_path)
+    second = ArchMetrics(second_ad)
+    second.refresh()
+    assert second.measured_here == 0
+    assert len(read_entries(second_ad.study)) == 12
+    for arch in points(SPACE):
+        values = second.values(arch)
+        assert values == first.values(arch)
+        assert values["params"] == mlp_params(arch)
+        assert values["latency"] > 0
+        # metrics [accuracy, latency, params]: both minimised, so negated (higher is better)
+        assert second.known_objectives(arch) == {1: -values["latency"], 2: -values["params"]}
+
+
+def test_stored_form_is_one_system_attr_per_arch(tmp_path):
+    ad = make_ad(tmp_path)
+    ArchMetrics(ad).refresh()
+    import optuna
+
+    study = optuna.load_study(study_name="am", storage=ad.storage_url)  # a fresh reader
+    arch = {"depth": 2, "width": 16}
+    entry = study._storage.get_study_system_attrs(study._study_id)[arch_key(arch)]
+    assert entry["arch"] == arch and entry["trained"] is False
+    assert entry["metrics"]["params"] == mlp_params(arch)
+    assert entry["started"] <= entry["ended"]
+
+
+def test_unbuildable_arch_is_recorded_and_known_as_nothing(tmp_path):
+    ad = make_ad(tmp_path, space={"width": [8, -1], "depth": [1]})
+    metrics = ArchMetrics(ad)
+    metrics.refresh()
+    bad = read_entries(ad.study)[arch_key({"depth": 1, "width": -1})]
+    assert bad["error_type"] and "metrics" not in bad
+    assert metrics.known_objectives({"depth": 1, "width": -1}) == {}
+    again = ArchMetrics(make_ad(tmp_path, space={"width": [8, -1], "depth": [1]}))
+    again.refresh()
+    assert again.measured_here == 0  # a failed build is not tried again
+
+
+def test_large_space_measures_a_sample_and_predicts_the_rest(tmp_path):
+    ad = make_ad(tmp_path, space=LARGE_SPACE)
+    metrics = ArchMetrics(ad)
+    metrics.refresh()
+    assert metrics.measured_here == INITIAL_SAMPLE
+    unmeasured = [a for a in points(LARGE_SPACE) if metrics.values(a) is None]
+    assert len(unmeasured) == len(points(LARGE_SPACE)) - INITIAL_SAMPLE
+    predicted = np.array([-metrics.known_objectives(a)[2] for a in unmeasured])
+    exact = np.array([mlp_params(a) for a in unmeasured])
+    # the parameter count is a polynomial of the arch: predicted to within 1% from 32 measured students
+    assert np.abs(relative_errors(predicted, exact)).max() < 0.01
+    latency = np.array([-metrics.known_objectives(a)[1] for a in unmeasured])
+    assert np.all(np.isfinite(latency)) and np.all(latency > 0)
+
+
+def test_trained_measurement_fills_a_gap_and_status_reports_the_predictor(tmp_path):
+    from nas_distill.results import status_text, study_results
+
+    ad = make_ad(tmp_path, space=LARGE_SPACE)
+    metrics = ArchMetrics(ad)
+    metrics.refresh()
+    arch = next(a for a in points(LARGE_SPACE) if metrics.values(a) is None)
+    metrics.record_trained(arch, {"accuracy": 0.5, "latency": 0.25, "params": float(mlp_params(arch))})
+    entry = read_entries(ad.study)[arch_key(arch)]
+    assert entry["trained"] is True and entry["metrics"] == {"latency": 0.25, "params": mlp_params(arch)}
+
+    data = study_results(ad.study)
+    info = data["architecture_metrics"]
+    assert info["measured"] == INITIAL_SAMPLE + 1
+    assert info["predictors"]["latency"]["n"] == INITIAL_SAMPLE + 1
+    text = status_text(data)
+    assert f"architecture metrics: {INITIAL_SAMPLE + 1} students measured" in text
+    assert f"latency predictor, leave-one-out over {INITIAL_SAMPLE + 1} students" in text
+
+
+def test_timed_metrics_of_a_trained_student_are_taken_under_the_lock(tmp_path):
+    import fcntl
+
+    ad = make_ad(tmp_path)
+    seen = []
+
+    def eval_func(model):
+        # inside the evaluation: another descriptor on the lock file cannot take it
+        fd = os.open(measurement_lock_path(), os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append("free")
+        except BlockingIOError:
+            seen.append("held")
+        finally:
+            os.close(fd)
+        return {"accuracy": 1.0, "latency": 1.0, "params": 1.0}
+
+    ad.eval_func = eval_func
+    ad._evaluate(build({"width": 8, "depth": 1}))
+    assert seen == ["held"]
+    only_accuracy = make_ad(tmp_path, metrics=["accuracy"], study_name="acc-only")
+    only_accuracy.eval_func = eval_func
+    measurement_lock_path().parent.mkdir(parents=True, exist_ok=True)
+    measurement_lock_path().touch()
+    only_accuracy._evaluate(build({"width": 8, "depth": 1}))
+    assert seen == ["held", "free"]  # nothing timed: no lock
+
+
+@pytest.mark.slow
+def test_workers_measure_one_at_a_time_and_share_the_measurements(tmp_path):
+    """3 processes released together: untrained candidates measured by one of them only, and no two
+    timings (batch or trained-student) of any two processes overlap."""
+    intervals = tmp_path / "intervals.txt"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, str(TESTS / "arch_metrics_task.py"), str(tmp_path / "run"),
+                               str(tmp_path / "barrier"), "3", f"w{i}", str(intervals)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for i in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    measured = sorted(json.loads(out.strip().splitlines()[-1])["measured"] for out, _ in outs)
+    assert measured == [0, 0, 12]
+
+    rows = [line.split() for line in intervals.read_text().splitlines()]
+    spans = sorted((float(start), float(end), label) for label, start, end in rows)
+    assert len(spans) == 12 + 3 * 3
+    for (s0, e0, w0), (s1, e1, w1) in zip(spans, spans[1:]):
+        assert s1 >= e0, f"{w1}'s timing started at {s1} inside {w0}'s ({s0} - {e0})"
+    assert {label for _, _, label in spans} == {"w0", "w1", "w2"}
+
+
+def test_a_dead_holder_does_not_block_the_lock(tmp_path):
+    held = tmp_path / "held"
+    code = ("import sys, time; from pathlib import Path; from nas_distill.machine_lock import measurement_lock\n"
+            "with measurement_lock():\n"
+            f"    Path({str(held)!r}).write_text('x'); time.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 60
+        while not held.exists():
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        import fcntl
+
+        fd = os.open(measurement_lock_path(), os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # really held by the child
+        finally:
+            os.close(fd)
+        assert f"pid {child.pid}" in measurement_lock_path().read_text()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    with measurement_lock():  # returns: the kernel released the dead holder's lock
+        pass
+
+
+def test_lock_is_reentrant_in_one_process():
+    with measurement_lock():
+        with measurement_lock():
+            pass
+        with measurement_lock():
+            pass
+
+
+def test_architecture_metrics_config_key(tmp_path):
+    from arch_metrics_task import config
+
+    cfg = AutoDistillationConfig(config(tmp_path, metrics=["accuracy", "flops"], architecture_metrics=["flops"]))
+    assert cfg.architecture_metrics == ["flops"]
+    assert AutoDistillationConfig(cfg.to_dict()).architecture_metrics == ["flops"]
+    with pytest.raises(ConfigError, match=r"search.architecture_metrics\[0\]: 'latncy' is not one of"):
+        AutoDistillationConfig(config(tmp_path, architecture_metrics=["latncy"]))
+    ad = make_ad(tmp_path, metrics=["accuracy", "flops"], architecture_metrics=["flops"])
+    assert ArchMetrics(ad).names == ["flops"]
+
+
+def test_params_predictor_on_held_out_text_students():
+    """The text example's 72 BERT students (bert-base vocabulary): their parameter counts, built on the
+    meta device, predicted from 60% of them to within 0.1% on the rest."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    from nas_distill.builders import from_config
+
+    space = {"hidden_size": [128, 256, 384, 512], "num_hidden_layers": [2, 4, 6],
+             "num_attention_heads": [4, 8], "intermediate_size": [512, 1024, 1536]}
+    builder = from_config(BertConfig(num_labels=2), AutoModelForSequenceClassification)
+    archs = points(space)
+    with torch.device("meta"):
+        params = np.array([sum(p.numel() for p in builder(a).parameters()) for a in archs], dtype=float)
+    order = np.random.default_rng(0).permutation(len(archs))
+    train, test = order[:43], order[43:]
+    predictor = MetricPredictor(space).fit([archs[i] for i in train], params[train])
+    errors = relative_errors(predictor.predict([archs[i] for i in test]), params[test])
+    assert np.abs(errors).max() < 1e-3
