@@ -113,6 +113,11 @@ def test_trained_measurement_fills_a_gap_and_status_reports_the_predictor(tmp_pa
     assert f"architecture metrics: {INITIAL_SAMPLE + 1} students measured" in text
     assert f"latency predictor, leave-one-out over {INITIAL_SAMPLE + 1} students" in text
 
+    from nas_distill.report import write_report
+
+    page = write_report(ad.study, tmp_path / "report", png=False).read_text()
+    assert f"latency predictor, leave-one-out over {INITIAL_SAMPLE + 1} students" in page
+
 
 def test_timed_metrics_of_a_trained_student_are_taken_under_the_lock(tmp_path):
     import fcntl
