@@ -27,7 +27,6 @@ Entry point: ``task: nas_distill.tasks.keras_digits:keras_digits_task`` (``examp
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -36,9 +35,10 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import InvalidArchitecture
+from ..machine_lock import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -179,23 +179,6 @@ def train_teacher(out_dir: str | os.PathLike, *, epochs: int = 40, batch_size: i
     return out_dir
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` across processes (POSIX ``flock``; released if the holder dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: the atomic rename in train_teacher still leaves one whole teacher
-        yield
-        return
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def load_or_train_teacher(run_dir: str | os.PathLike, **train_kwargs: Any):
     """The cached teacher of ``run_dir`` (trained on first use, by one process). Returns (model, metrics)."""
     keras = _keras()
@@ -203,7 +186,7 @@ def load_or_train_teacher(run_dir: str | os.PathLike, **train_kwargs: Any):
     path = folder / TEACHER_FILE
     if not path.exists():
         # Workers started together: the first trains, the others wait here, then find its file.
-        with _file_lock(Path(run_dir) / f"{TEACHER_FOLDER}.lock"):
+        with file_lock(Path(run_dir) / f"{TEACHER_FOLDER}.lock", what="teacher lock"):
             if not path.exists():
                 train_teacher(folder, **train_kwargs)
     model = keras.saving.load_model(path, safe_mode=True)
