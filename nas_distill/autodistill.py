@@ -352,8 +352,16 @@ class AutoDistillation:
             return self.train_func(model)
         if self._distiller is None:
             self.create_distillers()
+        from .machine_lock import training_load
+
         seed = (self.seed or 0) + int(getattr(getattr(self.advisor, "current_trial", None), "number", 0) or 0)
-        return self._distiller.distill(model, seed=seed)
+        # Shares the machine with other trainings, and pauses between steps while a latency is timed.
+        with training_load() as load:
+            self._distiller.before_step = load.pause_point
+            try:
+                return self._distiller.distill(model, seed=seed)
+            finally:
+                self._distiller.before_step = None
 
     def _evaluate(self, model, metrics: Sequence[str] | None = None) -> Any:
         """Measure ``model`` (``metrics``: a subset of the config's; ``eval_func`` answers all of them).

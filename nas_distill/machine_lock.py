@@ -1,11 +1,18 @@
-"""Cross-process exclusive locks on files: one holder at a time, on this machine or on one run folder.
+"""Cross-process locks on files: one holder at a time (a run folder's teacher, a machine's timings).
 
-A latency is only meaningful when nothing else loads the machine while it is timed, so every worker on a
-machine takes :func:`measurement_lock` around each timing. The lock is a POSIX ``flock`` on a file: the
-kernel releases it when its holder dies, however it dies (SIGKILL included), so a dead holder never
-blocks the others. Its file is in a per-machine folder (the system's temporary folder, or
-``$NAS_DISTILL_LOCK_DIR``), not in the run folder, because a run folder may be shared by several machines
-over a network file system and machines do not load each other.
+A latency is only meaningful when nothing else loads the machine while it is timed. Every worker on a
+machine takes :func:`measurement_lock` around each timing, and holds a :class:`training_load` while it
+trains, calling :meth:`training_load.pause_point` between training steps:
+
+* trainings share the machine with each other (a shared ``flock`` on ``nas-distill-measure.lock``);
+* a measurement first takes ``nas-distill-measure.turnstile`` (so no training resumes, and the other
+  measurements wait), then the lock exclusively: it waits until every training of the machine has
+  reached its next pause point (one training step), and they wait there until it is done.
+
+The locks are POSIX ``flock``s: the kernel releases them when their holder dies, however it dies
+(SIGKILL included), so a dead holder never blocks the others. The files are in a per-machine folder (the
+system's temporary folder, or ``$NAS_DISTILL_LOCK_DIR``), not in the run folder, because a run folder may
+be shared by several machines over a network file system and machines do not load each other.
 
 Where ``fcntl`` does not exist (Windows) the locks are no-ops: measurements are then not serialised.
 """
@@ -25,6 +32,7 @@ log = logging.getLogger(__name__)
 
 LOCK_DIR_ENV = "NAS_DISTILL_LOCK_DIR"
 MEASUREMENT_LOCK_NAME = "nas-distill-measure.lock"
+TURNSTILE_NAME = "nas-distill-measure.turnstile"
 #: How often a waiting process says who holds the lock (seconds).
 WAIT_REPORT_S = 30.0
 
@@ -121,6 +129,88 @@ def _flock(path: Path, what: str) -> Iterator[None]:
         os.close(fd)
 
 
-def measurement_lock() -> contextlib.AbstractContextManager:
-    """The machine-wide lock around every latency (or other timing) measurement."""
-    return file_lock(measurement_lock_path(), what="measurement lock")
+# This process's trainings (normally one): a measurement taken inside one steps out of it first, or it
+# would wait for its own shared lock.
+_ACTIVE_LOADS: list["training_load"] = []
+
+
+@contextlib.contextmanager
+def measurement_lock() -> Iterator[None]:
+    """The machine-wide lock around every latency (or other timing) measurement: no other measurement,
+    and every training of the machine paused at a step boundary, while the block runs."""
+    for load in _ACTIVE_LOADS:
+        load._leave()  # taken again at its next pause point
+    with file_lock(lock_dir() / TURNSTILE_NAME, what="measurement turnstile"), \
+            file_lock(measurement_lock_path(), what="measurement lock"):
+        yield
+
+
+class training_load:
+    """Held by a worker while it trains: shared with the machine's other trainings, paused for a
+    measurement at :meth:`pause_point` (call it between training steps). The shared lock is taken at
+    the first pause point, so setup before the first step (a teacher-cache fill) never holds up a
+    measurement."""
+
+    def __init__(self):
+        self._fds: tuple[int, int] | None = None
+        self._holding = False
+
+    def __enter__(self) -> "training_load":
+        try:
+            import fcntl  # noqa: F401 - POSIX only
+
+            turnstile = _open_lock_file(lock_dir() / TURNSTILE_NAME)
+            try:
+                self._fds = (turnstile, _open_lock_file(measurement_lock_path()))
+            except OSError:
+                os.close(turnstile)
+                raise
+        except (ImportError, OSError) as exc:  # no lock folder: train anyway, unpaused
+            log.debug("training without the measurement lock: %s", exc)
+            return self
+        _ACTIVE_LOADS.append(self)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._fds is None:
+            return
+        _ACTIVE_LOADS.remove(self)
+        self._leave()
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = None
+
+    def pause_point(self) -> None:
+        """Between two training steps: wait here while a measurement is waiting or running."""
+        if self._fds is None:
+            return
+        import fcntl
+
+        turnstile, _ = self._fds
+        if self._holding:
+            try:
+                fcntl.flock(turnstile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a measurement holds the turnstile: step aside until it is done
+                self._leave()
+            else:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
+                return
+        self._enter()
+
+    def _enter(self) -> None:
+        import fcntl
+
+        turnstile, shared = self._fds
+        fcntl.flock(turnstile, fcntl.LOCK_EX)  # behind any measurement waiting or running
+        try:
+            fcntl.flock(shared, fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        self._holding = True
+
+    def _leave(self) -> None:
+        if self._holding and self._fds is not None:
+            import fcntl
+
+            fcntl.flock(self._fds[1], fcntl.LOCK_UN)
+        self._holding = False

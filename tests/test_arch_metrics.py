@@ -276,3 +276,86 @@ def test_latency_predictor_on_held_out_demo_students(tmp_path):
           f"max {errors.max():.1f}%; rank correlation {ranks:.2f}")
     assert np.median(errors) <= DEMO_LATENCY_MEDIAN_BOUND_PCT
     assert ranks >= DEMO_LATENCY_RANK_BOUND
+
+
+TRAINER = """
+import sys, time
+from pathlib import Path
+from nas_distill.machine_lock import training_load
+label, out, stop = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+steps = []
+with training_load() as load:
+    while not stop.exists():
+        load.pause_point()
+        start = time.time()
+        sum(i * i for i in range(20000))  # one training step's worth of CPU
+        steps.append((start, time.time()))
+out.write_text("\\n".join(f"{label} {s!r} {e!r}" for s, e in steps))
+"""
+
+MEASURER = """
+import sys, time
+from pathlib import Path
+from nas_distill.machine_lock import measurement_lock
+out, stop, ready = Path(sys.argv[1]), Path(sys.argv[2]), [Path(p) for p in sys.argv[3:]]
+while not all(p.exists() for p in ready):
+    time.sleep(0.01)
+spans = []
+for _ in range(5):
+    with measurement_lock():
+        start = time.time()
+        sum(i * i for i in range(50000))  # the timed forwards
+        spans.append((start, time.time()))
+    sum(i * i for i in range(50000))
+out.write_text("\\n".join(f"m {s!r} {e!r}" for s, e in spans))
+stop.write_text("done")
+"""
+
+
+def test_no_timing_overlaps_a_training_step_of_another_process(tmp_path):
+    """Two training processes step under training_load (pausing at pause_point); a third times 5 times
+    under measurement_lock once both have started: no timing overlaps any step, and all finish."""
+    stop = tmp_path / "stop"
+    started = [tmp_path / f"t{i}.started" for i in range(2)]
+    trainer_code = TRAINER.replace("    while not stop.exists():",
+                                   "    Path(sys.argv[4]).write_text('x')\n    while not stop.exists():")
+    trainers = [subprocess.Popen([sys.executable, "-c", trainer_code, f"t{i}", str(tmp_path / f"t{i}.txt"),
+                                  str(stop), str(started[i])]) for i in range(2)]
+    measurer = subprocess.run([sys.executable, "-c", MEASURER, str(tmp_path / "m.txt"), str(stop),
+                               *map(str, started)], timeout=300)
+    for t in trainers:
+        t.wait(timeout=300)
+        assert t.returncode == 0
+    assert measurer.returncode == 0
+    rows = [line.split() for name in ("t0", "t1", "m") for line in (tmp_path / f"{name}.txt").read_text().splitlines()]
+    steps = [(float(s), float(e), label) for label, s, e in rows if label != "m"]
+    timings = [(float(s), float(e)) for label, s, e in rows if label == "m"]
+    assert len(timings) == 5 and {label for _, _, label in steps} == {"t0", "t1"}
+    for ms, me in timings:
+        for ss, se, label in steps:
+            assert se <= ms or ss >= me, f"{label}'s step {ss}-{se} overlaps the timing {ms}-{me}"
+
+
+def test_built_in_training_pauses_at_every_step(tmp_path, monkeypatch):
+    """AutoDistillation's built-in distiller calls the machine's pause point before each training step."""
+    from arch_metrics_task import Data
+    from nas_distill import machine_lock
+
+    calls = []
+    real = machine_lock.training_load.pause_point
+
+    def spy(self):
+        calls.append(self)
+        return real(self)
+
+    monkeypatch.setattr(machine_lock.training_load, "pause_point", spy)
+    from arch_metrics_task import config as task_config
+    from nas_distill import AutoDistillation
+
+    cfg = task_config(tmp_path)
+    cfg["flash_distillation"] = {"regular_distillation": {"train_steps": [7]}, "batch_size": 8, "device": "cpu"}
+    ad = AutoDistillation(build, cfg)
+    ad.teacher_model, ad.train_dataset, ad.eval_dataset = build({"width": 64, "depth": 2}), Data(), Data()
+    ad._train(build({"width": 8, "depth": 1}))
+    assert len(calls) == 7 and len({id(c) for c in calls}) == 1
+    assert ad._distiller.before_step is None  # not left behind for other callers
