@@ -41,7 +41,7 @@ def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
         p.add_argument("config", nargs="?", help="YAML config (optional: gives storage, study and metrics)")
     p.add_argument("--storage", help="study storage URL (sqlite:///..., postgresql+psycopg://..., journal:///...;"
                                       " default: $NAS_DISTILL_STORAGE, else the config's)")
-    p.add_argument("--study", dest="study_name", help="study name")
+    p.add_argument("--study", "--study-name", dest="study_name", help="study name")
     p.add_argument("--run-dir", help="run folder (default study.db, artifacts)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
 
-    p = sub.add_parser("export", help="copy a trained student to a folder")
+    p = sub.add_parser("export", help="write a trained student, its preprocessing and a model card to a folder")
     _common(p)
     p.add_argument("--trial", type=int, help="trial number (default: best of the first metric on the front)")
     p.add_argument("-o", "--output", required=True,
@@ -252,27 +252,40 @@ def cmd_dashboard(args) -> int:
         import optuna_dashboard
     except ImportError:
         raise CLIError("optuna-dashboard is not installed (pip install 'nas-distill[dashboard]')") from None
-    from .reporting.dashboard import launch_dashboard
+    from .reporting.dashboard import check_port_free, launch_dashboard
     from .study import make_storage, mask_url
 
     url, name, run_dir, _ = _study_target(args)
-
+    storage = make_storage(url)
+    _require_study(storage, name, url)
+    problem = check_port_free(args.host, args.port)
+    if problem:
+        raise CLIError(problem)
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (storage {mask_url(url)})", flush=True)
     # launch_dashboard also pushes the hypervolume-history figure, which optuna-dashboard lacks.
-    launch_dashboard(make_storage(url), Path(run_dir) / "artifacts", host=args.host, port=args.port,
-                     study_name=name)
+    launch_dashboard(storage, Path(run_dir) / "artifacts", host=args.host, port=args.port, study_name=name)
     return 0
 
 
-def cmd_export(args) -> int:
-    import tempfile
+def _require_study(storage, name: str | None, url: str) -> None:
+    """The dashboard of a study that does not exist would serve an empty page: say so instead."""
+    import optuna
 
-    from optuna.artifacts import download_artifact
+    from .study import mask_url
+
+    names = optuna.get_all_study_names(storage)
+    if name and name not in names:
+        known = f"; its studies: {', '.join(sorted(names))}" if names else "; it holds no study yet"
+        raise CLIError(f"no study {name!r} in {mask_url(url)}{known} (give --study)")
+    if not names:
+        raise CLIError(f"{mask_url(url)} holds no study yet (start a search first)")
+
+
+def cmd_export(args) -> int:
     from optuna.trial import TrialState
 
+    from .export import export_student
     from .results import complete_records, pareto_records
-    from .runner import extract_student
-    from .study import artifact_store
 
     study, run_dir, _ = _open(args)
     if args.trial is None:
@@ -290,13 +303,9 @@ def cmd_export(args) -> int:
     trial = trials[0]
     if trial.state != TrialState.COMPLETE:
         raise CLIError(f"trial {number} is {trial.state.name}, not COMPLETE")
-    artifact_id = trial.user_attrs.get("artifact_id")
-    if not artifact_id:
+    if not trial.user_attrs.get("artifact_id"):
         raise CLIError(f"trial {number} has no saved student (artifact_id)")
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = os.path.join(tmp, "student.tar")
-        download_artifact(artifact_store=artifact_store(run_dir), file_path=archive, artifact_id=artifact_id)
-        out = extract_student(archive, args.output)
+    out = export_student(study, trial, run_dir, args.output)
     print(f"trial {number} -> {out}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Cross-process locks on files: one holder at a time (a run folder's teacher, a machine's timings).
+"""A machine's timings: one at a time, and never while a worker of the machine is in a training step.
 
 A latency is only meaningful when nothing else loads the machine while it is timed. Every worker on a
 machine takes :func:`measurement_lock` around each timing, and holds a :class:`training_load` while it
@@ -6,13 +6,15 @@ trains, calling :meth:`training_load.pause_point` between training steps:
 
 * trainings share the machine with each other (a shared ``flock`` on ``nas-distill-measure.lock``);
 * a measurement first takes ``nas-distill-measure.turnstile`` (so no training resumes, and the other
-  measurements wait), then the lock exclusively: it waits until every training of the machine has
+  measurements wait, saying who holds it), then the lock exclusively: it waits until every training of the machine has
   reached its next pause point (one training step), and they wait there until it is done.
 
-The locks are POSIX ``flock``s: the kernel releases them when their holder dies, however it dies
-(SIGKILL included), so a dead holder never blocks the others. The files are in a per-machine folder (the
-system's temporary folder, or ``$NAS_DISTILL_LOCK_DIR``), not in the run folder, because a run folder may
-be shared by several machines over a network file system and machines do not load each other.
+The turnstile is a :func:`~nas_distill.setup_lock.setup_lock` (its holder's pid, host and step in the file). The locks
+are POSIX ``flock``s: the kernel releases them when their holder dies, however it dies (SIGKILL
+included), so a dead holder never blocks the others. The files are in a per-machine folder
+(``nas-distill-<uid>`` in the system's temporary folder, or ``$NAS_DISTILL_LOCK_DIR``), not in the run
+folder, because a run folder may be shared by several machines over a network file system and machines
+do not load each other.
 
 Where ``fcntl`` does not exist (Windows) the locks are no-ops: measurements are then not serialised.
 """
@@ -24,48 +26,29 @@ import logging
 import os
 import tempfile
 import threading
-import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, ContextManager, Iterator
+
+from .setup_lock import setup_lock
 
 log = logging.getLogger(__name__)
 
 LOCK_DIR_ENV = "NAS_DISTILL_LOCK_DIR"
 MEASUREMENT_LOCK_NAME = "nas-distill-measure.lock"
 TURNSTILE_NAME = "nas-distill-measure.turnstile"
-#: How often a waiting process says who holds the lock (seconds).
-WAIT_REPORT_S = 30.0
 
 
 def lock_dir() -> Path:
-    """The per-machine folder of the lock files: ``$NAS_DISTILL_LOCK_DIR`` or the temporary folder."""
-    return Path(os.environ.get(LOCK_DIR_ENV) or tempfile.gettempdir())
+    """The per-machine folder of the lock files: ``$NAS_DISTILL_LOCK_DIR``, else ``nas-distill-<uid>`` in
+    the temporary folder (one per user: another user's lock file would not open for writing)."""
+    if os.environ.get(LOCK_DIR_ENV):
+        return Path(os.environ[LOCK_DIR_ENV])
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"nas-distill-{uid}"
 
 
 def measurement_lock_path() -> Path:
     return lock_dir() / MEASUREMENT_LOCK_NAME
-
-
-def _open_lock_file(path: Path) -> int:
-    """A descriptor on ``path`` (created readable and writable by every user of the machine, so two users'
-    workers still serialise; read-only when another user created it: flock works on any descriptor)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags | os.O_RDWR, 0o666)
-    except PermissionError:
-        return os.open(path, getattr(os, "O_NOFOLLOW", 0) | os.O_RDONLY)
-    with contextlib.suppress(OSError):
-        os.fchmod(fd, 0o666)  # umask would otherwise keep other users out
-    return fd
-
-
-def _holder(fd: int) -> str:
-    with contextlib.suppress(OSError):
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-        if text:
-            return text
-    return "another process"
 
 
 # Re-entrant within a process: a second flock on a new descriptor of the same file would wait for the
@@ -76,9 +59,8 @@ _GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike, *, what: str = "lock") -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` for the block (re-entrant in one thread); wait for it, saying
-    every :data:`WAIT_REPORT_S` seconds who holds it. The holder writes its pid and host into the file."""
+def _reentrant_lock(path: Path, step: str, then: Callable[[], ContextManager]) -> Iterator[None]:
+    """:func:`~nas_distill.setup_lock.setup_lock` on ``path``, then ``then()``; re-entrant in one thread."""
     key = os.path.abspath(path)
     with _GUARD:
         local = _THREAD_LOCKS.setdefault(key, threading.RLock())
@@ -90,43 +72,12 @@ def file_lock(path: str | os.PathLike, *, what: str = "lock") -> Iterator[None]:
             finally:
                 _DEPTH[key] -= 1
             return
-        with _flock(Path(key), what):
+        with setup_lock(key, step), then():
             _DEPTH[key] = 1
             try:
                 yield
             finally:
                 _DEPTH[key] = 0
-
-
-@contextlib.contextmanager
-def _flock(path: Path, what: str) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    fd = _open_lock_file(path)
-    try:
-        waited_since = None
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                now = time.monotonic()
-                if waited_since is None or now - waited_since >= WAIT_REPORT_S:
-                    log.info("waiting for the %s (%s), held by %s", what, path, _holder(fd))
-                    waited_since = now
-                time.sleep(0.05)
-        with contextlib.suppress(OSError):  # a read-only descriptor cannot say who holds it
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 # This process's trainings (normally one): a measurement taken inside one steps out of it first, or it
@@ -140,9 +91,28 @@ def measurement_lock() -> Iterator[None]:
     and every training of the machine paused at a step boundary, while the block runs."""
     for load in _ACTIVE_LOADS:
         load._leave()  # taken again at its next pause point
-    with file_lock(lock_dir() / TURNSTILE_NAME, what="measurement turnstile"), \
-            file_lock(measurement_lock_path(), what="measurement lock"):
+    with _reentrant_lock(lock_dir() / TURNSTILE_NAME, "timing a model", then=_trainings_paused):
         yield
+
+
+@contextlib.contextmanager
+def _trainings_paused() -> Iterator[None]:
+    """The shared lock of the trainings, exclusively: every training of the machine is at a pause point.
+    Waits one training step at most, so it says nothing while it waits."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    fd = os.open(measurement_lock_path(), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 class training_load:
@@ -159,9 +129,10 @@ class training_load:
         try:
             import fcntl  # noqa: F401 - POSIX only
 
-            turnstile = _open_lock_file(lock_dir() / TURNSTILE_NAME)
+            lock_dir().mkdir(parents=True, exist_ok=True)
+            turnstile = os.open(lock_dir() / TURNSTILE_NAME, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                self._fds = (turnstile, _open_lock_file(measurement_lock_path()))
+                self._fds = (turnstile, os.open(measurement_lock_path(), os.O_RDWR | os.O_CREAT, 0o600))
             except OSError:
                 os.close(turnstile)
                 raise

@@ -470,7 +470,8 @@ class TrialRunner:
             if self.artifact_store is not None:
                 t0 = time.perf_counter()
                 self._report("save", number)
-                artifact_id = save_student_artifact(model, arch, self.artifact_store, trial)
+                artifact_id = save_student_artifact(model, arch, self.artifact_store, trial,
+                                                    getattr(self.ad, "preprocessor", None))
                 if artifact_id is not None:
                     attrs["artifact_id"] = artifact_id
                     timings["save"] = round(time.perf_counter() - t0, 4)
@@ -735,11 +736,13 @@ def _rebuild_with(model: Any, model_cls: Any, run_dir: str) -> Any:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def save_student(model: Any, arch: dict, folder: str | os.PathLike) -> bool:
+def save_student(model: Any, arch: dict, folder: str | os.PathLike, preprocessor: Any = None) -> bool:
     """Write a trained student to ``folder``: ``save_pretrained`` (safetensors) when the model has it,
     a Keras model as ``model.keras`` (Keras 3's zip: config + weights, reloadable with
     ``keras.saving.load_model(path, safe_mode=True)``), else a torch module's ``state_dict`` as
-    ``model.safetensors``; plus ``arch.json``. False: not a model.
+    ``model.safetensors``; plus ``arch.json``, and the task's ``preprocessor`` (an image processor or
+    tokenizer: anything with ``save_pretrained``), so the folder runs in ``transformers.pipeline`` alone.
+    False: not a model.
     """
     import sys
 
@@ -761,11 +764,13 @@ def save_student(model: Any, arch: dict, folder: str | os.PathLike) -> bool:
         # Shared / non-contiguous tensors are copied: safetensors stores plain tensors only.
         state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(folder / "model.safetensors"))
+    if preprocessor is not None and hasattr(preprocessor, "save_pretrained"):
+        preprocessor.save_pretrained(str(folder))
     (folder / "arch.json").write_text(json.dumps(arch, indent=2, sort_keys=True))
     return True
 
 
-def save_student_artifact(model: Any, arch: dict, store: Any, trial: Any) -> str | None:
+def save_student_artifact(model: Any, arch: dict, store: Any, trial: Any, preprocessor: Any = None) -> str | None:
     """Save ``model`` (see :func:`save_student`) as a tar in the artifact store, linked from ``trial``."""
     if not (hasattr(model, "save_pretrained") or _is_torch_module(model) or _is_keras_model(model)):
         return None  # nothing we know how to save (e.g. a user's plain-Python student)
@@ -773,7 +778,7 @@ def save_student_artifact(model: Any, arch: dict, store: Any, trial: Any) -> str
 
     with tempfile.TemporaryDirectory(prefix="nas-distill-student-") as tmp:
         folder = Path(tmp) / "student"
-        if not save_student(model, arch, folder):
+        if not save_student(model, arch, folder, preprocessor):
             return None
         archive = Path(tmp) / f"student-trial-{trial.number}.tar"
         with tarfile.open(archive, "w") as tar:

@@ -4,6 +4,7 @@ timed one worker at a time per machine, predicted for archs never measured."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from nas_distill.arch_metrics import INITIAL_SAMPLE, ArchMetrics, arch_key, read
 from nas_distill.config import AutoDistillationConfig
 from nas_distill.errors import ConfigError
 from nas_distill.latency_predictor import MetricPredictor, relative_errors
-from nas_distill.machine_lock import LOCK_DIR_ENV, measurement_lock, measurement_lock_path
+from nas_distill.machine_lock import LOCK_DIR_ENV, TURNSTILE_NAME, measurement_lock, measurement_lock_path
 from nas_distill.search.space import SearchSpace
 
 TESTS = Path(__file__).resolve().parent
@@ -172,7 +173,7 @@ def test_workers_measure_one_at_a_time_and_share_the_measurements(tmp_path):
     assert {label for _, _, label in spans} == {"w0", "w1", "w2"}
 
 
-def test_a_dead_holder_does_not_block_the_lock(tmp_path):
+def test_a_dead_holder_does_not_block_the_lock(tmp_path, caplog):
     held = tmp_path / "held"
     code = ("import sys, time; from pathlib import Path; from nas_distill.machine_lock import measurement_lock\n"
             "with measurement_lock():\n"
@@ -191,12 +192,14 @@ def test_a_dead_holder_does_not_block_the_lock(tmp_path):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # really held by the child
         finally:
             os.close(fd)
-        assert f"pid {child.pid}" in measurement_lock_path().read_text()
+        holder = json.loads((measurement_lock_path().parent / TURNSTILE_NAME).read_text())
+        assert holder["pid"] == child.pid and holder["step"] == "timing a model"
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    with measurement_lock():  # returns: the kernel released the dead holder's lock
+    with caplog.at_level(logging.WARNING), measurement_lock():  # the kernel released the dead holder's lock
         pass
+    assert f"its holder (pid {child.pid} on" in caplog.text  # and the taker says whose it took over
 
 
 def test_lock_is_reentrant_in_one_process():

@@ -221,7 +221,8 @@ def test_an_exported_student_with_pickles_is_refused(tmp_path, marker, saved_stu
     out = tmp_path / "exported"
     assert cli.main(["export", "--storage", storage, "--study", "s", "--run-dir", str(run_dir), "--trial", "0",
                      "-o", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "pytorch_model.bin"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                     "nas_distill.json", "pytorch_model.bin"]
     with pytest.raises(Exception):
         BertForSequenceClassification.from_pretrained(out, use_safetensors=True, local_files_only=True)
 

@@ -17,7 +17,8 @@ regular distillation then trains everything on the logits.
 
 Teacher: hidden width 256, depth 2, trained once (Adam, cross-entropy) and cached as
 ``<run_dir>/keras_teacher/model.keras`` (+ ``teacher_metrics.json``); loaded with ``safe_mode=True``.
-Workers started together train it once: the first takes a file lock, the others wait and load its file.
+Workers started together train it once: the first takes the lock (``setup_lock``), the others wait, saying
+so, and load its file.
 Students: the same layout over :data:`STUDENT_SPACE` (width and depth of the hidden layers); the
 ``embedding`` layer keeps the teacher's width, so the ``features -> features`` mapping compares like
 with like.
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArchitecture
-from ..machine_lock import file_lock
+from ..setup_lock import setup_lock
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def train_teacher(out_dir: str | os.PathLike, *, epochs: int = 40, batch_size: i
     try:
         model.save(tmp / TEACHER_FILE)
         (tmp / "teacher_metrics.json").write_text(json.dumps(metrics, indent=2))
-        if not out_dir.exists():  # else another process finished first (no flock here): keep theirs
+        if not out_dir.exists():  # else another process finished first: keep theirs
             os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -186,7 +187,7 @@ def load_or_train_teacher(run_dir: str | os.PathLike, **train_kwargs: Any):
     path = folder / TEACHER_FILE
     if not path.exists():
         # Workers started together: the first trains, the others wait here, then find its file.
-        with file_lock(Path(run_dir) / f"{TEACHER_FOLDER}.lock", what="teacher lock"):
+        with setup_lock(Path(run_dir) / f"{TEACHER_FOLDER}.lock", "training the Keras teacher"):
             if not path.exists():
                 train_teacher(folder, **train_kwargs)
     model = keras.saving.load_model(path, safe_mode=True)
