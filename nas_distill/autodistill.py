@@ -32,7 +32,6 @@ Extra keyword arguments (not in the seed): ``storage``, ``study_name``, ``run_di
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import os
@@ -303,11 +302,10 @@ class AutoDistillation:
         return self._arch_metrics
 
     def _searcher_takes_known_objectives(self) -> bool:
-        from .search.searchers import canonical_algorithm, make_searcher
+        from .search.searchers import canonical_algorithm
 
         algorithm = self._search_algorithm()
-        return (isinstance(algorithm, str) and canonical_algorithm(algorithm) == "bo"
-                and "known_objectives" in inspect.signature(make_searcher).parameters)
+        return isinstance(algorithm, str) and canonical_algorithm(algorithm) == "bo"
 
     # ------------------------------------------------------------------ proposing / measuring
     def model_arch_proposition(self) -> dict[str, Any]:

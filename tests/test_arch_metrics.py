@@ -362,3 +362,29 @@ def test_built_in_training_pauses_at_every_step(tmp_path, monkeypatch):
     ad._train(build({"width": 8, "depth": 1}))
     assert len(calls) == 7 and len({id(c) for c in calls}) == 1
     assert ad._distiller.before_step is None  # not left behind for other callers
+
+
+def test_search_measures_first_and_hands_the_values_to_the_searcher(tmp_path):
+    """A bo search: the untrained students are measured before the first suggestion, the searcher is
+    given ArchMetrics.known_objectives, and status reports the measurements."""
+    from nas_distill.results import status_text, study_results
+
+    ad = make_ad(tmp_path, max_trials=3)
+    ad.train_func = lambda model: None
+    ad.search()
+    assert ad.arch_metrics.enabled and ad.arch_metrics.measured_here == 12
+    assert ad.advisor.model_hints["known_objectives"] == ad.arch_metrics.known_objectives
+    entries = read_entries(ad.study)
+    assert len(entries) == 12 and all(e["trained"] is False for e in entries.values())
+    complete = [t for t in ad.study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3
+    for t in complete:  # the trial's own params match the stored untrained measurement of its arch
+        assert ad.arch_metrics.values(t.params)["params"] == t.user_attrs["params"] == mlp_params(t.params)
+    assert "architecture metrics: 12 students measured untrained" in status_text(study_results(ad.study))
+
+
+def test_grid_search_measures_nothing_up_front(tmp_path):
+    ad = make_ad(tmp_path, max_trials=2, algorithm="grid")
+    ad.train_func = lambda model: None
+    ad.search()
+    assert not ad.arch_metrics.enabled and read_entries(ad.study) == {}
