@@ -4,12 +4,13 @@ A space too large to measure every student still has a latency for every candida
 fitted on the students measured so far. Features: the monomials, up to degree 3, of the space's numeric
 keys scaled to [0, 1] (for a transformer: depth x width^2 is the attention / MLP FLOPs and parameters of
 the encoder, depth x width x MLP-width the MLP's, depth alone the per-layer overhead that dominates small
-models on a CPU), and the same monomials times an indicator per value of each non-numeric key. The fit minimises squared
-*relative* error (each row divided by its measured value), since the goal is a percentage error on
-students whose latencies differ by 10x or more, with Huber weights (a timing taken while the machine
-was busy is an outlier, not a trend). The ridge penalty is chosen by exact leave-one-out error
-(closed form), and those leave-one-out errors are the predictor's reported error: each measured student
-predicted by a fit that did not see it.
+models on a CPU), and the same monomials times an indicator per value of each non-numeric key (an
+activation changes the cost of every layer), pulled towards the shared block by a penalty chosen like
+the ridge penalty. The fit minimises squared *relative* error (each row divided by its measured value),
+since the goal is a percentage error on students whose latencies differ by 10x or more, with Huber
+weights (a timing taken while the machine was busy is an outlier, not a trend). The penalties are chosen
+by exact leave-one-out error (closed form), and those leave-one-out errors are the predictor's reported
+error: each measured student predicted by a fit that did not see it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ MIN_SAMPLES = 8
 #: Features are capped near this count by lowering the monomial degree (many keys).
 MAX_FEATURES = 400
 #: Most recent measurements a fit uses (the leave-one-out solve is cubic in this count).
-MAX_SAMPLES = 2000
+MAX_SAMPLES = 1000
 _PENALTIES = 10.0 ** np.arange(-12.0, 1.0, 0.5)  # times the largest eigenvalue of the Gram matrix
 _HUBER = 1.345  # the usual Huber threshold, in robust standard deviations of the relative residuals
 _ROBUST_ROUNDS = 4
+_MIN_SCALE = 0.01
+_DIFFERENCE_SCALES = (0.0, 0.03, 0.1, 0.3, 1.0)
 
 
 def _numeric(values: Sequence[Any]) -> bool:
@@ -48,7 +51,10 @@ class MetricPredictor:
         self.keys = sorted(search_space)
         self.numeric = [k for k in self.keys if _numeric(search_space[k])]
         self.scale = {k: max(abs(float(v)) for v in search_space[k]) or 1.0 for k in self.numeric}
-        self.levels = {k: list(search_space[k])[1:] for k in self.keys if k not in self.numeric}
+        # Every value gets its own block, the first one too: ridge then keeps what all values share in the
+        # common block (it costs less norm there) and leaves each value's block its difference only, so a
+        # value with few measured students borrows the others' shape.
+        self.levels = {k: list(search_space[k]) for k in self.keys if k not in self.numeric}
         self.exponents = self._exponents(degree)
         self.coef: np.ndarray | None = None
         self.floor = 0.0
@@ -89,19 +95,36 @@ class MetricPredictor:
                              f"got {len(pairs)}")
         y = np.array([v for _, v in pairs])
         rows = self.features([a for a, _ in pairs]) / y[:, None]  # relative error: rows over their value
-        norms = np.linalg.norm(rows, axis=0)
-        norms[norms == 0] = 1.0
+        # One scale per monomial, the same in every value's block: a value's difference must cost as much
+        # penalty per unit as the shared part, or ridge would not prefer sharing.
+        base = np.linalg.norm(rows[:, :len(self.exponents)], axis=0)
+        base[base == 0] = 1.0
+        norms = np.tile(base, rows.shape[1] // len(self.exponents))
         rows = rows / norms
+        # How much a value's block may differ from the shared one (a smaller column scale is a larger
+        # penalty): chosen by leave-one-out, as the penalty is. Few measured students per value need a
+        # strong pull towards sharing; its constant column (an offset per value) is never scaled down.
+        scale_options = [1.0]
+        if self.levels:
+            varying = np.ones(rows.shape[1], dtype=bool)
+            varying[:len(self.exponents)] = False
+            varying[::len(self.exponents)] = False  # each block's constant column
+            scale_options = [np.where(varying, g, 1.0) for g in _DIFFERENCE_SCALES]
+        ones = np.ones(len(y))
+        best = min(scale_options, key=lambda g: _ridge_loo(rows * g, ones, ones)[2])
+        rows = rows * best
+        factor = best / norms  # original feature -> design column
         # Huber weights by iteratively reweighted least squares: a latency taken while the machine was
         # busy is a large positive outlier, and a square loss would bend the whole fit towards it.
         weights = np.ones(len(y))
         for _ in range(_ROBUST_ROUNDS):
             root = np.sqrt(weights)
-            coef, loo = _ridge_loo(rows * root[:, None], root, weights)
+            coef, loo, _ = _ridge_loo(rows * root[:, None], root, weights)
             residual = rows @ coef - 1.0
-            scale = 1.4826 * float(np.median(np.abs(residual))) or 1e-12
+            # relative residuals under ~1% are never outliers (and a near-exact fit must not chase zeros)
+            scale = max(1.4826 * float(np.median(np.abs(residual))), _MIN_SCALE)
             weights = np.minimum(1.0, _HUBER * scale / np.maximum(np.abs(residual), 1e-12))
-        self.coef = coef / norms
+        self.coef = coef * factor
         self.loo_relative_errors = loo / root  # predicted / measured - 1, each from a fit without it
         self.floor = 0.5 * float(y.min())
         self.n_samples = len(y)
@@ -131,9 +154,10 @@ class MetricPredictor:
         }
 
 
-def _ridge_loo(design: np.ndarray, target: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ridge_loo(design: np.ndarray, target: np.ndarray,
+               weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Ridge of ``target`` on ``design`` with the penalty of least weighted mean absolute leave-one-out
-    residual: ``(coefficients, leave-one-out residuals)``.
+    residual: ``(coefficients, leave-one-out residuals, that weighted mean)``.
 
     Dual (kernel) form: n x n, whatever the feature count; one eigendecomposition serves every penalty,
     and the leave-one-out residual of ridge is r_i / (1 - h_ii)."""
@@ -149,8 +173,8 @@ def _ridge_loo(design: np.ndarray, target: np.ndarray, weights: np.ndarray) -> t
         score = float(np.sum(weights * np.abs(loo)))
         if best is None or score < best[0]:
             best = (score, penalty, loo)
-    _, penalty, loo = best
-    return design.T @ (eigvec @ (projected / (eigval + penalty))), loo
+    score, penalty, loo = best
+    return design.T @ (eigvec @ (projected / (eigval + penalty))), loo, score
 
 
 def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> np.ndarray:
