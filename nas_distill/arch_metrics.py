@@ -135,18 +135,20 @@ def _declared(config: Any) -> list[str]:
 class ArchMetrics:
     """The pipeline's architecture metrics for one worker (an :class:`AutoDistillation` ``ad``).
 
-    ``enabled``: the searcher can use them (``bo``), some objective is one, and students can be
-    measured (built-in evaluator with an evaluation set, or ``eval_func``; not with an overridden
-    ``estimate``). :meth:`refresh` (before each suggestion) measures the first time, then reads new
-    measurements and refits the predictors; :meth:`known_objectives` is the searcher's
+    ``enabled``: the searcher can use them (``bo``) and some objective is one. ``measure_untrained``:
+    untrained students may be measured too (the built-in evaluator, or an ``eval_func`` whose metrics the
+    config declares in ``search.architecture_metrics``; never an overridden ``estimate``); otherwise only
+    finished trials' values are stored. :meth:`refresh` (before each suggestion) measures the first time,
+    then reads new measurements and refits the predictors; :meth:`known_objectives` is the searcher's
     ``known_objectives=`` callable; :meth:`record_trained` stores a finished trial's values.
     """
 
-    def __init__(self, ad, *, enabled: bool = True):
+    def __init__(self, ad, *, enabled: bool = True, measure_untrained: bool = True):
         self.ad = ad
         declared = list(getattr(ad.conf, "architecture_metrics", None) or [])
         self.names = architecture_metric_names(ad.metrics, declared)
         self.enabled = bool(enabled and self.names)
+        self.measure_untrained = measure_untrained
         self.measured_here = 0  # students this worker measured (untrained)
         self._entries: dict[str, dict[str, Any]] = {}
         self._predictors: dict[str, MetricPredictor] = {}
@@ -161,7 +163,7 @@ class ArchMetrics:
         """Measure the initial candidates (first call), then take in what other workers stored."""
         if not self.enabled:
             return
-        if not self._prepared:
+        if not self._prepared and self.measure_untrained:
             self._prepared = True
             self.measure(self.initial_candidates())
             return

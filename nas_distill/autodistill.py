@@ -320,9 +320,13 @@ class AutoDistillation:
         if self._arch_metrics is None:
             from .arch_metrics import ArchMetrics
 
-            self._arch_metrics = ArchMetrics(self, enabled=self._searcher_takes_known_objectives()
-                                             and not self._estimate_overridden()
-                                             and (self.eval_func is not None or self.eval_dataset is not None))
+            # A user's eval_func is called on untrained students only when the config declares
+            # architecture metrics: it may be costly, or count on a trained model.
+            builtin = self.eval_func is None and self.eval_dataset is not None
+            declared = self.eval_func is not None and bool(getattr(self.conf, "architecture_metrics", None))
+            self._arch_metrics = ArchMetrics(
+                self, enabled=self._searcher_takes_known_objectives(),
+                measure_untrained=not self._estimate_overridden() and (builtin or declared))
         return self._arch_metrics
 
     def _searcher_takes_known_objectives(self) -> bool:

@@ -388,3 +388,27 @@ def test_grid_search_measures_nothing_up_front(tmp_path):
     ad.train_func = lambda model: None
     ad.search()
     assert not ad.arch_metrics.enabled and read_entries(ad.study) == {}
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_eval_func_sees_untrained_students_only_when_metrics_are_declared(tmp_path, declared):
+    calls = []
+
+    def eval_func(model):
+        calls.append(model)
+        return {"accuracy": 0.5, "latency": float(sum(p.numel() for p in model.parameters())) / 1000,
+                "params": float(sum(p.numel() for p in model.parameters()))}
+
+    ad = make_ad(tmp_path, max_trials=3, **({"architecture_metrics": ["latency"]} if declared else {}))
+    ad.train_func = lambda model: None
+    ad.eval_func = eval_func
+    ad.search()
+    entries = list(read_entries(ad.study).values())
+    if declared:  # every candidate measured untrained, then the 3 trials
+        assert ad.arch_metrics.measured_here == 12 and len(calls) == 12 + 3
+        assert len(entries) == 12 and not any(e["trained"] for e in entries)
+    else:  # only the trials' own evaluations, stored for the searcher
+        assert ad.arch_metrics.measured_here == 0 and len(calls) == 3
+        assert len(entries) == 3 and all(e["trained"] for e in entries)
+        for e in entries:
+            assert e["metrics"]["params"] == mlp_params(e["arch"])
