@@ -16,8 +16,8 @@ framework (settings from the config's ``flash_distillation`` section) trains and
   :func:`nas_distill.evaluate.evaluate` (torch modules, torch-style datasets);
 * ``'tensorflow'``: :class:`nas_distill.distill.keras.distiller.KerasFlashDistiller` and
   :func:`nas_distill.distill.keras.evaluate.evaluate` (functional ``keras.Model`` students with named
-  layers; data as a tuple ``(x, y)`` of numpy arrays). A Keras search never imports torch: its ``bo``
-  sampler is multivariate TPE (see :func:`nas_distill.search.searchers.torch_free_algorithm`).
+  layers; data as a tuple ``(x, y)`` of numpy arrays). A Keras search never imports torch (its ``bo``
+  sampler is numpy and scipy only).
 
 Every trial lives in one Optuna study (``study`` section of the config: storage URL, study name, run
 folder), so any number of processes can run ``search()`` on the same study and share the budget
@@ -295,14 +295,6 @@ class AutoDistillation:
                     self._study.set_user_attr("seed", self.seed)
         return self._study
 
-    def _search_algorithm(self):
-        from .search.searchers import torch_free_algorithm
-
-        algorithm = self._search_cfg.search_algorithm
-        if self.framework == "tensorflow":  # GPSampler would import torch next to TensorFlow
-            algorithm = torch_free_algorithm(algorithm)
-        return algorithm
-
     def _make_advisor(self):
         from .search.searchers import make_searcher
 
@@ -310,7 +302,7 @@ class AutoDistillation:
         extra = {}
         if self.arch_metrics.enabled:
             extra["known_objectives"] = self.arch_metrics.known_objectives
-        return make_searcher(self._search_algorithm(), cfg.search_space, seed=sampler_seed(self.seed),
+        return make_searcher(cfg.search_algorithm, cfg.search_space, seed=sampler_seed(self.seed),
                              study=self.study, **extra)
 
     @property
@@ -332,7 +324,7 @@ class AutoDistillation:
     def _searcher_takes_known_objectives(self) -> bool:
         from .search.searchers import canonical_algorithm
 
-        algorithm = self._search_algorithm()
+        algorithm = self._search_cfg.search_algorithm
         return isinstance(algorithm, str) and canonical_algorithm(algorithm) == "bo"
 
     # ------------------------------------------------------------------ proposing / measuring
