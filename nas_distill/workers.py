@@ -69,7 +69,7 @@ EXIT_INTERRUPTED = 130
 
 # ------------------------------------------------------------------------------------ config + task
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The YAML config as a dict (the safe loader of :mod:`nas_distill.yamlio`)."""
+    """The YAML config as a dict (the safe, bounded loader of :mod:`nas_distill.yamlio`)."""
     import yaml
 
     from .yamlio import load_yaml
@@ -78,7 +78,8 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not p.exists():
         raise ConfigError("config", f"no such file: {p}")
     try:
-        data = load_yaml(p.read_text())
+        with open(p, encoding="utf-8") as handle:
+            data = load_yaml(handle, str(p))
     except yaml.YAMLError as exc:
         raise ConfigError("config", f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
@@ -155,7 +156,7 @@ def build_autodistill(
     func, args = load_task_function(spec)
     pieces = call_task(func, args, cfg)
     ad = AutoDistillation(pieces["model_builder"], cfg, storage=storage, study_name=study_name,
-                          run_dir=run_dir, max_trials=max_trials)
+                          run_dir=run_dir or cfg.study.run_dir, max_trials=max_trials)
     for key in ("train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset", "metric_fn",
                 "preprocessor"):
         if pieces.get(key) is not None:
@@ -303,8 +304,8 @@ def prepare_study(config, *, task=None, storage=None, study_name=None, run_dir=N
     cfg = load_config(data)
     from .autodistill import AutoDistillation
 
-    ad = AutoDistillation(lambda arch: arch, cfg, storage=storage, study_name=study_name, run_dir=run_dir,
-                          max_trials=max_trials)
+    ad = AutoDistillation(lambda arch: arch, cfg, storage=storage, study_name=study_name,
+                          run_dir=run_dir or cfg.study.run_dir, max_trials=max_trials)
     ad.study  # noqa: B018 - creates the study and records the config once
     return ad.storage_url, ad.study_name, str(Path(ad.run_dir).resolve()), ad.max_trials
 
