@@ -1,0 +1,66 @@
+"""Where the study lives and what a storage failure says.
+
+* ``$NAS_DISTILL_STORAGE`` is the storage of every command, ``run`` included: the run's trials land
+  there (not in the run folder's default SQLite file), and ``status`` reads them back.
+* A storage failure names its cause (a read-only SQLite database), not Optuna's generic "invalid data in
+  the commit, e.g. exceeding max length".
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from helpers_common import task_config, write_config
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "nas_distill.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=180, env=env or dict(os.environ))
+
+
+@pytest.mark.slow
+def test_run_and_status_use_the_storage_from_the_environment(tmp_path, task_module):
+    run_dir = tmp_path / "run"
+    cfg = write_config(tmp_path / "cfg.yaml", task_config(run_dir, study_name="envs", max_trials=3))
+    sqlite = tmp_path / "elsewhere.db"
+    env = dict(os.environ, NAS_DISTILL_STORAGE=f"sqlite:///{sqlite}")
+    res = cli("run", cfg, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not (run_dir / "study.db").exists()  # not the config's default storage
+    study = optuna.load_study(study_name="envs", storage=f"sqlite:///{sqlite}")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    status = cli("status", cfg, env=env)
+    assert status.returncode == 0, status.stderr
+    assert "3" in status.stdout and "envs" in status.stdout
+
+
+def test_read_only_sqlite_error_names_the_cause(tmp_path):
+    """SQLite opened read-only (``mode=ro``: what a file without write permission gives, even to root)."""
+    from nas_distill.storage_retry import storage_error_text
+
+    path = tmp_path / "s.db"
+    optuna.create_study(study_name="ro", storage=f"sqlite:///{path}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///file:{path}?mode=ro&uri=true")
+    with pytest.raises(optuna.exceptions.StorageInternalError) as info:
+        storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "other")
+    assert "invalid data in the commit" in str(info.value)  # what Optuna itself says
+    text = storage_error_text(info.value)
+    assert text == "storage error: attempt to write a readonly database"
+    assert storage_error_text(ValueError("x")) is None
+    # The CLI prints that line: a read-only store seen through the product's own command.
+    res = subprocess.run([sys.executable, "-c", (
+        "import sys, optuna\n"
+        "from nas_distill import cli\n"
+        "def fail(args):\n"
+        f"    optuna.storages.RDBStorage('sqlite:///file:{path}?mode=ro&uri=true').create_new_study("
+        "[optuna.study.StudyDirection.MINIMIZE], 'x')\n"
+        "cli.COMMANDS['status'] = fail\n"
+        "sys.exit(cli.main(['status']))\n")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert res.stderr.strip() == "nas-distill: error: storage error: attempt to write a readonly database"
