@@ -4,6 +4,8 @@
   there (not in the run folder's default SQLite file), and ``status`` reads them back.
 * A storage failure names its cause (a read-only SQLite database), not Optuna's generic "invalid data in
   the commit, e.g. exceeding max length".
+* An in-memory SQLite study is refused for command-line searches; commands that only read create no
+  journal file and no tables.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def test_run_and_status_use_the_storage_from_the_environment(tmp_path, task_modu
     assert "3" in status.stdout and "envs" in status.stdout
 
 
+@pytest.mark.slow
 def test_read_only_sqlite_error_names_the_cause(tmp_path):
     """SQLite opened read-only (``mode=ro``: what a file without write permission gives, even to root)."""
     from nas_distill.storage_retry import storage_error_text
@@ -64,3 +67,29 @@ def test_read_only_sqlite_error_names_the_cause(tmp_path):
         "sys.exit(cli.main(['status']))\n")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1
     assert res.stderr.strip() == "nas-distill: error: storage error: attempt to write a readonly database"
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://"])
+def test_in_memory_sqlite_is_refused_for_command_line_searches(tmp_path, task_module, url):
+    """Each worker process would get a private, empty study, and nothing would be saved."""
+    cfg = write_config(tmp_path / "cfg.yaml", task_config(tmp_path / "run", storage=url, max_trials=2))
+    for args in (["run", cfg, "--workers", "2"], ["worker", cfg]):
+        res = cli(*args)
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.startswith("nas-distill: config error: study.storage: ") and "private" in res.stderr
+
+
+@pytest.mark.slow
+def test_read_only_commands_create_no_journal_file_and_no_tables(tmp_path):
+    journal = tmp_path / "missing.log"
+    res = cli("status", "--storage", f"journal:///{journal}")
+    assert res.returncode == 2 and "no journal file" in res.stderr, res.stderr
+    assert not journal.exists()
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for command in ("status", "pareto", "report"):
+        res = cli(command, "--storage", f"sqlite:///{empty}")
+        assert res.returncode == 2 and "holds no study" in res.stderr, res.stderr
+    import sqlite3
+
+    assert sqlite3.connect(empty).execute("SELECT name FROM sqlite_master").fetchall() == []
