@@ -223,7 +223,9 @@ def make_storage(
             from .errors import ConfigError
 
             raise ConfigError("study.storage", f"no journal file at {path}")
-        storage = optuna.storages.JournalStorage(JournalFileBackend(path))
+        from .journal_lock import HolderJournalLock
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=HolderJournalLock(path)))
     else:
         interval = None if heartbeat_interval is None else max(1, int(math.ceil(heartbeat_interval)))
         grace = None if grace_period is None else max(1, int(math.ceil(grace_period)))
@@ -685,6 +687,8 @@ def fail_stale_trials(study) -> list[int]:
     settle = grace + float(interval or 10)
     if retry is not None and retry.recovered_within(settle):
         return []
+    if _journal_stalled_within(storage, settle):
+        return []  # nobody could write a heartbeat while the journal's lock was stuck
     stale_ids = _stale_trial_ids(study, grace)
     if stale_ids and retry is not None and retry.recovered_within(settle):
         return []  # the read above was the first call to get through
@@ -709,6 +713,20 @@ def fail_stale_trials(study) -> list[int]:
             except Exception as exc:  # noqa: BLE001 - a failed retry must not stop the sweeping worker
                 log.warning("retry of trial %d failed: %s", frozen.number, exc)
     return numbers
+
+
+def _journal_stalled_within(storage, seconds: float) -> bool:
+    """Whether ``storage`` is a journal whose lock was stuck (a wait longer than
+    :data:`~nas_distill.journal_lock.STALL_S`) less than ``seconds`` ago. Takes the lock once itself,
+    so a sweep that starts during a stall waits it out and sees it."""
+    from .journal_lock import HolderJournalLock
+
+    lock = getattr(getattr(storage, "_backend", None), "_lock", None)
+    if not isinstance(lock, HolderJournalLock):
+        return False
+    lock.acquire()
+    lock.release()
+    return lock.stall_ended is not None and time.monotonic() - lock.stall_ended < seconds
 
 
 def finish_trial(study, trial_id: int, state, values=None, attrs: Mapping[str, Any] | None = None) -> bool:
