@@ -665,6 +665,18 @@ def _stale_trial_ids(study, grace_period: float) -> list[int]:
     return stale
 
 
+def lost_running_trials(study) -> set[int]:
+    """Ids of RUNNING trials whose heartbeat is older than the study's grace period (as recorded in its
+    config, else the storage's): their workers are gone, and the next sweep of a live worker fails them.
+    What a reader of the study (``status``) shows instead of "running"."""
+    _, grace, _ = _heartbeat_settings(study._storage)
+    config = study.user_attrs.get("config")
+    stored = ((config or {}).get("auto_distillation", {}).get("study") or {}).get("grace_period") \
+        if isinstance(config, Mapping) else None
+    grace = stored if isinstance(stored, (int, float)) and stored > 0 else grace
+    return set(_stale_trial_ids(study, float(grace or 30)))
+
+
 def fail_stale_trials(study) -> list[int]:
     """Mark RUNNING trials whose heartbeat is older than the grace period FAIL, and retry their archs.
 

@@ -5,7 +5,7 @@
 * A storage failure names its cause (a read-only SQLite database), not Optuna's generic "invalid data in
   the commit, e.g. exceeding max length".
 * An in-memory SQLite study is refused for command-line searches; commands that only read create no
-  journal file and no tables.
+  journal file and no tables; ``status`` tells a RUNNING trial whose worker died from a live one.
 """
 
 from __future__ import annotations
@@ -93,3 +93,25 @@ def test_read_only_commands_create_no_journal_file_and_no_tables(tmp_path):
     import sqlite3
 
     assert sqlite3.connect(empty).execute("SELECT name FROM sqlite_master").fetchall() == []
+
+
+@pytest.mark.slow
+def test_status_tells_a_dead_running_trial_from_a_live_one(tmp_path):
+    """Two RUNNING trials: one beating, one whose worker died (no beat for longer than the grace period
+    recorded in the study's config). Nobody has swept yet: status says which one is lost."""
+    import time
+
+    from nas_distill import study as sm
+    from nas_distill.results import status_text, study_results
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = sm.open_study(sm.make_storage(url, heartbeat_interval=1, grace_period=2), "dead",
+                          metrics=["acc"], higher_is_better=[True],
+                          config={"auto_distillation": {"study": {"heartbeat_interval": 1, "grace_period": 2}}})
+    dist = {"a": optuna.distributions.CategoricalDistribution([1, 2])}
+    dead, live = study.ask(dist), study.ask(dist)
+    sm.Heartbeat(study, dead._trial_id).beat()
+    with sm.Heartbeat(study, live._trial_id, interval=0.5):
+        time.sleep(3)
+        text = status_text(study_results(sm.load_study(url, "dead")))
+    assert "running 2 (no heartbeat: worker lost 1)" in text, text
