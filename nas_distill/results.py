@@ -114,10 +114,12 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return path, path.with_suffix(".json") if path.suffix else Path(str(path) + ".json")
 
 
-def dump_results(study, path: str | os.PathLike, *, metrics=None, higher_is_better=None) -> tuple[Path, Path]:
-    """Write ``<path>`` (text report) and the JSON next to it; returns (text path, json path)."""
+def dump_results(study, path: str | os.PathLike, *, metrics=None, higher_is_better=None,
+                 data: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``<path>`` (text report) and the JSON next to it; returns (text path, json path).
+    ``data``: :func:`study_results` already read (else it is read here)."""
     text_path, json_path = _paths(path)
-    data = study_results(study)
+    data = study_results(study) if data is None else data
     text_path.parent.mkdir(parents=True, exist_ok=True)
     json_tmp = json_path.with_name(json_path.name + ".tmp")
     json_tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=repr))
