@@ -121,11 +121,16 @@ def dump_results(study, path: str | os.PathLike, *, metrics=None, higher_is_bett
     text_path, json_path = _paths(path)
     data = study_results(study) if data is None else data
     text_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(data, json_path)
+    text_path.write_text(text_report(data))
+    return text_path, json_path
+
+
+def write_json(data: Mapping[str, Any], json_path: Path) -> None:
+    """The results JSON, replaced atomically (a reader never sees half a file)."""
     json_tmp = json_path.with_name(json_path.name + ".tmp")
     json_tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=repr))
     os.replace(json_tmp, json_path)
-    text_path.write_text(text_report(data))
-    return text_path, json_path
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:

@@ -74,15 +74,19 @@ def results_text(data: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(study, text_path: str | os.PathLike) -> Path:
+def write_results(study, text_path: str | os.PathLike, *, table: bool = True) -> Path:
     """``text_path`` in the seed's format (replaced atomically: a script polling it never reads half a
-    file), and beside it ``lastest_results.json`` with its readable table ``lastest_results.txt``
-    (:func:`nas_distill.results.dump_results`)."""
-    from .results import dump_results, study_results
+    file), and beside it ``lastest_results.json`` with, when ``table``, its readable table
+    ``lastest_results.txt`` (:func:`nas_distill.results.dump_results`)."""
+    from .results import dump_results, study_results, write_json
 
     data = study_results(study)
     text_path = Path(text_path)
-    dump_results(study, text_path.parent / LATEST_JSON, data=data)
+    text_path.parent.mkdir(parents=True, exist_ok=True)
+    if table:
+        dump_results(study, text_path.parent / LATEST_JSON, data=data)
+    else:
+        write_json(data, text_path.parent / LATEST_JSON)
     _write_atomic(text_path, results_text(data))
     return text_path
 
