@@ -16,8 +16,8 @@ framework (settings from the config's ``flash_distillation`` section) trains and
   :func:`nas_distill.evaluate.evaluate` (torch modules, torch-style datasets);
 * ``'tensorflow'``: :class:`nas_distill.distill.keras.distiller.KerasFlashDistiller` and
   :func:`nas_distill.distill.keras.evaluate.evaluate` (functional ``keras.Model`` students with named
-  layers; data as a tuple ``(x, y)`` of numpy arrays). A Keras search never imports torch: its ``bo``
-  sampler is multivariate TPE (see :func:`nas_distill.search.searchers.torch_free_algorithm`).
+  layers; data as a tuple ``(x, y)`` of numpy arrays). A Keras search never imports torch (its ``bo``
+  sampler is numpy and scipy only).
 
 Every trial lives in one Optuna study (``study`` section of the config: storage URL, study name, run
 folder), so any number of processes can run ``search()`` on the same study and share the budget
@@ -293,13 +293,10 @@ class AutoDistillation:
         return self._study
 
     def _make_advisor(self):
-        from .search.searchers import make_searcher, torch_free_algorithm
+        from .search.searchers import make_searcher
 
         cfg = self._search_cfg
-        algorithm = cfg.search_algorithm
-        if self.framework == "tensorflow":  # GPSampler would import torch next to TensorFlow
-            algorithm = torch_free_algorithm(algorithm)
-        return make_searcher(algorithm, cfg.search_space, seed=sampler_seed(self.seed), study=self.study)
+        return make_searcher(cfg.search_algorithm, cfg.search_space, seed=sampler_seed(self.seed), study=self.study)
 
     # ------------------------------------------------------------------ proposing / measuring
     def model_arch_proposition(self) -> dict[str, Any]:

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--allow-writes", action="store_true",
+                   help="let the dashboard edit notes and delete studies (default: read-only)")
 
     p = sub.add_parser("export", help="write a trained student, its preprocessing and a model card to a folder")
     _common(p)
@@ -115,11 +117,16 @@ def _config_data(path: str | None) -> dict[str, Any]:
     return split_task(read_config_file(path))[0]
 
 
+def _storage_arg(args) -> str | None:
+    """``--storage``, else ``$NAS_DISTILL_STORAGE`` (every command), else None (the config's)."""
+    return getattr(args, "storage", None) or os.environ.get("NAS_DISTILL_STORAGE") or None
+
+
 def _study_target(args) -> tuple[str, str | None, str, int | None]:
     """(storage URL, study name or None, run dir, max_trials or None) from flags, then the config."""
     from .study import resolve_storage_url
 
-    storage = args.storage or os.environ.get("NAS_DISTILL_STORAGE") or None
+    storage = _storage_arg(args)
     name, run_dir, max_trials = args.study_name, args.run_dir, None
     data = _config_data(getattr(args, "config", None))
     if data:
@@ -178,12 +185,13 @@ def cmd_run(args) -> int:
 
     if args.workers < 1:
         raise CLIError(f"--workers must be >= 1, got {args.workers}")
+    storage = _storage_arg(args)
     if args.workers == 1:
-        code = run_worker(args.config, task=args.task, storage=args.storage, study_name=args.study_name,
+        code = run_worker(args.config, task=args.task, storage=storage, study_name=args.study_name,
                           run_dir=args.run_dir, max_trials=args.max_trials, threads=args.threads,
                           progress=ProgressPrinter(), label="w0")
     else:
-        code = run_local(args.config, args.workers, task=args.task, storage=args.storage,
+        code = run_local(args.config, args.workers, task=args.task, storage=storage,
                          study_name=args.study_name, run_dir=args.run_dir, max_trials=args.max_trials,
                          threads=args.threads, debug=args.debug)
     if code in (0,):
@@ -203,8 +211,7 @@ def _print_status_after_run(args) -> None:
 def cmd_worker(args) -> int:
     from .workers import ProgressPrinter, run_worker
 
-    storage = args.storage or os.environ.get("NAS_DISTILL_STORAGE") or None
-    return run_worker(args.config, task=args.task, storage=storage, study_name=args.study_name,
+    return run_worker(args.config, task=args.task, storage=_storage_arg(args), study_name=args.study_name,
                       run_dir=args.run_dir, max_trials=args.max_trials, threads=args.threads,
                       progress=ProgressPrinter(), label=args.label)
 
@@ -263,7 +270,8 @@ def cmd_dashboard(args) -> int:
         raise CLIError(problem)
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (storage {mask_url(url)})", flush=True)
     # launch_dashboard also pushes the hypervolume-history figure, which optuna-dashboard lacks.
-    launch_dashboard(storage, Path(run_dir) / "artifacts", host=args.host, port=args.port, study_name=name)
+    launch_dashboard(storage, Path(run_dir) / "artifacts", host=args.host, port=args.port, study_name=name,
+                     allow_writes=args.allow_writes)
     return 0
 
 
@@ -345,8 +353,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         from .errors import ConfigError
 
+        from .storage_retry import storage_error_text
+        from .study import mask_url
+
         kind = "config error" if isinstance(exc, ConfigError) else "error"
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = storage_error_text(exc) or (str(exc).strip().splitlines()[0] if str(exc).strip()
+                                              else type(exc).__name__)
+        message = mask_url(message)
         print(f"{PROG}: {kind}: {message}", file=sys.stderr)
         return 2 if isinstance(exc, (ConfigError, CLIError)) else 1
 

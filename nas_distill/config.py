@@ -775,16 +775,48 @@ def _storage(value: Any, path: str) -> str:
                             f"or a .db / .log file path, got {_short(mask_url(text))}")
 
 
+#: Optuna stores a study name in an indexed column of this many characters.
+MAX_STUDY_NAME_LENGTH = 512
+#: Heartbeat bounds (seconds): SQL storages beat in whole seconds, and a beat is a storage write, so a
+#: shorter interval only loads the storage; a day between beats would make a dead worker invisible.
+MIN_HEARTBEAT_S, MAX_HEARTBEAT_S = 1, 86_400
+#: A trial is declared dead after missing this many beats at least: one late beat (a long step holding
+#: the interpreter, a slow storage write) must not get a live trial failed and trained again.
+MIN_BEATS_PER_GRACE = 2
+
+
+def study_name_error(name: str) -> str | None:
+    """Why ``name`` cannot be a study name (the storage would refuse it mid-run), or None."""
+    if len(name) > MAX_STUDY_NAME_LENGTH:
+        return f"at most {MAX_STUDY_NAME_LENGTH} characters, got {len(name)}"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"no control characters (NUL, newline, ...), got {_short(name)}"
+    return None
+
+
 def _study(value: Any, path: str) -> StudySettings:
     raw = _mapping(_settings_dict(value), path, _STUDY_KEYS)
     storage = raw.get("storage")
+    name_path = _join(path, "study_name")
+    study_name = _str(_get(raw, "study_name", "nas-distill"), name_path)
+    problem = study_name_error(study_name)
+    if problem:
+        raise ConfigError(name_path, problem)
+    interval_path, grace_path = _join(path, "heartbeat_interval"), _join(path, "grace_period")
+    interval = _number_kept(_get(raw, "heartbeat_interval", 10), interval_path, positive=True)
+    if not MIN_HEARTBEAT_S <= interval <= MAX_HEARTBEAT_S:
+        raise _fail(interval_path, f"seconds between {MIN_HEARTBEAT_S} and {MAX_HEARTBEAT_S}", interval)
+    grace = _number_kept(_get(raw, "grace_period", 30), grace_path, positive=True)
+    if grace < MIN_BEATS_PER_GRACE * interval:
+        raise ConfigError(grace_path, f"expected at least {MIN_BEATS_PER_GRACE} x heartbeat_interval "
+                                      f"({MIN_BEATS_PER_GRACE * interval:g} s), got {grace!r}: live trials "
+                                      f"would be declared dead between two beats")
     return StudySettings(
         storage=None if storage is None else _storage(storage, _join(path, "storage")),
-        study_name=_str(_get(raw, "study_name", "nas-distill"), _join(path, "study_name")),
+        study_name=study_name,
         run_dir=_path_str(_get(raw, "run_dir", "runs/default"), _join(path, "run_dir")),
-        heartbeat_interval=_number_kept(_get(raw, "heartbeat_interval", 10), _join(path, "heartbeat_interval"),
-                                   positive=True),
-        grace_period=_number_kept(_get(raw, "grace_period", 30), _join(path, "grace_period"), positive=True),
+        heartbeat_interval=interval,
+        grace_period=grace,
     )
 
 
@@ -792,15 +824,17 @@ def _study(value: Any, path: str) -> StudySettings:
 # Loading: YAML file / dict -> the inner layout {model, search, flash_distillation, evaluation, study}
 # ---------------------------------------------------------------------------------------------------
 def _read_yaml(path: str) -> Any:
-    """The safe YAML load of a file (:func:`~nas_distill.yamlio.load_yaml`); every failure is a ConfigError
-    naming the file."""
+    """The safe, bounded YAML load of a file (:func:`~nas_distill.yamlio.load_yaml`); every failure is a
+    ConfigError naming the file."""
     import yaml  # local: keeps `import nas_distill.config` light
 
     from .yamlio import load_yaml
 
     try:
         with open(path, encoding="utf-8") as handle:
-            data = load_yaml(handle)
+            data = load_yaml(handle, path)
+    except ConfigError:
+        raise
     except FileNotFoundError:
         raise ConfigError(path, "config file not found") from None
     except IsADirectoryError:

@@ -116,6 +116,7 @@ class TrialRunner:
         self._done = 0
         self._dist = _dist_info()
         self._last_sweep = -1e9
+        self._last_environment: str | None = None  # the previous trial's environmental failure, if any
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -152,6 +153,8 @@ class TrialRunner:
         from .dryrun import dry_run
 
         dry_run(self.ad)
+        self.study  # noqa: B018 - opened first: an unreachable storage is reported before a folder is made
+        self._check_folders()
         rank, world = self._dist
         if world > 1:
             return self._run_distributed(rank)
@@ -167,6 +170,17 @@ class TrialRunner:
         self._settle()
         self._report("done")
         return self.summary
+
+    def _check_folders(self) -> None:
+        """The run folder and the artifact store exist and take a file, before any trial trains: a
+        trial whose student cannot be saved would be trained for nothing."""
+        field = "auto_distillation.study.run_dir"
+        study_mod.check_writable(self.ad.run_dir, field)
+        if self._artifact_store is None:  # the default store, <run_dir>/artifacts
+            study_mod.check_writable(Path(self.ad.run_dir) / "artifacts", field)
+        base = getattr(self.artifact_store, "_base_path", None)  # a FileSystemArtifactStore's folder
+        if base is not None:
+            study_mod.check_writable(base, field)
 
     def _settle(self, poll: float = 0.5) -> None:
         """Budget spent: leave no trial RUNNING or WAITING behind.
@@ -478,6 +492,7 @@ class TrialRunner:
             attrs["timings"] = timings
             study_mod.set_user_attrs(self.study, trial._trial_id, attrs)
             self._tell(trial, values)
+            self._last_environment = None
             self.summary.completed += 1
             self._done += 1
             self._trial_seconds.append(time.perf_counter() - started)
@@ -491,13 +506,19 @@ class TrialRunner:
             self.summary.failed += 1
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of user code is a FAIL, the search goes on
-            from .errors import ConfigError
+            from .errors import ConfigError, EnvironmentFailure, environment_cause
 
             timings["total"] = round(time.perf_counter() - started, 4)
             kind = type(exc).__name__
-            log.warning("trial %d failed: %s: %s", number, kind, exc)
+            message = str(exc) or kind
+            environment = environment_cause(exc)
+            if environment is not None:
+                # The machine failed, not the architecture: the arch is retried, never answered from
+                # the store as failed.
+                kind, message = "Environment", f"environment: {environment}: {message}"
+            log.warning("trial %d failed: %s: %s", number, kind, message)
             self._fail(
-                trial, kind, str(exc) or kind, retry=isinstance(exc, ConfigError),
+                trial, kind, message, retry=isinstance(exc, ConfigError) or environment is not None,
                 extra={"timings": timings, "traceback": traceback.format_exc()[-4000:]},
             )
             self.summary.failed += 1
@@ -506,6 +527,12 @@ class TrialRunner:
                 # The setup is wrong (missing teacher, data, ...), not the architecture: every trial
                 # would fail the same way. Stop; the arch is enqueued again for the fixed run.
                 raise
+            if environment is not None and environment == self._last_environment:
+                self.summary.stop_reason = f"the same environmental failure twice: {message}"
+                raise EnvironmentFailure(f"stopping this worker: the same environmental failure twice in "
+                                         f"a row ({message}); their architectures will be retried",
+                                         exc) from exc
+            self._last_environment = environment
         finally:
             self.ad.student_model = None
             heavy = _is_torch_module(model) or _is_keras_model(model)

@@ -69,7 +69,7 @@ EXIT_INTERRUPTED = 130
 
 # ------------------------------------------------------------------------------------ config + task
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The YAML config as a dict (the safe loader of :mod:`nas_distill.yamlio`)."""
+    """The YAML config as a dict (the safe, bounded loader of :mod:`nas_distill.yamlio`)."""
     import yaml
 
     from .yamlio import load_yaml
@@ -78,7 +78,8 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not p.exists():
         raise ConfigError("config", f"no such file: {p}")
     try:
-        data = load_yaml(p.read_text())
+        with open(p, encoding="utf-8") as handle:
+            data = load_yaml(handle, str(p))
     except yaml.YAMLError as exc:
         raise ConfigError("config", f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
