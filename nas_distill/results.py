@@ -120,16 +120,23 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return path, path.with_suffix(".json") if path.suffix else Path(str(path) + ".json")
 
 
-def dump_results(study, path: str | os.PathLike, *, metrics=None, higher_is_better=None) -> tuple[Path, Path]:
-    """Write ``<path>`` (text report) and the JSON next to it; returns (text path, json path)."""
+def dump_results(study, path: str | os.PathLike, *, metrics=None, higher_is_better=None,
+                 data: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``<path>`` (text report) and the JSON next to it; returns (text path, json path).
+    ``data``: :func:`study_results` already read (else it is read here)."""
     text_path, json_path = _paths(path)
-    data = study_results(study)
+    data = study_results(study) if data is None else data
     text_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(data, json_path)
+    text_path.write_text(text_report(data))
+    return text_path, json_path
+
+
+def write_json(data: Mapping[str, Any], json_path: Path) -> None:
+    """The results JSON, replaced atomically (a reader never sees half a file)."""
     json_tmp = json_path.with_name(json_path.name + ".tmp")
     json_tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=repr))
     os.replace(json_tmp, json_path)
-    text_path.write_text(text_report(data))
-    return text_path, json_path
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:
