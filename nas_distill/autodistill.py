@@ -644,7 +644,7 @@ class AutoDistillation:
         from . import seed_results
 
         try:
-            seed_results.write_results(self.study, seed_results.trial_file(folder, k))
+            seed_results.write_results(self.study, seed_results.trial_file(folder, k), table=False)
         except OSError as exc:  # the results are in the study either way
             log.warning("could not write %s: %s", seed_results.trial_file(folder, k), exc)
 
