@@ -212,6 +212,9 @@ _DEVICE_PATTERN = r"(auto|cpu|mps|cuda|gpu|xpu)(:\d+)?"
 _TOP_KEYS = ("model", "auto_distillation")
 _MODEL_KEYS = ("framework", "name")
 _INNER_KEYS = ("search", "flash_distillation", "evaluation", "study", "model")
+#: Searchers that address a point by its index in the space (numpy / Optuna 64-bit integers).
+_INDEXED_ALGORITHMS = ("grid", "random")
+MAX_INDEXED_POINTS = 2**63 - 1
 _SEARCH_KEYS = ("search_space", "search_algorithm", "metrics", "higher_is_better", "max_trials", "seed")
 _STAGE_KEYS = (
     "block_names",
@@ -973,6 +976,11 @@ def _validate(raw: Mapping[str, Any]) -> dict[str, Any]:
     algorithm = _get(search, "search_algorithm", "bo")
     if not _is_sampler(algorithm):
         algorithm = _choice(algorithm, "search.search_algorithm", _ALGORITHM_ALIASES, SEARCH_ALGORITHMS)
+    points = math.prod(len(values) for values in space.values())
+    if algorithm in _INDEXED_ALGORITHMS and points > MAX_INDEXED_POINTS:
+        raise ConfigError("search.search_space", f"{points:.3g} points; '{algorithm}' numbers the points of the "
+                                                 f"space with 64-bit integers (at most 2**63 - 1): use 'bo' or "
+                                                 f"'tpe', or fewer values")
     metrics, higher = _metrics(search.get("metrics"), search.get("higher_is_better"), "search")
     max_trials = _int(_get(search, "max_trials", DEFAULT_MAX_TRIALS), "search.max_trials")
     # A missing seed is the default; an explicit null asks for a fresh seed per run (the seed API's

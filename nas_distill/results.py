@@ -92,13 +92,19 @@ def state_counts(study) -> dict[str, int]:
 def state_reasons(study) -> dict[str, dict[str, int]]:
     """Why trials ended FAIL (their ``error_type``: ``Discarded``, ``WorkerLost``, an exception name...) or
     PRUNED (``duplicate``: another trial had the arch), counted, so a status line can tell a crash from
-    a trial that was asked after the budget was spent and never trained."""
+    a trial that was asked after the budget was spent and never trained; and which RUNNING trials have
+    no live worker any more (no heartbeat for a grace period)."""
+    from .study import lost_running_trials
+
     reasons: dict[str, dict[str, int]] = {}
+    lost = lost_running_trials(study)
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "FAIL":
             why = str(t.user_attrs.get("error_type") or "unknown")
         elif t.state.name == "PRUNED":
             why = "duplicate" if "duplicate_of" in t.user_attrs else "pruned"
+        elif t.state.name == "RUNNING" and t._trial_id in lost:
+            why = "no heartbeat: worker lost"  # still RUNNING until a live worker's sweep fails it
         else:
             continue
         per_state = reasons.setdefault(t.state.name, {})
