@@ -266,7 +266,9 @@ def cmd_dashboard(args) -> int:
     from .study import make_storage, mask_url
 
     url, name, run_dir, _ = _study_target(args)
-    storage = make_storage(url)
+    # Reading creates nothing, unless --wait: then the workers started beside it may not have created
+    # the storage's schema yet.
+    storage = make_storage(url, create=args.wait)
     _require_study(storage, name, url, wait=args.wait)
     problem = check_port_free(args.host, args.port)
     if problem:
@@ -368,8 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .study import mask_url
 
         kind = "config error" if isinstance(exc, ConfigError) else "error"
-        message = storage_error_text(exc) or (str(exc).strip().splitlines()[0] if str(exc).strip()
-                                              else type(exc).__name__)
+        message = None if isinstance(exc, ConfigError) else storage_error_text(exc)
+        message = message or (str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         message = mask_url(message)
         print(f"{PROG}: {kind}: {message}", file=sys.stderr)
         return 2 if isinstance(exc, (ConfigError, CLIError)) else 1

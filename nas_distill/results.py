@@ -60,6 +60,7 @@ def pareto_records(records: Sequence[Mapping[str, Any]], higher_is_better: Seque
 
 def study_results(study) -> dict[str, Any]:
     """Everything :func:`dump_results` writes, as a dict."""
+    from .arch_metrics import summary as arch_metrics_summary
     from .study import mask_secrets
 
     metrics = list(study.metric_names or [f"value_{i}" for i in range(len(study.directions))])
@@ -79,6 +80,7 @@ def study_results(study) -> dict[str, Any]:
         "counts": state_counts(study),
         "reasons": state_reasons(study),
         "trials": records,
+        "architecture_metrics": arch_metrics_summary(study),
     }
 
 
@@ -92,13 +94,19 @@ def state_counts(study) -> dict[str, int]:
 def state_reasons(study) -> dict[str, dict[str, int]]:
     """Why trials ended FAIL (their ``error_type``: ``Discarded``, ``WorkerLost``, an exception name...) or
     PRUNED (``duplicate``: another trial had the arch), counted, so a status line can tell a crash from
-    a trial that was asked after the budget was spent and never trained."""
+    a trial that was asked after the budget was spent and never trained; and which RUNNING trials have
+    no live worker any more (no heartbeat for a grace period)."""
+    from .study import lost_running_trials
+
     reasons: dict[str, dict[str, int]] = {}
+    lost = lost_running_trials(study)
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "FAIL":
             why = str(t.user_attrs.get("error_type") or "unknown")
         elif t.state.name == "PRUNED":
             why = "duplicate" if "duplicate_of" in t.user_attrs else "pruned"
+        elif t.state.name == "RUNNING" and t._trial_id in lost:
+            why = "no heartbeat: worker lost"  # still RUNNING until a live worker's sweep fails it
         else:
             continue
         per_state = reasons.setdefault(t.state.name, {})
@@ -264,6 +272,9 @@ def status_text(data: Mapping[str, Any], max_trials: int | None = None, width: i
             for m, h in zip(data["metrics"], data["higher_is_better"])
         ),
     ]
+    from .arch_metrics import summary_lines
+
+    lines += summary_lines(data.get("architecture_metrics"))
     if (reasons.get("FAIL") or {}).get("Discarded"):
         lines.insert(2, "  (Discarded: asked by a worker after the budget was spent; never trained.)")
     width = width or terminal_width()
