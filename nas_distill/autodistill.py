@@ -585,9 +585,9 @@ class AutoDistillation:
         ``keras.saving.load_model(..., safe_mode=True)`` (with ``custom_objects={model_cls.__name__:
         model_cls}`` when ``model_cls`` subclasses ``keras.Model``).
 
-        Results folder (the seed's): ``<res_save_path or the current folder>/AutoDistillationResults/``.
-        Unless the config names ``study.storage`` or ``study.run_dir``, the study and the trained
-        students live there too, so two searches with different ``res_save_path`` never share a study.
+        Results folder (the seed's): ``<res_save_path or the current folder>/AutoDistillationResults/``;
+        without ``res_save_path`` and with a named storage / run folder, the run folder. Unless the config
+        names ``study.storage`` or ``study.run_dir``, the study and the trained students live there too, so two searches with different ``res_save_path`` never share a study.
         Results found there at the start (``lastest_results.json``, an old ``lastest_results.npy`` or
         the old texts) are imported first and answered from the store, never retrained. Each completed
         trial writes ``Trial_{k}_results.txt``; the end writes ``Final_results.txt`` and
