@@ -61,6 +61,7 @@ def pareto_records(records: Sequence[Mapping[str, Any]], higher_is_better: Seque
 
 def study_results(study) -> dict[str, Any]:
     """Everything :func:`dump_results` writes, as a dict."""
+    from .arch_metrics import summary as arch_metrics_summary
     from .study import mask_secrets
 
     metrics = list(study.metric_names or [f"value_{i}" for i in range(len(study.directions))])
@@ -80,6 +81,7 @@ def study_results(study) -> dict[str, Any]:
         "counts": state_counts(study),
         "reasons": state_reasons(study),
         "trials": records,
+        "architecture_metrics": arch_metrics_summary(study),
     }
 
 
@@ -276,6 +278,9 @@ def status_text(data: Mapping[str, Any], max_trials: int | None = None, width: i
             for m, h in zip(data["metrics"], data["higher_is_better"])
         ),
     ]
+    from .arch_metrics import summary_lines
+
+    lines += summary_lines(data.get("architecture_metrics"))
     if (reasons.get("FAIL") or {}).get("Discarded"):
         lines.insert(2, "  (Discarded: asked by a worker after the budget was spent; never trained.)")
     width = width or terminal_width()

@@ -480,6 +480,7 @@ class TrialRunner:
                 attrs["params"] = count
             for name, value in zip(self.ad.metrics, values):
                 attrs[name] = value
+            self.ad.arch_metrics.record_trained(arch, dict(zip(self.ad.metrics, values)))
             if self.artifact_store is not None:
                 t0 = time.perf_counter()
                 self._report("save", number)
