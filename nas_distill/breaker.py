@@ -7,6 +7,9 @@ failure of its own, a worker reads the study's finished trials and trips the bre
 * the first ``k`` trials of the run all failed (no trial completed yet), or
 * the last ``k`` trials to finish all failed with the same exception type.
 
+Trials are counted once per architecture (the first trial of each): a retried architecture that fails
+again is no new evidence.
+
 Tripping writes the study user attr :data:`STOPPED_ATTR` (``{reason, worker, time}``): every worker
 checks it before asking for a trial and stops, and ``nas-distill status`` shows the reason. A new
 ``nas-distill run`` (or ``search()``) re-arms the breaker (:func:`rearm`): it clears the attr and records
@@ -14,13 +17,13 @@ the next trial number in :data:`SINCE_ATTR`, so failures of an earlier run are n
 
 Trials that failed for reasons that say nothing about the setup are not counted: killed or interrupted
 workers and trials given up at the budget (:data:`nas_distill.study.RETRYABLE_ERRORS`). Neither is
-``InvalidArchitecture`` in the "same exception type" rule: an architecture the model builder refuses is
-that architecture's verdict, and a space may hold many (the dry run already proved every value of
-every key builds).
+``InvalidArchitecture``: an architecture the model builder refuses is that architecture's verdict, and a
+space may hold many (the dry run already proved that every value of every key builds).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -45,14 +48,21 @@ def _own_failure(trial) -> bool:
         str(trial.user_attrs.get("error_type") or "") not in study_mod.RETRYABLE_ERRORS + ("Discarded",)
 
 
+def _counted_failure(trial) -> bool:
+    """A failure the breaker counts: the trial's own, and not an architecture's verdict."""
+    return _own_failure(trial) and str(trial.user_attrs.get("error_type")) not in ARCH_VERDICTS
+
+
 def verdict(trials: Iterable[Any], k: int, since: int = 0) -> Optional[str]:
     """Why the study should stop (a sentence), or None. ``trials``: the study's trials (any states)."""
     from optuna.trial import TrialState
 
     if not k or k < 1:
         return None
-    finished = [t for t in trials if t.number >= since
-                and (t.state == TrialState.COMPLETE and study_mod.is_counted(t) or _own_failure(t))]
+    finished = _distinct_archs(sorted(
+        (t for t in trials if t.number >= since
+         and (t.state == TrialState.COMPLETE and study_mod.is_counted(t) or _counted_failure(t))),
+        key=lambda t: t.number))
     failed = [t for t in finished if t.state == TrialState.FAIL]
     if len(failed) >= k and len(failed) == len(finished):
         return f"the first {len(failed)} trials all failed ({_kinds(failed)}); the setup is likely broken " \
@@ -61,10 +71,22 @@ def verdict(trials: Iterable[Any], k: int, since: int = 0) -> Optional[str]:
     last = finished[-k:]
     if len(last) == k and all(t.state == TrialState.FAIL for t in last):
         kinds = {str(t.user_attrs.get("error_type")) for t in last}
-        if len(kinds) == 1 and not kinds & set(ARCH_VERDICTS):
+        if len(kinds) == 1:
             return f"{k} trials in a row failed with {kinds.pop()} (trials " \
                    f"{', '.join(str(t.number) for t in last)}; last error: {_first_error(last[::-1])})"
     return None
+
+
+def _distinct_archs(trials: list) -> list:
+    """The first trial of each architecture: an arch that fails twice is one piece of evidence."""
+    seen: set[str] = set()
+    out = []
+    for t in trials:
+        key = json.dumps(t.params, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
 
 
 def _kinds(trials: list) -> str:
