@@ -129,7 +129,9 @@ def configure(verbosity: int = 0, log_format: str = "plain", debug: bool = False
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 or debug else logging.INFO
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if getattr(handler, _HANDLER_MARK, False) or isinstance(handler, logging.StreamHandler):
+        # ours from an earlier call, and logging.basicConfig's stderr handler (exactly that class: a
+        # subclass belongs to someone else, such as a test runner's capture)
+        if getattr(handler, _HANDLER_MARK, False) or type(handler) is logging.StreamHandler:
             root.removeHandler(handler)
     handler = _LineHandler(stream)
     setattr(handler, _HANDLER_MARK, True)

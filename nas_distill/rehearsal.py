@@ -209,12 +209,12 @@ def _check_torch_device(device: Any, field: str, used: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------ judging
-def _named_key(failure: Failure, keys: list[str]) -> Optional[str]:
-    """A search key the error message quotes (``unexpected keyword argument 'hiden_size'``)."""
+def _quoted(failure: Failure, names: list[str]) -> Optional[str]:
+    """The first of ``names`` the error message quotes (``unexpected keyword argument 'hiden_size'``)."""
     text = str(failure.error)
-    for key in keys:
-        if re.search(rf"['\"`]{re.escape(key)}['\"`]", text):
-            return key
+    for name in names:
+        if re.search(rf"['\"`]{re.escape(name)}['\"`]", text):
+            return name
     return None
 
 
@@ -240,10 +240,14 @@ def rehearse(ad: Any) -> None:
     small, large = extreme_archs(space)
     first, second = attempt(small), attempt(large)
     if first is not None and (second is not None or small == large):
-        key = _named_key(first, list(space.keys))
+        key = _quoted(first, list(space.keys))
         if key is not None:
             raise ConfigError(f"search.search_space.{key}",
                               f"every student fails, and the error names this key: {first.text()}")
+        metric = _quoted(first, list(ad.metrics)) if first.phase == "evaluate" else None
+        if metric is not None:
+            raise ConfigError("search.metrics", f"metric {metric!r}: every student fails to produce it: "
+                                                f"{first.text()}")
         others = f"; the largest too ({type(second.error).__name__})" if second is not None and small != large \
             else ""
         raise ConfigError(PHASE_FIELDS[first.phase], f"every student fails: the smallest: {first.text()}{others}")
