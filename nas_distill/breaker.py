@@ -65,7 +65,7 @@ def verdict(trials: Iterable[Any], k: int, since: int = 0) -> Optional[str]:
         key=lambda t: t.number))
     failed = [t for t in finished if t.state == TrialState.FAIL]
     if len(failed) >= k and len(failed) == len(finished):
-        return f"the first {len(failed)} trials all failed ({_kinds(failed)}); the setup is likely broken " \
+        return f"the first {k} trials all failed ({_kinds(failed[:k])}); the setup is likely broken " \
                f"(first error: {_first_error(failed)})"
     finished.sort(key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
     last = finished[-k:]
