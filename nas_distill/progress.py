@@ -53,6 +53,7 @@ class LiveProgress:
         self._thread: Optional[threading.Thread] = None
         self._progress = None
         self._task = None
+        self._study = None
 
     def __enter__(self) -> "LiveProgress":
         if not self.enabled:
@@ -73,19 +74,21 @@ class LiveProgress:
         return self
 
     def _poll(self) -> None:
-        study = None
         while True:
-            try:
-                if study is None and self._study_may_exist():
-                    from .study import load_study
-
-                    study = load_study(self.storage_url, self.study_name)
-                if study is not None:
-                    self.update(study_counts(study))
-            except Exception as exc:  # noqa: BLE001 - no study yet, a storage blip: try again
-                log.debug("progress: %s", exc)
+            self._refresh()
             if self._stop.wait(self.interval):
                 return
+
+    def _refresh(self) -> None:
+        try:
+            if self._study is None and self._study_may_exist():
+                from .study import load_study
+
+                self._study = load_study(self.storage_url, self.study_name)
+            if self._study is not None:
+                self.update(study_counts(self._study))
+        except Exception as exc:  # noqa: BLE001 - no study yet, a storage blip: try again
+            log.debug("progress: %s", exc)
 
     def _study_may_exist(self) -> bool:
         # Opening a SQLite or journal URL creates the file: never before the dry run has let the run create it.
@@ -107,4 +110,5 @@ class LiveProgress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._refresh()  # the last trials may have finished since the last poll
         self._progress.stop()
