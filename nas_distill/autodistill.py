@@ -248,6 +248,13 @@ class AutoDistillation:
             if self._advisor is not None and getattr(self._advisor, "_study", None) is not None:
                 self._study = self._advisor.study
             else:
+                # The run folder is ours to create (the default storage, artifacts and teacher cache live
+                # there); a storage file elsewhere must already have its folder (study.make_storage), and
+                # nothing is created when it does not.
+                run_dir = Path(self.run_dir).resolve()
+                storage_file = study_mod.storage_file(self.storage_url)
+                if storage_file is not None and Path(storage_file).resolve().parent == run_dir:
+                    run_dir.mkdir(parents=True, exist_ok=True)
                 self._study = study_mod.open_study(
                     self.storage_url,
                     self.study_name,
@@ -258,6 +265,7 @@ class AutoDistillation:
                     heartbeat_interval=self.heartbeat_interval,
                     grace_period=self.grace_period,
                 )
+                run_dir.mkdir(parents=True, exist_ok=True)
         return self._study
 
     def _make_advisor(self):

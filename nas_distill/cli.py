@@ -42,7 +42,7 @@ def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
         p.add_argument("config", nargs="?", help="YAML config (optional: gives storage, study and metrics)")
     p.add_argument("--storage", help="study storage URL (sqlite:///..., postgresql+psycopg://..., journal:///...;"
                                       " default: $NAS_DISTILL_STORAGE, else the config's)")
-    p.add_argument("--study", dest="study_name", help="study name")
+    p.add_argument("--study", "--study-name", dest="study_name", help="study name")
     p.add_argument("--run-dir", help="run folder (default study.db, artifacts)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
@@ -366,16 +366,33 @@ def cmd_dashboard(args) -> int:
         import optuna_dashboard
     except ImportError:
         raise CLIError("optuna-dashboard is not installed (pip install 'nas-distill[dashboard]')") from None
-    from .reporting.dashboard import launch_dashboard
+    from .reporting.dashboard import check_port_free, launch_dashboard
     from .study import make_storage, mask_url
 
     url, name, run_dir, _ = _study_target(args)
-
+    storage = make_storage(url)
+    _require_study(storage, name, url)
+    problem = check_port_free(args.host, args.port)
+    if problem:
+        raise CLIError(problem)
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (storage {mask_url(url)})", flush=True)
     # launch_dashboard also pushes the hypervolume-history figure, which optuna-dashboard lacks.
-    launch_dashboard(make_storage(url), Path(run_dir) / "artifacts", host=args.host, port=args.port,
-                     study_name=name)
+    launch_dashboard(storage, Path(run_dir) / "artifacts", host=args.host, port=args.port, study_name=name)
     return 0
+
+
+def _require_study(storage, name: str | None, url: str) -> None:
+    """The dashboard of a study that does not exist would serve an empty page: say so instead."""
+    import optuna
+
+    from .study import mask_url
+
+    names = optuna.get_all_study_names(storage)
+    if name and name not in names:
+        known = f"; its studies: {', '.join(sorted(names))}" if names else "; it holds no study yet"
+        raise CLIError(f"no study {name!r} in {mask_url(url)}{known} (give --study)")
+    if not names:
+        raise CLIError(f"{mask_url(url)} holds no study yet (start a search first)")
 
 
 def cmd_export(args) -> int:

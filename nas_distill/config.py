@@ -5,7 +5,8 @@ This module holds the plain settings dataclasses that the rest of the package im
 :class:`FlashSettings`, :class:`EvaluationSettings`, :class:`StudySettings`), then the validator and
 :class:`AutoDistillationConfig`. It imports neither torch nor Optuna at module import time (Optuna only
 when a non-string ``search_algorithm`` has to be checked against ``optuna.samplers.BaseSampler``), and
-YAML is read with ``yaml.safe_load`` only.
+YAML is read with PyYAML's safe loader only (:mod:`nas_distill.yamlio`: plus YAML 1.2 numbers such as
+``3e-3``).
 
 Layout (the seed's; ``examples/seed_layout.yaml`` shows every key)::
 
@@ -776,12 +777,15 @@ def _study(value: Any, path: str) -> StudySettings:
 # Loading: YAML file / dict -> the inner layout {model, search, flash_distillation, evaluation, study}
 # ---------------------------------------------------------------------------------------------------
 def _read_yaml(path: str) -> Any:
-    """``yaml.safe_load`` of a file; every failure is a ConfigError naming the file."""
+    """The safe YAML load of a file (:func:`~nas_distill.yamlio.load_yaml`); every failure is a ConfigError
+    naming the file."""
     import yaml  # local: keeps `import nas_distill.config` light
+
+    from .yamlio import load_yaml
 
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            data = load_yaml(handle)
     except FileNotFoundError:
         raise ConfigError(path, "config file not found") from None
     except IsADirectoryError:
@@ -794,7 +798,7 @@ def _read_yaml(path: str) -> Any:
         raise ConfigError(_short(path), f"cannot open the config file ({exc})") from None
     except yaml.YAMLError as exc:
         detail = " ".join(str(exc).split())
-        raise ConfigError(path, f"invalid YAML (only plain YAML is read, with yaml.safe_load): {detail}") from None
+        raise ConfigError(path, f"invalid YAML (only plain YAML is read, with a safe loader): {detail}") from None
     if data is None:
         raise ConfigError(path, "expected a YAML mapping, got an empty document")
     if not isinstance(data, Mapping):
@@ -1051,7 +1055,7 @@ class AutoDistillationConfig:
 
     @classmethod
     def from_yaml(cls, path: Any) -> "AutoDistillationConfig":
-        """Read a YAML file (``yaml.safe_load`` only: no Python tags are ever executed)."""
+        """Read a YAML file (a safe YAML loader only: no Python tags are ever executed)."""
         return cls(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else cls(path)
 
     @classmethod

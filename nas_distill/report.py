@@ -13,8 +13,8 @@
 
 A study with no complete trial still gets a page that says so (and lists the trials it has), no PNGs.
 
-``format_table(rows, headers, max_width=100)`` and ``trials_table(study)`` give the fixed-width text
-tables of the CLI's ``status`` and ``pareto`` commands. See :mod:`nas_distill.reporting` for the parts.
+The trial table of the page has the columns of the CLI's ``status`` and ``pareto`` tables
+(:mod:`nas_distill.reporting.table`). See :mod:`nas_distill.reporting` for the parts.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from pathlib import Path
 import optuna
 
 from nas_distill.reporting.data import StudyData, collect, format_arch
-from nas_distill.reporting.table import format_table
 
-__all__ = ["write_report", "format_table", "trials_table", "format_arch", "collect", "StudyData"]
+__all__ = ["write_report", "format_arch", "collect", "StudyData"]
 
 _log = logging.getLogger(__name__)
 
@@ -92,26 +91,3 @@ def write_report(
     path = out / filename
     _write_atomic(path, render_page(data, figures, pngs))
     return path
-
-
-def trials_table(study: optuna.Study, *, pareto_only: bool = False, max_width: int = 100) -> str:
-    """The study's trials as a text table (``#``, state, arch, metrics, params, duration, error).
-
-    Pareto-optimal trials are marked ``COMPLETE*``. ``pareto_only=True`` keeps only them (the CLI's
-    ``pareto`` command). Every line is at most ``max_width`` characters.
-    """
-    data = collect(study, importances=False)
-    rows = [t for t in data.trials if t.pareto] if pareto_only else data.trials
-    metric_heads = [m.label if len(m.label) <= 14 else m.name for m in data.metrics]
-    headers = ["#", "state", "arch"] + metric_heads + ["params", "time_s", "error"]
-    table_rows = []
-    for t in rows:
-        values = t.values or [None] * len(data.metrics)
-        duration = round(t.duration_s, 1) if t.duration_s is not None else None
-        state = t.state + ("*" if t.pareto and not pareto_only else "")
-        table_rows.append([t.number, state, t.params or None, *values, t.n_params, duration, t.error])
-    table = format_table(table_rows, headers, max_width=max_width)
-    if any(t.pareto for t in rows) and not pareto_only:
-        table += "\n" + "* Pareto-optimal"[:max_width]
-    return table
-

@@ -1,4 +1,4 @@
-"""Search results as plain data: read from the study, Pareto front, JSON / text / CSV / basic HTML.
+"""Search results as plain data: read from the study, Pareto front, JSON / text / CSV.
 
 JSON only (no pickle): ``dump_results`` writes ``<name>.txt`` (a readable report) and ``<name>.json``
 (``{"format": "nas-distill-results/1", "study_name", "metrics", "higher_is_better", "search_space",
@@ -11,15 +11,19 @@ the budget).
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 import os
+import textwrap
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+from .reporting.data import MetricInfo, TrialRow
+from .reporting.table import terminal_width, trials_table
 
 FORMAT = "nas-distill-results/1"
-TABLE_WIDTH = 100
+#: A results file is read in editors, not a terminal: its tables wrap at this width.
+TEXT_FILE_WIDTH = 100
 
 
 # ----------------------------------------------------------------------------------- from a study
@@ -240,50 +244,27 @@ def import_results(study, results: Mapping[str, Any], *, metrics, search_space, 
 
 
 # ---------------------------------------------------------------------------------------- text
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        if value == 0 or 1e-3 <= abs(value) < 1e6:
-            return f"{value:.4g}"
-        return f"{value:.3e}"
-    return str(value)
+def _table(records: Sequence[Mapping[str, Any]], data: Mapping[str, Any], width: int | None,
+           leading: Sequence[str] = ()) -> str:
+    """The one trial table (:mod:`nas_distill.reporting.table`) of result records."""
+
+    metrics = [MetricInfo(m, "maximize" if h else "minimize", None)
+               for m, h in zip(data["metrics"], data["higher_is_better"])]
+    rows = [TrialRow(number=r["number"], state="COMPLETE", params=dict(r["arch"]), values=list(r["values"]),
+                     n_params=r.get("params"), duration_s=None, worker=None, error=None,
+                     pareto=bool(r.get("pareto"))) for r in records]
+    keys = list(data.get("search_space") or {}) or None
+    return trials_table(rows, metrics, keys, leading=leading, width=width)
 
 
-def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str], width: int = TABLE_WIDTH) -> str:
-    """A fixed-width text table no wider than ``width`` (the widest columns are clipped first)."""
-    cells = [[_fmt(c) for c in row] for row in rows]
-    widths = [len(h) for h in header]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    sep = 2
-    while sum(widths) + sep * (len(widths) - 1) > width and max(widths) > 6:
-        i = widths.index(max(widths))
-        widths[i] -= 1
-
-    def clip(text: str, w: int) -> str:
-        return text if len(text) <= w else text[: max(1, w - 1)] + "~"
-
-    lines = ["  ".join(clip(h, w).ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in cells:
-        lines.append("  ".join(clip(c, w).ljust(w) for c, w in zip(row, widths)).rstrip())
-    return "\n".join(lines)
+def pareto_table(data: Mapping[str, Any], width: int | None = None) -> str:
+    """The Pareto-optimal trials, best first in the first metric."""
+    front = sorted((r for r in data["trials"] if r.get("pareto")), key=lambda r: r["values"][0],
+                   reverse=data["higher_is_better"][0])
+    return _table(front, data, width)
 
 
-def _arch_text(arch: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in arch.items())
-
-
-def pareto_table(data: Mapping[str, Any], width: int = TABLE_WIDTH) -> str:
-    metrics = data["metrics"]
-    front = [r for r in data["trials"] if r.get("pareto")]
-    arrows = ["↑" if h else "↓" for h in data["higher_is_better"]]
-    header = ["trial"] + [f"{m} {a}" for m, a in zip(metrics, arrows)] + ["params", "architecture"]
-    rows = [[r["number"], *r["values"], r.get("params", "-"), _arch_text(r["arch"])]
-            for r in sorted(front, key=lambda r: r["values"][0], reverse=data["higher_is_better"][0])]
-    return format_table(rows, header, width)
-
-
-def status_text(data: Mapping[str, Any], max_trials: int | None = None, width: int = TABLE_WIDTH) -> str:
+def status_text(data: Mapping[str, Any], max_trials: int | None = None, width: int | None = None) -> str:
     counts = data.get("counts") or {}
     order = ["COMPLETE", "RUNNING", "WAITING", "FAIL", "PRUNED"]
     reasons = data.get("reasons") or {}
@@ -310,17 +291,16 @@ def status_text(data: Mapping[str, Any], max_trials: int | None = None, width: i
         lines.insert(2, "  (discarded: asked by a worker in a race for the last budget slot; never trained.)")
     if data.get("stopped"):
         lines.insert(1, f"stopped by the circuit breaker: {data['stopped']}")
+    width = width or terminal_width()
+    lines = [part for line in lines for part in textwrap.wrap(line, width, subsequent_indent="  ")]
     if any(t.get("pareto") for t in data["trials"]):
         lines += ["", "Pareto front:", pareto_table(data, width)]
     return "\n".join(lines)
 
 
-def text_report(data: Mapping[str, Any]) -> str:
-    lines = [status_text(data), "", "All complete trials:"]
-    header = ["trial"] + list(data["metrics"]) + ["pareto", "architecture"]
-    rows = [[r["number"], *r["values"], "*" if r.get("pareto") else "", _arch_text(r["arch"])]
-            for r in data["trials"]]
-    lines.append(format_table(rows, header, TABLE_WIDTH))
+def text_report(data: Mapping[str, Any], width: int = TEXT_FILE_WIDTH) -> str:
+    lines = [status_text(data, width=width), "", "All complete trials (* Pareto-optimal):",
+             _table(data["trials"], data, width, leading=("pareto",))]
     return "\n".join(lines) + "\n"
 
 
@@ -333,47 +313,3 @@ def pareto_csv(data: Mapping[str, Any]) -> str:
         if r.get("pareto"):
             writer.writerow([r["number"], *r["values"], r.get("params", ""), *[r["arch"].get(k) for k in keys]])
     return buf.getvalue()
-
-
-# ----------------------------------------------------------------------------------------- html
-def basic_html(data: Mapping[str, Any], all_trials: Iterable[Mapping[str, Any]] = ()) -> str:
-    """A self-contained HTML page: the Pareto table and a table of every trial (no scripts)."""
-    esc = html.escape
-    metrics = list(data["metrics"])
-
-    def table(rows: list[list[Any]], header: list[str]) -> str:
-        head = "".join(f"<th>{esc(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{esc(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    front = [r for r in data["trials"] if r.get("pareto")]
-    pareto_rows = [[r["number"], *r["values"], r.get("params", ""), _arch_text(r["arch"])] for r in front]
-    trial_rows = [[t["number"], t["state"], *(t.get("values") or [""] * len(metrics)),
-                   _arch_text(t.get("arch") or {}), t.get("error", "")] for t in all_trials]
-    directions = ", ".join(f"{m} ({'higher' if h else 'lower'} is better)"
-                           for m, h in zip(metrics, data["higher_is_better"]))
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>nas-distill: {esc(data['study_name'])}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:2em}}
-td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}th{{background:#eee}}</style></head>
-<body><h1>Study {esc(data['study_name'])}</h1>
-<p>Metrics: {esc(directions)}. Trials by state: {esc(json.dumps(data.get('counts', {})))}</p>
-<h2>Pareto front ({len(front)} trials)</h2>
-{table(pareto_rows, ['trial', *metrics, 'params', 'architecture'])}
-<h2>All trials</h2>
-{table(trial_rows, ['trial', 'state', *metrics, 'architecture', 'error'])}
-</body></html>
-"""
-
-
-def all_trial_rows(study) -> list[dict[str, Any]]:
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        rows.append({
-            "number": t.number,
-            "state": t.state.name,
-            "values": list(t.values) if t.values else None,
-            "arch": t.user_attrs.get("arch") or dict(t.params),
-            "error": t.user_attrs.get("error", ""),
-        })
-    return rows

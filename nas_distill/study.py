@@ -6,7 +6,8 @@ server) opens the same study through :func:`open_study`. The study is a plain Op
 
 Storage URLs (:func:`make_storage`):
 
-* ``None``: ``sqlite:///<run_dir>/study.db`` (embedded, nothing to start).
+* ``None``: ``sqlite:///<run_dir>/study.db`` (embedded, nothing to start). The run folder is created;
+  the folder of any other SQLite or journal file must exist (a ``config error`` otherwise).
 * ``sqlite:///path``: ``RDBStorage`` with a 60 s busy timeout (several local processes may write) and
   Optuna's heartbeats.
 * ``postgresql+psycopg://user@host/db`` (or any other SQLAlchemy URL): ``RDBStorage`` with heartbeats.
@@ -152,6 +153,24 @@ def _sqlite_path(url: str) -> str | None:
     return path if path not in ("", ":memory:") else None
 
 
+def storage_file(url: str) -> str | None:
+    """The file a SQLite or journal storage URL writes to (absolute as given), else ``None``."""
+    url = resolve_storage_url(url)
+    return _journal_path(url) if _is_journal(url) else _sqlite_path(url)
+
+
+def _require_folder(path: str) -> None:
+    """A storage file's folder must exist: a typo in a path must not quietly start a new, empty study
+    somewhere else. Only the run folder (``study.run_dir``, where the default storage lives) is created,
+    by :class:`~nas_distill.autodistill.AutoDistillation`."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        from .errors import ConfigError
+
+        raise ConfigError("study.storage", f"the folder {folder} of {path} does not exist; create it, or leave "
+                                           "study.storage unset to use <run_dir>/study.db")
+
+
 # ---------------------------------------------------------------------------------------- storage
 def make_storage(
     url: str,
@@ -169,7 +188,7 @@ def make_storage(
         from optuna.storages.journal import JournalFileBackend
 
         path = _journal_path(url)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _require_folder(path)
         storage = optuna.storages.JournalStorage(JournalFileBackend(path))
     else:
         interval = None if heartbeat_interval is None else max(1, int(math.ceil(heartbeat_interval)))
@@ -179,7 +198,7 @@ def make_storage(
         if url.startswith("sqlite"):
             engine_kwargs["connect_args"] = {"timeout": 60}
             if sqlite_path:
-                Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+                _require_folder(sqlite_path)
         else:
             engine_kwargs["pool_pre_ping"] = True
         with warnings.catch_warnings():

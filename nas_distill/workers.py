@@ -35,7 +35,8 @@ Signals
 SIGTERM and SIGINT (Ctrl-C) raise :class:`~nas_distill.runner.Interrupted` in the worker's main
 thread: the running trial is told FAIL with ``error_type='Interrupted'`` / ``error='interrupted
 (SIGTERM)'``, its architecture is enqueued again, and the worker exits with code 0 (SIGTERM) or 130
-(SIGINT), without a traceback. A worker killed outright (``kill -9``, OOM killer, power loss) stops
+(SIGINT), without a traceback. Workers started by ``run`` also stop that way when the launcher itself is
+killed outright (they notice they were re-parented: :func:`watch_parent`). A worker killed outright (``kill -9``, OOM killer, power loss) stops
 beating: after the grace period another worker's stale sweep marks its trial FAIL (``WorkerLost``)
 and retries the architecture.
 """
@@ -49,6 +50,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -67,14 +69,16 @@ EXIT_INTERRUPTED = 130
 
 # ------------------------------------------------------------------------------------ config + task
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The YAML config as a dict (``yaml.safe_load``)."""
+    """The YAML config as a dict (the safe loader of :mod:`nas_distill.yamlio`)."""
     import yaml
+
+    from .yamlio import load_yaml
 
     p = Path(path)
     if not p.exists():
         raise ConfigError("config", f"no such file: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml(p.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError("config", f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
@@ -184,6 +188,29 @@ class _SignalGuard:
             signal.signal(sig, previous)
 
 
+#: Set by ``run_local`` in each worker's environment: the launcher's pid, which the worker watches.
+PARENT_PID_ENV = "NAS_DISTILL_PARENT_PID"
+
+
+def watch_parent(parent_pid: int, interval: float = 1.0) -> threading.Thread:
+    """Stop this worker (SIGTERM to itself) once the process ``parent_pid`` is no longer its parent.
+
+    Why: a launcher killed outright (``kill -9``, the OOM killer) cannot forward a signal, and its
+    workers would go on training, unseen, until the budget is spent. An orphan is re-parented, so a
+    changed ``getppid()`` is the sign; SIGTERM takes the usual clean path (running trial failed and
+    retried, exit 0).
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        log.warning("the run launcher (pid %d) is gone; this worker stops", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="nas-distill-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def set_threads(threads: int | None) -> None:
     """Torch intra-op threads for this process (env for a torch not yet imported, and the live one).
 
@@ -235,7 +262,10 @@ def run_worker(
 
         os.environ["NAS_DISTILL_WORKER"] = f"{socket.gethostname()}-{os.getpid()}"
     set_threads(threads)
+    parent = os.environ.get(PARENT_PID_ENV, "")
     with _SignalGuard():
+        if parent.isdigit() and int(parent) == os.getppid():  # not a value inherited from elsewhere
+            watch_parent(int(parent))
         try:
             ad = build_autodistill(config, task=task, storage=storage, study_name=study_name,
                                    run_dir=run_dir, max_trials=max_trials)
@@ -356,7 +386,8 @@ def run_local(
         for i in range(workers):
             label = f"w{i}"
             child_env = dict(base_env, NAS_DISTILL_WORKER=label, OMP_NUM_THREADS=str(threads),
-                             MKL_NUM_THREADS=str(threads), NAS_DISTILL_STORAGE=url)
+                             MKL_NUM_THREADS=str(threads), NAS_DISTILL_STORAGE=url,
+                             **{PARENT_PID_ENV: str(os.getpid())})
             cmd = worker_command(str(config), study_name=name, run_dir=folder, task=task,
                                  max_trials=budget, threads=threads, label=label, debug=debug, output=output)
             if relay:

@@ -82,7 +82,8 @@ def test_run_then_read_the_study(tmp_path, task_module):
     assert rows[0][:3] == ["trial", "acc", "cost"] and len(rows) - 1 == len(front["trials"])
 
     res = cli("pareto", cfg)
-    assert "acc" in res.stdout and "trial" in res.stdout
+    assert res.stdout.splitlines()[0].split() == ["#", "a", "b", "acc", "↑", "cost", "↓"]
+    assert len(res.stdout.splitlines()) == 2 + len(front["trials"])
 
     out = tmp_path / "report.html"
     res = cli("report", cfg, "-o", out)

@@ -1,4 +1,4 @@
-"""The HTML / PNG report of a study and the CLI's text tables (``nas_distill.report``).
+"""The HTML / PNG report of a study (``nas_distill.report``).
 
 Studies are real SQLite studies built with ``create_trial`` (see ``helpers_report.make_study``): complete,
 failed and running trials, realistic user attrs, one uploaded artifact. The Pareto trials the page shows
@@ -18,7 +18,7 @@ import optuna
 import pytest
 from helpers_report import make_study
 
-from nas_distill.report import format_table, trials_table, write_report
+from nas_distill.report import write_report
 from nas_distill.reporting.data import collect, metric_unit
 from nas_distill.reporting.html import DATA_BLOCK_ID
 from nas_distill.search.pareto import hypervolume
@@ -185,38 +185,6 @@ def test_units_from_metric_names():
     assert metric_unit("model_size_mb") == "MiB"
     assert metric_unit("perplexity") is None
     assert metric_unit("latency", overrides={"latency": "s"}) == "s"
-
-
-def test_format_table_fits_100_columns():
-    arch = {"hidden_size": 384, "intermediate_size": 1024, "num_attention_heads": 8, "num_hidden_layers": 4,
-            "embedding_dropout_probability": 0.125}
-    rows = [[i, "COMPLETE", arch, 0.8123456, 12.3456, 8_380_416, "RuntimeError: " + "x" * 300]
-            for i in range(5)] + [[5, "FAIL", None, None, None, None, "boom\nline two"]]
-    headers = ["#", "state", "arch", "accuracy (fraction)", "latency (ms)", "params", "error"]
-    text = format_table(rows, headers, max_width=100)
-    lines = text.splitlines()
-    assert all(len(line) <= 100 for line in lines), max(len(line) for line in lines)
-    assert lines[0].split()[:2] == ["#", "state"]
-    assert sum(1 for line in lines if re.match(r"\s*\d+\s", line)) == 6
-    assert "hs=384" in text and "arch keys: " in text and "hs=hidden_size" in text
-    assert "..." in text  # the long error was cut
-    # Narrow and very wide tables keep the limit too.
-    assert all(len(line) <= 40 for line in format_table(rows, headers, max_width=40).splitlines())
-    many = format_table([list(range(80))], [f"col{i}" for i in range(80)])
-    assert all(len(line) <= 100 for line in many.splitlines())
-    # A table that fits is left alone (full keys, no legend).
-    small = format_table([[1, {"hidden_size": 64}]], ["#", "arch"])
-    assert "hidden_size=64" in small and "arch keys" not in small
-
-
-def test_trials_table_of_a_study(two_objective):
-    study, _ = two_objective
-    text = trials_table(study)
-    assert all(len(line) <= 100 for line in text.splitlines())
-    assert "accuracy" in text and "latency (ms)" in text
-    pareto = trials_table(study, pareto_only=True)
-    shown = sorted(int(m.group(1)) for m in re.finditer(r"^\s*(\d+)\s+COMPLETE", pareto, re.M))
-    assert shown == _best_numbers(study)
 
 
 def test_collect_agrees_with_best_trials_with_ties(tmp_path):

@@ -468,3 +468,18 @@ def test_claim_hands_its_verification_read_to_the_budget_check():
     assert states == {0: TrialState.COMPLETE, 1: TrialState.FAIL, number: TrialState.RUNNING}
     (mine,) = [t for t in trials if t.number == number]
     assert mine.system_attrs[CLAIM_KEY] == 1
+
+
+def test_make_searcher_takes_model_hints_for_every_algorithm():
+    def known(arch):
+        return {1: -float(arch["num_hidden_layers"])}
+
+    for name in ("grid", "random", "tpe", "bo"):
+        searcher = make_searcher(name, SPACE, seed=0, known_objectives=known, canonical_arch=str,
+                                 cost=lambda arch: 1.0)
+        assert searcher.suggestion() in SearchSpace(SPACE)
+    assert make_searcher("bo", SPACE, seed=0, known_objectives=known).model_hints["known_objectives"] is known
+    with pytest.raises(ValueError, match=r"known_objectives must be a callable.*\{1: 2\.0\}"):
+        make_searcher("bo", SPACE, seed=0, known_objectives={1: 2.0})
+    with pytest.raises(ValueError, match=r"cost must be a callable.*3"):
+        make_searcher("grid", SPACE, seed=0, cost=3)

@@ -4,7 +4,7 @@ Modules, one job each:
 
 * :mod:`~nas_distill.reporting.data`: read the study once into plain data (metrics, units, Pareto
   trials, hypervolume history, importances). No plotting library is imported here.
-* :mod:`~nas_distill.reporting.table`: fixed-width text tables for the CLI (``status``, ``pareto``).
+* :mod:`~nas_distill.reporting.table`: the trial table: its columns (CLI and HTML) and its text form.
 * :mod:`~nas_distill.reporting.figures`: plotly figures (the interactive HTML and the dashboard).
 * :mod:`~nas_distill.reporting.png`: matplotlib PNG copies of the same plots (no browser needed).
 * :mod:`~nas_distill.reporting.html`: the page itself (sortable table, embedded JSON data block).

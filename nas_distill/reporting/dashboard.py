@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-__all__ = ["HYPERVOLUME_FIGURE_ID", "push_figures", "launch_dashboard", "open_storage"]
+__all__ = ["HYPERVOLUME_FIGURE_ID", "check_port_free", "push_figures", "launch_dashboard", "open_storage"]
 
 HYPERVOLUME_FIGURE_ID = "nas-distill-hypervolume"
 
@@ -91,6 +91,32 @@ def _refresh_loop(storage: Any, study_name: str | None, interval: float, stop: t
                     seen[name] = count
         except Exception:  # a refresh failing must never take the dashboard down
             _log.warning("refreshing the dashboard figures failed", exc_info=True)
+
+
+def check_port_free(host: str, port: int) -> str | None:
+    """``None`` when ``host:port`` can be bound now, else one line saying it is busy and naming a free
+    port to pass as ``--port``.
+
+    Why before starting: optuna-dashboard reports a busy port with a traceback after its own banner.
+    The probe binds the way its server does (``SO_REUSEADDR``), so a port in TIME_WAIT is not "busy".
+    """
+    import socket
+
+    def bind(p: int) -> int:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, p))
+            return sock.getsockname()[1]
+
+    try:
+        bind(port)
+        return None
+    except OSError as exc:
+        try:
+            free = bind(0)
+        except OSError:
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        return f"port {port} on {host} is busy ({exc.strerror or exc}); pass a free one, e.g. --port {free}"
 
 
 def launch_dashboard(

@@ -199,26 +199,11 @@ def format_value(value: Any, unit: str | None = None) -> str:
     return str(value)
 
 
-def format_arch(arch: dict[str, Any] | None, *, abbreviate: bool = False, sep: str = ", ") -> str:
-    """``{'hidden_size': 256, 'num_hidden_layers': 2}`` -> ``"hidden_size=256, num_hidden_layers=2"``.
-
-    With ``abbreviate=True`` keys become the initials of their ``_``-separated words (``hs=256, nhl=2``),
-    the form the CLI falls back to when a table would be wider than the terminal.
-    """
+def format_arch(arch: dict[str, Any] | None, *, sep: str = ", ") -> str:
+    """``{'hidden_size': 256, 'num_hidden_layers': 2}`` -> ``"hidden_size=256, num_hidden_layers=2"``."""
     if not arch:
         return "-"
-    parts = []
-    for key, value in arch.items():
-        name = abbreviate_key(str(key)) if abbreviate else str(key)
-        parts.append(f"{name}={format_value(value)}")
-    return sep.join(parts)
-
-
-def abbreviate_key(key: str) -> str:
-    words = [w for w in key.replace("-", "_").split("_") if w]
-    if len(words) <= 1:
-        return key[:4]
-    return "".join(w[0] for w in words)
+    return sep.join(f"{key}={format_value(value)}" for key, value in arch.items())
 
 
 # -------------------------------------------------------------------------------------------- collect

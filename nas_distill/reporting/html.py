@@ -15,7 +15,8 @@ import json
 import math
 from typing import Any
 
-from nas_distill.reporting.data import StudyData, format_value
+from nas_distill.reporting.data import StudyData
+from nas_distill.reporting.table import table_columns
 
 __all__ = ["render_page", "DATA_BLOCK_ID"]
 
@@ -80,29 +81,22 @@ def _cell(value: Any, shown: str | None = None, cls: str = "") -> str:
 
 
 def _table(data: StudyData) -> str:
-    heads = ["#", "state", "Pareto"] + data.param_names + [m.label for m in data.metrics]
-    heads += ["params (count)", "duration (s)", "worker", "error"]
+    """Every trial, with the columns of the CLI's tables (:func:`~nas_distill.reporting.table.table_columns`);
+    metric headers carry their units here."""
+    columns = table_columns(data.trials, data.metrics, data.param_names, leading=("state", "pareto"),
+                            trailing=("time_s", "worker", "error"))
+    units = {f"{m.name} {arrow}": f"{m.label} {arrow}" for m in data.metrics for arrow in "↑↓"}
     out = ['<div class="tablewrap"><table class="trials" id="trials"><thead><tr>']
-    out += [f"<th>{_esc(h)}</th>" for h in heads]
+    out += [f"<th>{_esc(units.get(c.title, c.title))}</th>" for c in columns]
     out.append("</tr></thead><tbody>")
-    for t in data.trials:
+    for r, t in enumerate(data.trials):
         cls = " ".join(c for c in (t.state, "pareto" if t.pareto else "") if c)
         out.append(f'<tr class="{cls}" data-trial="{t.number}">')
-        out.append(_cell(t.number, cls="num"))
-        out.append(_cell(t.state))
-        out.append(_cell(t.pareto, "yes" if t.pareto else ""))
-        for p in data.param_names:
-            v = t.params.get(p)
-            numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
-            out.append(_cell(v, "-" if v is None else format_value(v), cls="num" if numeric else ""))
-        for i, m in enumerate(data.metrics):
-            v = t.values[i] if t.values else None
-            out.append(_cell(v, format_value(v, m.unit), cls="num"))
-        out.append(_cell(t.n_params, format_value(t.n_params, "count"), cls="num"))
-        dur = t.duration_s
-        out.append(_cell(dur, "-" if dur is None else f"{dur:.1f}", cls="num"))
-        out.append(_cell(t.worker, t.worker or "-"))
-        out.append(_cell(t.error, t.error or "", cls="err"))
+        for c in columns:
+            css = "err" if c.title == "error" else "num" if c.numeric else ""
+            value = c.values[r]
+            shown = "" if c.title == "error" and value is None else c.texts[r]
+            out.append(_cell(value, shown, cls=css))
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)

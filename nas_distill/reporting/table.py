@@ -1,137 +1,199 @@
-"""Fixed-width text tables that fit a terminal (the CLI's ``status`` and ``pareto`` commands).
+"""The one trial table: its columns (shared by the CLI's text and the HTML report) and its text form.
 
-Why not a library: the only hard requirement is "no line longer than ``max_width``", with architecture
-dicts shortened sensibly rather than cut at a random character. The rule:
+Columns, in order: ``#``, then what the view asks for (``state``, ``pareto``), **one column per
+architecture key**, one per metric, ``params`` (the parameter count; left out when ``params`` is itself
+an objective, so it never shows twice, and when no trial has one), then the view's trailing extras
+(``time_s``, ``worker``, ``error``). Every architecture key gets its column whether or not its values
+differ, so no difference is ever hidden inside a clipped ``key=value`` string.
 
-1. Render every cell (dicts as ``key=value, ...``, floats with 4 significant digits, ``None`` as ``-``).
-2. If the table is too wide, dict columns switch to their abbreviated form (``hs=256,nah=4``:
-   initials of the ``_``-separated key words).
-3. Still too wide: shrink, one character at a time and the column with most slack first, free-text
-   columns (errors) to 12 characters, numeric columns' headers to the width of their numbers, and
-   dict columns to 24 characters; then any column down to 3. A cell longer than its column is cut
-   and ends in ``...``.
-4. If even that does not fit (very many columns), each line is cut at ``max_width``.
+Numbers are plain (:func:`plain_number`): integers in full, other values to 4 significant digits, never
+``1.2e-03`` nor ``12.3k``.
 
-When keys were abbreviated, a wrapped legend line (``arch keys: hs=hidden_size, ...``) follows the table.
+Text form (:func:`render_text`), for ``status``, ``pareto`` and the results text file:
 
-Numbers are right-aligned, everything else left-aligned; columns are separated by two spaces.
+1. Full headers when the table fits ``width`` (the terminal's width, ``$COLUMNS``, else 100).
+2. Otherwise architecture keys get short unique headers (initials of their words: ``hidden_size`` ->
+   ``hs``), with a legend line under the table.
+3. Still too wide: the columns wrap into blocks stacked one under the other, each repeating ``#``, so
+   every column stays whole. A single cell wider than ``width`` is the only thing ever cut (``...``).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
+import shutil
 import textwrap
-from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
 
-from nas_distill.reporting.data import abbreviate_key, format_arch, format_value
+from nas_distill.reporting.data import MetricInfo, TrialRow
 
-__all__ = ["format_table"]
+__all__ = ["Column", "key_abbreviations", "plain_number", "render_text", "table_columns", "terminal_width",
+           "trials_table"]
 
 _SEP = "  "
 _ELLIPSIS = "..."
-_MIN_WIDTH = 3
-_TEXT_WIDTH = 12
-_DICT_WIDTH = 24
+DEFAULT_WIDTH = 100
+#: The columns a view may add: before the architecture keys, and after the metrics.
+LEADING = ("state", "pareto")
+TRAILING = ("time_s", "worker", "error")
 
 
-def _render(value: Any, *, abbreviate: bool) -> str:
-    if isinstance(value, dict):
-        return format_arch(value, abbreviate=abbreviate, sep="," if abbreviate else ", ")
-    text = format_value(value)
-    return " ".join(text.split())  # no newlines / tabs inside a cell
+@dataclass
+class Column:
+    """One column: ``title`` (full header), ``short`` (header when abbreviated), cell ``values`` (raw) and
+    ``texts`` (what is shown), ``numeric`` (right-aligned, sorts as numbers), ``key`` (an arch key)."""
+
+    title: str
+    values: list[Any]
+    texts: list[str]
+    numeric: bool
+    short: str | None = None
+    key: bool = False
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Number) and not isinstance(value, bool)
+def plain_number(value: Any) -> str:
+    """A table cell: integers in full, floats to 4 significant digits in positional notation, ``-`` for
+    nothing; anything else as its ``str``."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return " ".join(str(value).split())  # one line per cell
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    value = float(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    decimals = max(0, 3 - math.floor(math.log10(abs(value))))
+    text = f"{round(value, decimals):.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def key_abbreviations(keys: Sequence[str]) -> dict[str, str]:
+    """Short, unique headers: the initials of each key's ``_`` / ``-`` separated words (one-word keys:
+    their first 4 letters); a clash takes more letters of the last word, then a number."""
+    def candidates(key: str):
+        words = [w for w in key.replace("-", "_").split("_") if w] or [key]
+        if len(words) == 1:
+            yield from (key[:n] for n in range(4, len(key) + 1))
+        else:
+            head = "".join(w[0] for w in words[:-1])
+            yield from (head + words[-1][:n] for n in range(1, len(words[-1]) + 1))
+        yield key
+
+    out: dict[str, str] = {}
+    for key in keys:
+        for short in candidates(key):
+            if short not in out.values() and short not in keys or short == key:
+                break
+        n = 2
+        while short in out.values():
+            short, n = f"{short}{n}", n + 1
+        out[key] = short
+    return out
+
+
+def table_columns(rows: Sequence[TrialRow], metrics: Sequence[MetricInfo], keys: Sequence[str],
+                  *, leading: Iterable[str] = (), trailing: Iterable[str] = ()) -> list[Column]:
+    """The table's columns for ``rows`` (see the module docstring for the order)."""
+    def column(title: str, values: list[Any], numeric: bool = True, **kw: Any) -> Column:
+        return Column(title, values, [plain_number(v) for v in values], numeric, **kw)
+
+    cols = [column("#", [r.number for r in rows])]
+    extra_leading = {"state": lambda: column("state", [r.state for r in rows], numeric=False),
+                     "pareto": lambda: Column("pareto", [r.pareto for r in rows],
+                                              ["*" if r.pareto else "" for r in rows], False)}
+    cols += [extra_leading[name]() for name in leading]
+    shorts = key_abbreviations(list(keys))
+    for key in keys:
+        values = [r.params.get(key) for r in rows]
+        numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values if v is not None)
+        cols.append(column(key, values, numeric, short=shorts[key], key=True))
+    for i, m in enumerate(metrics):
+        arrow = "↑" if m.direction == "maximize" else "↓"
+        cols.append(column(f"{m.name} {arrow}", [r.values[i] if r.values else None for r in rows]))
+    if "params" not in {m.name for m in metrics} and any(r.n_params is not None for r in rows):
+        cols.append(column("params", [r.n_params for r in rows]))
+    extra_trailing = {
+        "time_s": lambda: column("time_s", [None if r.duration_s is None else round(r.duration_s, 1)
+                                            for r in rows]),
+        "worker": lambda: column("worker", [r.worker for r in rows], numeric=False),
+        "error": lambda: column("error", [r.error for r in rows], numeric=False),
+    }
+    cols += [extra_trailing[name]() for name in trailing]
+    return cols
+
+
+def terminal_width() -> int:
+    """The terminal's width (``$COLUMNS`` first), else :data:`DEFAULT_WIDTH` off a terminal."""
+    return shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
 
 
 def _cut(text: str, width: int) -> str:
     if len(text) <= width:
         return text
-    if width <= len(_ELLIPSIS):
-        return text[:width]
-    return text[: width - len(_ELLIPSIS)] + _ELLIPSIS
+    return text[:width] if width <= len(_ELLIPSIS) else text[: width - len(_ELLIPSIS)] + _ELLIPSIS
 
 
-def format_table(
-    rows: Iterable[Sequence[Any]], headers: Sequence[str], max_width: int = 100
-) -> str:
-    """Format ``rows`` under ``headers`` as a text table whose lines are at most ``max_width`` chars.
-
-    Args:
-        rows: one sequence of cell values per row (numbers, strings, ``None``, arch dicts). Short rows
-            are padded with empty cells.
-        headers: column titles.
-        max_width: the longest allowed line (the CLI uses 100).
-
-    Returns:
-        The table as one string: header line, a dashed rule, then one line per row (no trailing
-        newline).
-    """
-    if max_width < 1:
-        raise ValueError(f"max_width: expected a positive int, got {max_width!r}")
-    headers = [str(h) for h in headers]
-    raw_rows = [list(r) + [""] * (len(headers) - len(r)) for r in rows]
-    ncols = len(headers)
-    if ncols == 0:
+def render_text(columns: Sequence[Column], width: int | None = None) -> str:
+    """The columns as a fixed-width text table no wider than ``width`` (see the module docstring)."""
+    width = width or terminal_width()
+    if not columns:
         return ""
-    is_dict_col = [any(isinstance(r[c], dict) for r in raw_rows) for c in range(ncols)]
-    is_num_col = [
-        bool(raw_rows) and all(_is_number(r[c]) or r[c] is None for r in raw_rows)
-        for c in range(ncols)
-    ]
-    abbreviated = [False] * ncols
+    nrows = len(columns[0].texts)
 
-    def cells(col: int) -> list[str]:
-        return [_render(r[col], abbreviate=abbreviated[col]) for r in raw_rows]
+    def header(c: Column, short: bool) -> str:
+        return c.short if short and c.short else c.title
 
-    columns = [cells(c) for c in range(ncols)]
-    widths = [max([len(headers[c])] + [len(x) for x in columns[c]]) for c in range(ncols)]
+    def natural(c: Column, short: bool) -> int:
+        return max([len(header(c, short))] + [len(t) for t in c.texts])
 
-    def total() -> int:
-        return sum(widths) + len(_SEP) * (ncols - 1)
+    # A column never gets wider than what is left beside the repeated "#" column.
+    room = max(len(_ELLIPSIS) + 1, width - natural(columns[0], False) - len(_SEP))
 
-    if total() > max_width:  # 1. arch dicts switch to their abbreviated form
-        for c in range(ncols):
-            if is_dict_col[c]:
-                abbreviated[c] = True
-                columns[c] = cells(c)
-                widths[c] = max([len(headers[c])] + [len(x) for x in columns[c]])
-    # 3. Shrink in stages, one character at a time, the column with most slack first: free text
-    #    (errors) down to _TEXT_WIDTH, then numeric headers down to their numbers, then arch dicts down
-    #    to _DICT_WIDTH, then anything down to _MIN_WIDTH.
-    natural = [max([len(x) for x in columns[c]] or [0]) for c in range(ncols)]
-    kinds = ["num" if is_num_col[c] else "dict" if is_dict_col[c] else "text" for c in range(ncols)]
-    stages = [
-        ("text", lambda c: min(widths[c], _TEXT_WIDTH)),
-        ("num", lambda c: max(natural[c], _MIN_WIDTH)),
-        ("dict", lambda c: min(widths[c], _DICT_WIDTH)),
-        (None, lambda c: _MIN_WIDTH),
-    ]
-    for kind, floor_of in stages:
-        floor = [floor_of(c) if kind in (None, kinds[c]) else widths[c] for c in range(ncols)]
-        while total() > max_width:
-            candidates = [c for c in range(ncols) if widths[c] > floor[c]]
-            if not candidates:
-                break
-            widest = max(candidates, key=lambda c: (widths[c] - floor[c], widths[c]))
-            widths[widest] -= 1
+    def col_width(c: Column, short: bool) -> int:
+        return natural(c, short) if c is columns[0] else min(room, natural(c, short))
 
-    def line(values: list[str], numeric: list[bool]) -> str:
-        parts = []
-        for c, text in enumerate(values):
-            text = _cut(text, widths[c])
-            parts.append(text.rjust(widths[c]) if numeric[c] else text.ljust(widths[c]))
-        return _SEP.join(parts)[:max_width].rstrip()
+    def total(cols: Sequence[Column], short: bool) -> int:
+        return sum(col_width(c, short) for c in cols) + len(_SEP) * (len(cols) - 1)
 
-    lines = [line(headers, is_num_col), _SEP.join("-" * w for w in widths)[:max_width].rstrip()]
-    for r in range(len(raw_rows)):
-        lines.append(line([columns[c][r] for c in range(ncols)], is_num_col))
-    keys = sorted({str(k) for c in range(ncols) if abbreviated[c] for r in raw_rows
-                   if isinstance(r[c], dict) for k in r[c]})
-    if keys:  # a legend of the abbreviations, wrapped to the same width
-        legend = ", ".join(f"{abbreviate_key(k)}={k}" for k in keys if abbreviate_key(k) != k)
-        if legend:
-            lines += textwrap.wrap("arch keys: " + legend, width=max_width, break_long_words=True)
+    short = total(columns, False) > width
+    first, rest = columns[0], list(columns[1:])
+    blocks: list[list[Column]] = []
+    while rest:  # greedy: as many whole columns per block as fit next to the repeated "#"
+        block = [first, rest.pop(0)]
+        while rest and total(block + [rest[0]], short) <= width:
+            block.append(rest.pop(0))
+        blocks.append(block)
+    if not blocks:
+        blocks = [[first]]
+
+    lines: list[str] = []
+    for b, block in enumerate(blocks):
+        widths = [col_width(c, short) for c in block]
+
+        def line(cells: list[str]) -> str:
+            parts = [(_cut(t, w).rjust(w) if c.numeric else _cut(t, w).ljust(w))
+                     for c, t, w in zip(block, cells, widths)]
+            return _SEP.join(parts)[:width].rstrip()
+
+        if b:
+            lines.append("")
+        lines.append(line([header(c, short) for c in block]))
+        lines.append(_SEP.join("-" * w for w in widths)[:width])
+        lines += [line([c.texts[r] for c in block]) for r in range(nrows)]
+    legend = [f"{c.short}={c.title}" for c in columns if short and c.key and c.short and c.short != c.title]
+    if legend:
+        lines += textwrap.wrap("keys: " + ", ".join(legend), width=width, break_long_words=True)
     return "\n".join(lines)
+
+
+def trials_table(rows: Sequence[TrialRow], metrics: Sequence[MetricInfo], keys: Sequence[str] | None = None,
+                 *, leading: Iterable[str] = (), trailing: Iterable[str] = (), width: int | None = None) -> str:
+    """:func:`render_text` of :func:`table_columns`; ``keys`` default to every arch key of ``rows``."""
+    if keys is None:
+        keys = list(dict.fromkeys(k for r in rows for k in r.params))
+    return render_text(table_columns(rows, metrics, keys, leading=leading, trailing=trailing), width)

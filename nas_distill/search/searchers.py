@@ -28,7 +28,7 @@ import importlib.util
 import math
 import numbers
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 from optuna.samplers import BaseSampler
@@ -353,11 +353,21 @@ class RandomSearcher(Searcher):
 class BayesianOptimizationSearcher(Searcher):
     """Model-based search: ``sampler='bo'`` (the measured default), ``'tpe'``, ``'gp'``, ``'nsga2'`` or
     any Optuna sampler. May propose an architecture twice (the orchestrator answers repeats from the study).
+
+    Model hints, used by the ``bo`` sampler (other samplers ignore them):
+
+    * ``known_objectives``: ``fn(arch) -> {objective index: value}``, objectives known before any trial
+      (latency, parameter count ...), higher-is-better as in :meth:`feedback`; may return only some
+      indices, or ``{}``, for an arch.
+    * ``canonical_arch``: ``key(arch) -> hashable``; archs with one key are one architecture.
+    * ``cost``: ``fn(arch) -> predicted trial cost > 0``; divides the expected improvement.
     """
 
     _algorithm = "bo"
 
-    def __init__(self, search_space, seed=42, *, sampler="bo", **study_kwargs):
+    def __init__(self, search_space, seed=42, *, sampler="bo", known_objectives=None, canonical_arch=None,
+                 cost=None, **study_kwargs):
+        self.model_hints = _model_hints(known_objectives, canonical_arch, cost)
         super().__init__(search_space, seed=seed, sampler=sampler, **study_kwargs)
 
 
@@ -367,17 +377,22 @@ def make_searcher(
     *,
     seed: int | None,
     sampler: BaseSampler | None = None,
+    known_objectives: Callable[[dict], Mapping[int, float]] | None = None,
+    canonical_arch: Callable[[dict], Any] | None = None,
+    cost: Callable[[dict], float] | None = None,
     **study_kwargs: Any,
 ) -> Searcher:
     """The searcher for ``algorithm`` (a name of :data:`ALGORITHMS`, any case, or an Optuna sampler).
 
     ``sampler`` (an instance) goes with ``algorithm='bo'``; ``study_kwargs`` are ``study``, ``storage``,
-    ``study_name``, ``directions``.
+    ``study_name``, ``directions``. ``known_objectives``, ``canonical_arch`` and ``cost`` are the model
+    hints of :class:`BayesianOptimizationSearcher`; searchers that build no model ignore them.
     """
+    hints = _model_hints(known_objectives, canonical_arch, cost)
     if isinstance(algorithm, BaseSampler):
         if sampler is not None:
             raise ValueError("pass the sampler either as algorithm or as sampler, not both")
-        return BayesianOptimizationSearcher(search_space, seed=seed, sampler=algorithm, **study_kwargs)
+        return BayesianOptimizationSearcher(search_space, seed=seed, sampler=algorithm, **hints, **study_kwargs)
     name = canonical_algorithm(algorithm)
     if sampler is not None and not isinstance(sampler, BaseSampler):
         raise ValueError(f"sampler must be an optuna sampler or None, got {sampler!r}")
@@ -389,7 +404,7 @@ def make_searcher(
         return RandomSearcher(search_space, seed=seed, sampler=sampler, **study_kwargs)
     if sampler is not None and name != "bo":
         raise ValueError(f"sampler={sampler!r} can only be combined with algorithm='bo', got {algorithm!r}")
-    return BayesianOptimizationSearcher(search_space, seed=seed, sampler=sampler or name, **study_kwargs)
+    return BayesianOptimizationSearcher(search_space, seed=seed, sampler=sampler or name, **hints, **study_kwargs)
 
 
 def torch_free_algorithm(algorithm: str | BaseSampler) -> str | BaseSampler:
@@ -408,6 +423,15 @@ def torch_free_algorithm(algorithm: str | BaseSampler) -> str | BaseSampler:
 def _gp_available() -> bool:
     """Whether GPSampler's dependencies are installed (found, not imported: torch is slow to import)."""
     return all(importlib.util.find_spec(module) is not None for module in ("torch", "scipy"))
+
+
+def _model_hints(known_objectives: Any, canonical_arch: Any, cost: Any) -> dict[str, Any]:
+    """The model hints as keywords, each checked to be a callable or None."""
+    hints = {"known_objectives": known_objectives, "canonical_arch": canonical_arch, "cost": cost}
+    for name, value in hints.items():
+        if value is not None and not callable(value):
+            raise ValueError(f"{name} must be a callable taking an arch dict, or None, got {value!r}")
+    return hints
 
 
 def _check_fixed_sampler(sampler: Any, name: str, cls: type) -> None:
