@@ -127,4 +127,4 @@ def test_a_search_whose_trials_all_fail_stops_every_worker_after_k(tmp_path, mon
     assert data["stopped"] == stopped and data["budget_met"] is False and data["complete"] == 0
     text = subprocess.run([sys.executable, "-m", "nas_distill.cli", "status", cfg], capture_output=True,
                           text=True, timeout=120, env=env).stdout
-    assert f"stopped by the circuit breaker: {stopped}" in text
+    assert f"stopped by the circuit breaker: {stopped}" in " ".join(text.split())  # wrapped to the width
