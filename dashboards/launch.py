@@ -2,7 +2,7 @@
 
 Same as ``nas-distill dashboard``: the study storage, the run's artifact store (``<run_dir>/artifacts``,
 so student checkpoints are downloadable) and the hypervolume figure pushed into the study first.
-Binds 127.0.0.1 unless ``--host`` says otherwise. Does not import torch.
+Binds 127.0.0.1 unless ``--host`` says otherwise; read-only unless ``--allow-writes``. Does not import torch.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--study", default=None, help="study to push the figures to (default: all)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--allow-writes", action="store_true", help="serve the write API (default: read-only)")
     parser.add_argument("--refresh-s", type=float, default=60.0, help="figure refresh period; 0: once")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     artifact_dir = args.artifact_dir or (os.path.join(args.run_dir, "artifacts") if args.run_dir else None)
     launch_dashboard(args.storage, artifact_dir, host=args.host, port=args.port, study_name=args.study,
-                     refresh_s=args.refresh_s or None)
+                     refresh_s=args.refresh_s or None, allow_writes=args.allow_writes)
     return 0
 
 

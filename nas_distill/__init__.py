@@ -29,6 +29,7 @@ _EXPORTS = {
     "ConfigError": "nas_distill.errors",
     "InvalidArchitecture": "nas_distill.errors",
     "SearchSpaceExhausted": "nas_distill.errors",
+    "SearchFailed": "nas_distill.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

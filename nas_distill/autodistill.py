@@ -16,8 +16,8 @@ framework (settings from the config's ``flash_distillation`` section) trains and
   :func:`nas_distill.evaluate.evaluate` (torch modules, torch-style datasets);
 * ``'tensorflow'``: :class:`nas_distill.distill.keras.distiller.KerasFlashDistiller` and
   :func:`nas_distill.distill.keras.evaluate.evaluate` (functional ``keras.Model`` students with named
-  layers; data as a tuple ``(x, y)`` of numpy arrays). A Keras search never imports torch: its ``bo``
-  sampler is multivariate TPE (see :func:`nas_distill.search.searchers.torch_free_algorithm`).
+  layers; data as a tuple ``(x, y)`` of numpy arrays). A Keras search never imports torch (its ``bo``
+  sampler is numpy and scipy only).
 
 Every trial lives in one Optuna study (``study`` section of the config: storage URL, study name, run
 folder), so any number of processes can run ``search()`` on the same study and share the budget
@@ -34,6 +34,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
+import weakref
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -142,13 +144,18 @@ class AutoDistillation:
         self._eval_func = None
         self._advisor = None
         self._study = None
+        self._proposal = None  # (trial, heartbeat, finalizer) of a model_arch_proposition awaiting feedback
         self.train_dataset = None
         self.eval_dataset = None
         self.metric_fn = None  # optional metric_fn(predictions, labels) for the built-in evaluator
+        # optional compute_metrics(EvalPrediction) -> dict, as transformers' Trainer takes it: other eval_*
+        # metrics for the built-in (PyTorch) evaluator
+        self.compute_metrics = None
         self.flash_distillers: list[Any] = []
         self.regular_distillers: list[Any] = []
         self._distiller = None
         self.search_results: dict[tuple, dict[str, float]] = {}
+        self.model_paras_num: dict[tuple, int] = {}  # arch vector -> parameter count (the seed's attribute)
         self.resumed_search_results: dict[tuple, dict[str, float]] = {}
         self.best_model_archs: list[dict[str, Any]] = []
         self.model_paths: dict[tuple, str] = {}
@@ -181,9 +188,13 @@ class AutoDistillation:
 
     @property
     def advisor(self):
-        """Getter of advisor: the searcher (an Optuna sampler wrapper) that proposes architectures."""
+        """Getter of advisor: the searcher (an Optuna sampler wrapper) that proposes architectures.
+
+        Built, and its study opened, on first use, not when read: reading ``agent.advisor`` creates no
+        file before the first proposal (the study's place may still change with ``search(res_save_path)``).
+        """
         if self._advisor is None:
-            self._advisor = self._make_advisor()
+            self._advisor = _LazyAdvisor(self)
         return self._advisor
 
     @advisor.setter
@@ -222,11 +233,19 @@ class AutoDistillation:
         self.metrics = list(conf.metrics)
         self.higher_is_better = [bool(h) for h in conf.higher_is_better]
         self.max_trials = int(self._max_trials_override or conf.max_trials)
-        self.seed = conf.seed
+        # seed None: a fresh seed for this run, recorded in the study (user attr "seed") when it opens.
+        self.seed_drawn = conf.seed is None
+        self.seed = secrets.randbelow(2**32) if self.seed_drawn else conf.seed
         study = conf.study
         self.storage = self._overrides["storage"] or study.storage
         self.study_name = self._overrides["study_name"] or study.study_name
         self.run_dir = self._overrides["run_dir"] or study.run_dir
+        if not self._location_given():
+            # The seed's folder: the study and the results live in ./AutoDistillationResults (or in
+            # search(res_save_path)'s), never in a folder the user did not name.
+            from .seed_results import FOLDER
+
+            self.run_dir = os.path.abspath(FOLDER)
         self.heartbeat_interval = study.heartbeat_interval
         self.grace_period = study.grace_period
         self.init_search_cfg(conf)
@@ -245,8 +264,11 @@ class AutoDistillation:
     def study(self):
         """The shared Optuna study (created or loaded on first use)."""
         if self._study is None:
-            if self._advisor is not None and getattr(self._advisor, "_study", None) is not None:
-                self._study = self._advisor.study
+            advisor = self._advisor
+            if isinstance(advisor, _LazyAdvisor):  # not built yet: nothing to ask (it asks us)
+                advisor = object.__getattribute__(advisor, "_real")
+            if advisor is not None and getattr(advisor, "_study", None) is not None:
+                self._study = advisor.study
             else:
                 # The run folder is ours to create (the default storage, artifacts and teacher cache live
                 # there); a storage file elsewhere must already have its folder (study.make_storage), and
@@ -266,21 +288,107 @@ class AutoDistillation:
                     grace_period=self.grace_period,
                 )
                 run_dir.mkdir(parents=True, exist_ok=True)
+                if self.seed_drawn:
+                    self._study.set_user_attr("seed", self.seed)
         return self._study
 
     def _make_advisor(self):
-        from .search.searchers import make_searcher, torch_free_algorithm
+        from .search.searchers import make_searcher
 
         cfg = self._search_cfg
-        algorithm = cfg.search_algorithm
-        if self.framework == "tensorflow":  # GPSampler would import torch next to TensorFlow
-            algorithm = torch_free_algorithm(algorithm)
-        return make_searcher(algorithm, cfg.search_space, seed=sampler_seed(cfg.seed), study=self.study)
+        return make_searcher(cfg.search_algorithm, cfg.search_space, seed=sampler_seed(self.seed), study=self.study)
 
     # ------------------------------------------------------------------ proposing / measuring
     def model_arch_proposition(self) -> dict[str, Any]:
-        """Propose architecture of the model based on search algorithm for next search iteration."""
+        """Propose architecture of the model based on search algorithm for next search iteration.
+
+        The proposal is a RUNNING trial of the study until ``advisor.feedback(...)`` tells its result. A
+        heartbeat keeps it alive meanwhile; it is failed as ``Abandoned`` when the next proposal, a
+        ``search()`` or :meth:`close` comes first, or when this object is collected or the interpreter
+        exits; if the process dies, its heartbeat lapses and the next worker's sweep fails it.
+        """
+        self._abandon_proposal("a new proposal was made before feedback on this one")
+        arch = self._propose()
+        trial = self.advisor.current_trial
+        heartbeat = study_mod.Heartbeat(self.study, trial._trial_id, attrs={"arch": arch}).__enter__()
+        self._proposal = (trial, heartbeat, weakref.finalize(
+            self, _abandon, self.study, trial, heartbeat, "the agent was closed before feedback"))
+        return arch
+
+    def _propose(self) -> dict[str, Any]:
+        """The searcher's next architecture (its trial is ``advisor.current_trial``); the trial loop's
+        entry point, which keeps its own heartbeat."""
         return self.advisor.suggestion()
+
+    def _proposal_told(self) -> None:
+        """Feedback arrived for the pending proposal: stop its heartbeat, nothing to abandon."""
+        proposal, self._proposal = self._proposal, None
+        if proposal is not None:
+            trial, heartbeat, finalizer = proposal
+            finalizer.detach()
+            heartbeat.__exit__(None, None, None)
+
+    def _abandon_proposal(self, reason: str) -> None:
+        proposal, self._proposal = self._proposal, None
+        if proposal is not None:
+            _, _, finalizer = proposal
+            finalizer.detach()
+            _abandon(self.study, proposal[0], proposal[1], reason)
+
+    def close(self) -> None:
+        """Fail a proposal that never got feedback (``Abandoned``). The study and its files stay."""
+        self._abandon_proposal("the agent was closed before feedback")
+
+    def __enter__(self) -> "AutoDistillation":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def search_space_keys(self) -> list[str]:
+        """The search space's keys, sorted: the order of an arch vector (the seed's attribute)."""
+        return sorted(self.search_space)
+
+    def count_model_parameters(self, model) -> int:
+        """Parameter count of a torch module or a Keras model (or anything with ``num_parameters()``)."""
+        from .runner import _parameter_count
+
+        count = _parameter_count(model, None)
+        if count is None:
+            raise TypeError(f"cannot count the parameters of a {type(model).__name__}")
+        return count
+
+    # The seed's per-kind views of the flash-distillation stages: one entry per stage, '' for a stage
+    # that trains every parameter.
+    def _stages_of(self, kind: str) -> list[Any]:
+        return [s for s in (getattr(self.conf.flash, "stages", None) or []) if s.kind == kind]
+
+    @staticmethod
+    def _block_name(stage) -> Any:
+        names = list(stage.block_names)
+        return "" if not names else names[0] if len(names) == 1 else names
+
+    @property
+    def flash_distillation_config(self):
+        """The config's ``flash_distillation`` section, readable by attribute (the seed's attribute)."""
+        return self.conf.config.auto_distillation.flash_distillation
+
+    @property
+    def flash_block_names(self) -> list[Any]:
+        return [self._block_name(s) for s in self._stages_of("knowledge_transfer")]
+
+    @property
+    def flash_train_steps(self) -> list[int]:
+        return [s.train_steps for s in self._stages_of("knowledge_transfer")]
+
+    @property
+    def regular_block_names(self) -> list[Any]:
+        return [self._block_name(s) for s in self._stages_of("regular_distillation")]
+
+    @property
+    def regular_train_steps(self) -> list[int]:
+        return [s.train_steps for s in self._stages_of("regular_distillation")]
 
     def params_vec2params_dict(self, paras_vec: Sequence[Any]) -> dict[str, Any]:
         """Transfer the vector (values in sorted-key order) into a dict holding the parameters."""
@@ -323,12 +431,19 @@ class AutoDistillation:
         self.regular_distillers = [s for s in stages if s.kind == "regular_distillation"]
 
     def _train(self, model) -> Any:
+        """Train ``model``; returns the model to evaluate and save.
+
+        As in the seed's loop (``model = train_func(model)``), a ``train_func`` that returns a model hands
+        over that model (a new one, or a wrapper); one that returns ``None`` trained ``model`` in place.
+        """
         if self.train_func is not None:
-            return self.train_func(model)
+            returned = self.train_func(model)
+            return model if returned is None else returned
         if self._distiller is None:
             self.create_distillers()
         seed = (self.seed or 0) + int(getattr(getattr(self.advisor, "current_trial", None), "number", 0) or 0)
-        return self._distiller.distill(model, seed=seed)
+        self._distiller.distill(model, seed=seed)
+        return model
 
     def _evaluate(self, model) -> Any:
         if self.eval_func is not None:
@@ -337,19 +452,20 @@ class AutoDistillation:
             raise ConfigError("eval_dataset", "set eval_dataset (or eval_func) to measure the students")
         if self.framework == "tensorflow":
             from .distill.keras.evaluate import evaluate
-        else:
-            from .evaluate import evaluate
+
+            return evaluate(model, self.eval_dataset, self.metrics, settings=self.conf.evaluation,
+                            metric_fn=self.metric_fn)
+        from .evaluate import evaluate
 
         return evaluate(model, self.eval_dataset, self.metrics, settings=self.conf.evaluation,
-                        metric_fn=self.metric_fn)
+                        metric_fn=self.metric_fn, compute_metrics=self.compute_metrics)
 
     def _estimate_overridden(self) -> bool:
         return type(self).estimate is not AutoDistillation.estimate
 
     def estimate(self, model) -> Any:
         """Train and evaluate the model. Returns its metrics (as ``eval_func`` gives them)."""
-        self._train(model)
-        return self._evaluate(model)
+        return self._evaluate(self._train(model))
 
     # ------------------------------------------------------------------ metrics
     def _metrics_list(self, metrics: Any) -> list[float]:
@@ -397,34 +513,109 @@ class AutoDistillation:
         """Auto distillation search process.
 
         Runs trials on the shared study until it holds ``max_trials`` COMPLETE trials (counting every
-        worker's) or the space is exhausted. With ``res_save_path``, the results are also written there
-        (``AutoDistillationSearch/search_results.{txt,json}``). With ``model_cls``, each student is
-        saved and rebuilt before training (seed behaviour): ``save_pretrained`` +
-        ``model_cls.from_pretrained`` for torch / Hugging Face models; for a ``keras.Model``, saved as
-        ``.keras`` and reloaded by ``keras.saving.load_model(..., safe_mode=True)`` (with
-        ``custom_objects={model_cls.__name__: model_cls}`` when ``model_cls`` subclasses ``keras.Model``).
+        worker's) or the space is exhausted. With ``model_cls``, each student is saved and rebuilt before
+        training (seed behaviour): ``save_pretrained`` + ``model_cls.from_pretrained`` for torch / Hugging
+        Face models; for a ``keras.Model``, saved as ``.keras`` and reloaded by
+        ``keras.saving.load_model(..., safe_mode=True)`` (with ``custom_objects={model_cls.__name__:
+        model_cls}`` when ``model_cls`` subclasses ``keras.Model``).
+
+        Results folder (the seed's): ``<res_save_path or the current folder>/AutoDistillationResults/``.
+        Unless the config names ``study.storage`` or ``study.run_dir``, the study and the trained
+        students live there too, so two searches with different ``res_save_path`` never share a study.
+        Results found there at the start (``lastest_results.json``, an old ``lastest_results.npy`` or
+        the old texts) are imported first and answered from the store, never retrained. Each completed
+        trial writes ``Trial_{k}_results.txt``; the end writes ``Final_results.txt`` and
+        ``lastest_results.json`` (see :mod:`nas_distill.seed_results`).
 
         Returns:
             The Pareto-optimal architectures found (dicts), best trade-offs of all metrics.
+
+        Raises:
+            SearchFailed: no trial completed and trials failed; names the first failure.
         """
         from .runner import TrialRunner
+        from . import seed_results
 
-        runner = TrialRunner(self, model_cls=model_cls, progress=getattr(self, "progress", None))
+        folder = Path(res_save_path if res_save_path is not None else os.getcwd()) / seed_results.FOLDER
+        if not self._location_given():
+            self._move_study_to(folder)
+        elif res_save_path is None:
+            folder = Path(self.run_dir)
+        self._abandon_proposal("search() started before feedback on this proposal")
+        if seed_results.has_results(folder):
+            imported = self.load_search_results(folder)
+            log.info("resumed from %s: %d result(s) imported", folder, imported)
+        user_progress = getattr(self, "progress", None)
+
+        def progress(event) -> None:
+            if event.stage == "complete":
+                self._write_trial_file(folder, event.done)
+            if user_progress is not None:
+                user_progress(event)
+
+        runner = TrialRunner(self, model_cls=model_cls, progress=progress)
         self.last_run = runner.run()
         self.find_best_model_archs()
-        if res_save_path is not None:
-            folder = Path(res_save_path) / "AutoDistillationSearch"
-            folder.mkdir(parents=True, exist_ok=True)
-            self.dump_search_results(folder / "search_results.txt")
+        if not self.best_model_archs:
+            self._raise_if_all_failed()
+        self.dump_search_results(folder / seed_results.FINAL_TEXT)
+        self.results_folder = folder
         return self.best_model_archs
+
+    def _location_given(self) -> bool:
+        """A storage or run folder was named (config or constructor): it wins over the seed's folder."""
+        return self.conf.study_location_given or any(self._overrides[k] for k in ("storage", "run_dir"))
+
+    def _move_study_to(self, folder: Path) -> None:
+        """Place the study (and the students, the teacher cache) in ``folder``; a study opened elsewhere
+        before is let go (it stays where it is)."""
+        if self._study is not None and Path(self.run_dir).resolve() == folder.resolve():
+            return
+        self._abandon_proposal("the study moved to the search's results folder before feedback")
+        self.run_dir = str(folder)
+        self._study = None
+        self._advisor = None
+        self._distiller = None
+
+    def _write_trial_file(self, folder: Path, k: int) -> None:
+        from . import seed_results
+
+        try:
+            seed_results.write_results(self.study, seed_results.trial_file(folder, k))
+        except OSError as exc:  # the results are in the study either way
+            log.warning("could not write %s: %s", seed_results.trial_file(folder, k), exc)
+
+    def _raise_if_all_failed(self) -> None:
+        """No COMPLETE trial, and trials failed: the search produced nothing; say why instead of ``[]``."""
+        from optuna.trial import TrialState
+
+        from .errors import SearchFailed
+
+        failed = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if t.user_attrs.get("error_type") != "Discarded"]
+        if not failed:
+            return
+        first = min(failed, key=lambda t: t.number)
+        kind = first.user_attrs.get("error_type") or "unknown error"
+        error = first.user_attrs.get("error") or "no message recorded"
+        raise SearchFailed(
+            f"all {len(failed)} trial(s) of study {self.study_name!r} failed; the first, trial {first.number} "
+            f"(arch {first.user_attrs.get('arch') or dict(first.params)}), with {kind}: {error}",
+            failed=len(failed), first_error_type=kind, first_error=error,
+        )
 
     def _sync_results(self) -> None:
         """Rebuild ``search_results`` (arch vector -> metrics) from the study's COMPLETE trials."""
         from .results import complete_records
 
+        records = complete_records(self.study, self.metrics)
         self.search_results = {
             tuple(rec["arch"][k] for k in sorted(rec["arch"])): dict(zip(self.metrics, rec["values"]))
-            for rec in complete_records(self.study, self.metrics)
+            for rec in records
+        }
+        self.model_paras_num = {
+            tuple(rec["arch"][k] for k in sorted(rec["arch"])): rec["params"]
+            for rec in records if isinstance(rec.get("params"), int)
         }
 
     def find_best_model_archs(self) -> list[dict[str, Any]]:
@@ -446,25 +637,89 @@ class AutoDistillation:
 
     # ------------------------------------------------------------------ results files
     def dump_search_results(self, path: str | os.PathLike) -> None:
-        """Write the study's results: a readable text report at ``path`` and JSON next to it."""
-        from .results import dump_results
+        """Write the study's results at ``path`` in the seed's text format, and ``lastest_results.json``
+        beside it (the seed wrote ``lastest_results.npy`` there)."""
+        from .seed_results import write_results
 
-        dump_results(self.study, path, metrics=self.metrics, higher_is_better=self.higher_is_better)
+        write_results(self.study, path)
 
     def load_search_results(self, path: str | os.PathLike) -> int:
         """Load previous search results into this study (answered from the store, never retrained).
 
-        ``path``: a results JSON written by :meth:`dump_search_results` (or its folder), or a storage URL
+        ``path``: a results folder (``lastest_results.json``, or the seed's ``lastest_results.npy`` read by
+        a restricted unpickler that admits only plain data, or its ``Final_results.txt`` /
+        ``Trial_*_results.txt``), one of those files, a results JSON, or a storage URL
         (``sqlite:///...``, ``postgresql+psycopg://...``, optionally ``#study_name``). Imported trials are
         COMPLETE with ``imported_from`` set; they do not use the ``max_trials`` budget. Returns how many
         trials were imported (already present archs are skipped).
         """
         from .results import import_results, read_results
+        from .seed_results import read_results_folder
 
-        results = read_results(path)
+        text = str(path)
+        if "://" in text:
+            results = read_results(path)
+        else:
+            results = read_results_folder(path, self.search_space, self.metrics)
         self.resumed_search_results = {
             tuple(r["arch"][k] for k in sorted(r["arch"])): dict(zip(results["metrics"], r["values"]))
             for r in results["trials"]
         }
         return import_results(self.study, results, metrics=self.metrics, search_space=self.search_space,
-                              source=study_mod.mask_url(str(path)))
+                              source=study_mod.mask_url(text))
+
+
+def _abandon(study, trial, heartbeat, reason: str) -> None:
+    """Fail a proposed trial that never got feedback (if it is still RUNNING); stop its heartbeat."""
+    from optuna.trial import TrialState
+
+    heartbeat.__exit__(None, None, None)
+    try:
+        if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            return
+        study_mod.set_user_attrs(study, trial._trial_id, {"error_type": "Abandoned", "error": reason})
+        study.tell(trial, state=TrialState.FAIL)
+    except Exception as exc:  # noqa: BLE001 - at interpreter exit the storage may be gone: the sweep will do
+        log.debug("could not fail abandoned trial %s: %s", getattr(trial, "number", "?"), exc)
+
+
+class _LazyAdvisor:
+    """``agent.advisor`` before the searcher exists: builds it (and opens the study) on first use, then
+    stands for it. ``feedback`` / ``tell`` also end a pending ``model_arch_proposition``'s heartbeat."""
+
+    def __init__(self, agent: AutoDistillation):
+        object.__setattr__(self, "_agent", agent)
+        object.__setattr__(self, "_real", None)
+
+    def _searcher(self):
+        real = object.__getattribute__(self, "_real")
+        if real is None:
+            real = object.__getattribute__(self, "_agent")._make_advisor()
+            object.__setattr__(self, "_real", real)
+        return real
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._searcher(), name)
+        if name in ("feedback", "tell", "tell_raw") and callable(value):
+            agent = object.__getattribute__(self, "_agent")
+
+            def told(*args: Any, **kwargs: Any) -> Any:
+                out = value(*args, **kwargs)
+                pending = agent._proposal
+                if pending is not None:
+                    from optuna.trial import TrialState
+
+                    trial = pending[0]
+                    if agent.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                        agent._proposal_told()
+                return out
+
+            return told
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._searcher(), name, value)
+
+    def __repr__(self) -> str:
+        real = object.__getattribute__(self, "_real")
+        return repr(real) if real is not None else "<advisor, not built yet>"

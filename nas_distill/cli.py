@@ -108,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--allow-writes", action="store_true",
+                   help="let the dashboard edit notes and delete studies (default: read-only)")
 
-    p = sub.add_parser("export", help="copy a trained student to a folder")
+    p = sub.add_parser("export", help="write a trained student, its preprocessing and a model card to a folder")
     _common(p)
     p.add_argument("--trial", type=int, help="trial number (default: best of the first metric on the front)")
     p.add_argument("-o", "--output", required=True,
@@ -138,11 +140,16 @@ def _config_data(path: str | None) -> dict[str, Any]:
     return split_task(read_config_file(path))[0]
 
 
+def _storage_arg(args) -> str | None:
+    """``--storage``, else ``$NAS_DISTILL_STORAGE`` (every command), else None (the config's)."""
+    return getattr(args, "storage", None) or os.environ.get("NAS_DISTILL_STORAGE") or None
+
+
 def _study_target(args) -> tuple[str, str | None, str, int | None]:
     """(storage URL, study name or None, run dir, max_trials or None) from flags, then the config."""
     from .study import resolve_storage_url
 
-    storage = args.storage or os.environ.get("NAS_DISTILL_STORAGE") or None
+    storage = _storage_arg(args)
     name, run_dir, max_trials = args.study_name, args.run_dir, None
     data = _config_data(getattr(args, "config", None))
     if data:
@@ -205,16 +212,16 @@ def cmd_run(args) -> int:
     if args.workers < 1:
         raise CLIError(f"--workers must be >= 1, got {args.workers}")
     started = time.monotonic()
-    target = _run_target(args, args.storage)
+    target = _run_target(args, _storage_arg(args))
     _banner(target, args.workers)
     bar = wanted(_verbosity(args), args.log_format)
     with LiveProgress(target["url"], target["name"], target["budget"], enabled=bar):
         if args.workers == 1:
-            code = run_worker(args.config, task=args.task, storage=args.storage, study_name=args.study_name,
+            code = run_worker(args.config, task=args.task, storage=_storage_arg(args), study_name=args.study_name,
                               run_dir=args.run_dir, max_trials=args.max_trials, threads=args.threads,
                               label="w0", new_run=True)
         else:
-            code = run_local(args.config, args.workers, task=args.task, storage=args.storage,
+            code = run_local(args.config, args.workers, task=args.task, storage=_storage_arg(args),
                              study_name=args.study_name, run_dir=args.run_dir, max_trials=args.max_trials,
                              threads=args.threads, debug=args.debug, output=_output_flags(args), relay=bar)
     _final_summary(args, target, started, code)
@@ -300,7 +307,7 @@ def cmd_worker(args) -> int:
     from .progress import LiveProgress, wanted
     from .workers import run_worker
 
-    storage = args.storage or os.environ.get("NAS_DISTILL_STORAGE") or None
+    storage = _storage_arg(args)
     if args.launched_by_run:  # `run` prints the banner, the bar and the summary, and ran the dry run
         return run_worker(args.config, task=args.task, storage=storage, study_name=args.study_name,
                           run_dir=args.run_dir, max_trials=args.max_trials, threads=args.threads,
@@ -377,7 +384,8 @@ def cmd_dashboard(args) -> int:
         raise CLIError(problem)
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (storage {mask_url(url)})", flush=True)
     # launch_dashboard also pushes the hypervolume-history figure, which optuna-dashboard lacks.
-    launch_dashboard(storage, Path(run_dir) / "artifacts", host=args.host, port=args.port, study_name=name)
+    launch_dashboard(storage, Path(run_dir) / "artifacts", host=args.host, port=args.port, study_name=name,
+                     allow_writes=args.allow_writes)
     return 0
 
 
@@ -396,14 +404,10 @@ def _require_study(storage, name: str | None, url: str) -> None:
 
 
 def cmd_export(args) -> int:
-    import tempfile
-
-    from optuna.artifacts import download_artifact
     from optuna.trial import TrialState
 
+    from .export import export_student
     from .results import complete_records, pareto_records
-    from .runner import extract_student
-    from .study import artifact_store
 
     study, run_dir, _ = _open(args)
     if args.trial is None:
@@ -421,13 +425,9 @@ def cmd_export(args) -> int:
     trial = trials[0]
     if trial.state != TrialState.COMPLETE:
         raise CLIError(f"trial {number} is {trial.state.name}, not COMPLETE")
-    artifact_id = trial.user_attrs.get("artifact_id")
-    if not artifact_id:
+    if not trial.user_attrs.get("artifact_id"):
         raise CLIError(f"trial {number} has no saved student (artifact_id)")
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = os.path.join(tmp, "student.tar")
-        download_artifact(artifact_store=artifact_store(run_dir), file_path=archive, artifact_id=artifact_id)
-        out = extract_student(archive, args.output)
+    out = export_student(study, trial, run_dir, args.output)
     print(f"trial {number} -> {out}")
     return 0
 
@@ -471,8 +471,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         from .errors import ConfigError
 
+        from .storage_retry import storage_error_text
+        from .study import mask_url
+
         kind = "config error" if isinstance(exc, ConfigError) else "error"
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = storage_error_text(exc) or (str(exc).strip().splitlines()[0] if str(exc).strip()
+                                              else type(exc).__name__)
+        message = mask_url(message)
         print(f"{PROG}: {kind}: {message}", file=sys.stderr)
         return 2 if isinstance(exc, (ConfigError, CLIError)) else 1
 

@@ -79,17 +79,21 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------------
 @dataclass
 class Metric:
-    """One objective, as the seed declared it.
+    """One objective, as the seed declared it (the seed's fields, in the seed's positional order).
 
     Args:
-        name: metric name, the key the evaluator returns (``'accuracy'``, ``'latency'``, ...).
+        name: metric name, the key the evaluator returns (``'accuracy'``, ``'eval_loss'``, ...).
         greater_is_better: direction of the objective.
-        weight_ratio: kept for seed compatibility only. nas-distill never weights metrics into a sum:
-            the answer is the Pareto front.
+        is_relative, criterion: the seed's tolerance fields; accepted and kept, not used: nothing here
+            compares a student against a baseline within a tolerance.
+        weight_ratio: accepted and kept, not used: nas-distill never weights metrics into a sum, the
+            answer is the Pareto front.
     """
 
     name: str
     greater_is_better: bool = True
+    is_relative: bool = True
+    criterion: float = 0.01
     weight_ratio: Optional[float] = None
 
 
@@ -129,7 +133,7 @@ class DistillStage:
     loss_types: tuple[str, ...] = ()
     loss_weights: tuple[float, ...] = ()
     add_origin_loss: bool = False
-    train_steps: int = 100
+    train_steps: int = 100  # for stages built by hand; a config's stages default to DEFAULT_TRAIN_STEPS
     temperature: float = 1.0
 
 
@@ -235,7 +239,9 @@ _STUDY_KEYS = ("storage", "study_name", "run_dir", "heartbeat_interval", "grace_
 
 KNOWLEDGE_TRANSFER = "knowledge_transfer"
 REGULAR_DISTILLATION = "regular_distillation"
-DEFAULT_TRAIN_STEPS = 100
+DEFAULT_TRAIN_STEPS = 500  # the seed's default per stage
+DEFAULT_MAX_TRIALS = 3  # the seed's default
+DEFAULT_SEED = 42  # the seed searchers' default
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -378,11 +384,15 @@ def _stage_count(section: dict[str, Any], kind: str, path: str) -> tuple[int, st
     """How many stages the section describes, and which field decided it (for length messages)."""
     if kind == KNOWLEDGE_TRANSFER:
         names = section.get("block_names")
-        if names is None:
+        if names is None or names == "":
+            # The seed's default: one stage per mapping list, each training every parameter.
+            mappings = section.get("layer_mappings_for_knowledge_transfer")
+            if _seq(mappings) and len(mappings) > 0:
+                return len(mappings), "layer_mappings_for_knowledge_transfer"
             raise ConfigError(
-                _join(path, "block_names"),
-                "expected a list with one module name per block when knowledge_transfer is given, "
-                "got nothing",
+                _join(path, "layer_mappings_for_knowledge_transfer"),
+                "expected a list with one list of layer mappings per block when knowledge_transfer is "
+                f"given, got {_short(mappings) if mappings is not None else 'nothing'}",
             )
         if isinstance(names, str):
             return 1, "block_names"
@@ -424,17 +434,22 @@ def _per_stage(section: dict[str, Any], key: str, n: int, count_key: str, path: 
 
 
 def _block_names(entry: Any, path: str, kind: str) -> tuple[str, ...]:
+    """One stage's blocks. ``''`` is the prefix of every parameter name: the whole student trains (the
+    seed's meaning of an empty block name), stored as no blocks."""
     if entry is None:
         if kind == KNOWLEDGE_TRANSFER:
             raise ConfigError(path, "expected the module name of this block, got None")
         return ()
+    if entry == "":
+        return ()
     if isinstance(entry, str):
         return (_str(entry, path),)
     if _seq(entry):
-        names = tuple(_str(name, f"{path}[{j}]") for j, name in enumerate(entry))
+        names = tuple(name if name == "" else _str(name, f"{path}[{j}]") for j, name in enumerate(entry))
         if kind == KNOWLEDGE_TRANSFER and not names:
-            raise _fail(path, "at least one module name (the block that trains)", entry)
-        return names
+            raise _fail(path, "at least one module name (the block that trains), or '' for all parameters",
+                        entry)
+        return () if "" in names else names
     raise _fail(path, "a module name or a list of module names", entry)
 
 
@@ -486,7 +501,9 @@ def _build_stages(section: Any, kind: str, path: str) -> tuple[list[DistillStage
     if all(v is None for v in section.values()):
         return [], None
     n, count_key = _stage_count(section, kind, path)
-    if isinstance(section.get("block_names"), str):
+    if section.get("block_names") == "" or (section.get("block_names") is None and kind == KNOWLEDGE_TRANSFER):
+        block_names = [""] * n
+    elif isinstance(section.get("block_names"), str):
         if n != 1:
             raise _fail(_join(path, "block_names"), f"a list with one entry per stage ({n})",
                         section["block_names"])
@@ -545,7 +562,8 @@ def _stages_to_section(stages: Sequence[DistillStage]) -> dict[str, Any]:
     section: dict[str, Any] = {}
     if any(s.block_names for s in stages):
         section["block_names"] = [
-            s.block_names[0] if len(s.block_names) == 1 else list(s.block_names) for s in stages
+            "" if not s.block_names else s.block_names[0] if len(s.block_names) == 1 else list(s.block_names)
+            for s in stages
         ]
     if any(s.mappings for s in stages):
         section["layer_mappings_for_knowledge_transfer"] = [[_plain(m) for m in s.mappings] for s in stages]
@@ -616,8 +634,8 @@ def _metric_item(item: Any, path: str) -> tuple[str, Optional[bool]]:
     if isinstance(item, str):
         return _str(item, path), None
     if isinstance(item, Mapping):
-        item = _mapping(item, path, ("name", "greater_is_better", "higher_is_better", "weight_ratio"),
-                        none_ok=False)
+        item = _mapping(item, path, ("name", "greater_is_better", "higher_is_better", "is_relative",
+                                     "criterion", "weight_ratio"), none_ok=False)
         if "greater_is_better" in item and "higher_is_better" in item:
             raise ConfigError(path, "give one of greater_is_better / higher_is_better, not both")
         direction = item.get("greater_is_better", item.get("higher_is_better"))
@@ -758,16 +776,48 @@ def _storage(value: Any, path: str) -> str:
                             f"or a .db / .log file path, got {_short(mask_url(text))}")
 
 
+#: Optuna stores a study name in an indexed column of this many characters.
+MAX_STUDY_NAME_LENGTH = 512
+#: Heartbeat bounds (seconds): SQL storages beat in whole seconds, and a beat is a storage write, so a
+#: shorter interval only loads the storage; a day between beats would make a dead worker invisible.
+MIN_HEARTBEAT_S, MAX_HEARTBEAT_S = 1, 86_400
+#: A trial is declared dead after missing this many beats at least: one late beat (a long step holding
+#: the interpreter, a slow storage write) must not get a live trial failed and trained again.
+MIN_BEATS_PER_GRACE = 2
+
+
+def study_name_error(name: str) -> str | None:
+    """Why ``name`` cannot be a study name (the storage would refuse it mid-run), or None."""
+    if len(name) > MAX_STUDY_NAME_LENGTH:
+        return f"at most {MAX_STUDY_NAME_LENGTH} characters, got {len(name)}"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"no control characters (NUL, newline, ...), got {_short(name)}"
+    return None
+
+
 def _study(value: Any, path: str) -> StudySettings:
     raw = _mapping(_settings_dict(value), path, _STUDY_KEYS)
     storage = raw.get("storage")
+    name_path = _join(path, "study_name")
+    study_name = _str(_get(raw, "study_name", "nas-distill"), name_path)
+    problem = study_name_error(study_name)
+    if problem:
+        raise ConfigError(name_path, problem)
+    interval_path, grace_path = _join(path, "heartbeat_interval"), _join(path, "grace_period")
+    interval = _number_kept(_get(raw, "heartbeat_interval", 10), interval_path, positive=True)
+    if not MIN_HEARTBEAT_S <= interval <= MAX_HEARTBEAT_S:
+        raise _fail(interval_path, f"seconds between {MIN_HEARTBEAT_S} and {MAX_HEARTBEAT_S}", interval)
+    grace = _number_kept(_get(raw, "grace_period", 30), grace_path, positive=True)
+    if grace < MIN_BEATS_PER_GRACE * interval:
+        raise ConfigError(grace_path, f"expected at least {MIN_BEATS_PER_GRACE} x heartbeat_interval "
+                                      f"({MIN_BEATS_PER_GRACE * interval:g} s), got {grace!r}: live trials "
+                                      f"would be declared dead between two beats")
     return StudySettings(
         storage=None if storage is None else _storage(storage, _join(path, "storage")),
-        study_name=_str(_get(raw, "study_name", "nas-distill"), _join(path, "study_name")),
+        study_name=study_name,
         run_dir=_path_str(_get(raw, "run_dir", "runs/default"), _join(path, "run_dir")),
-        heartbeat_interval=_number_kept(_get(raw, "heartbeat_interval", 10), _join(path, "heartbeat_interval"),
-                                   positive=True),
-        grace_period=_number_kept(_get(raw, "grace_period", 30), _join(path, "grace_period"), positive=True),
+        heartbeat_interval=interval,
+        grace_period=grace,
         stop_after_failures=_int(_get(raw, "stop_after_failures", 3), _join(path, "stop_after_failures"),
                                  minimum=0),
     )
@@ -777,15 +827,17 @@ def _study(value: Any, path: str) -> StudySettings:
 # Loading: YAML file / dict -> the inner layout {model, search, flash_distillation, evaluation, study}
 # ---------------------------------------------------------------------------------------------------
 def _read_yaml(path: str) -> Any:
-    """The safe YAML load of a file (:func:`~nas_distill.yamlio.load_yaml`); every failure is a ConfigError
-    naming the file."""
+    """The safe, bounded YAML load of a file (:func:`~nas_distill.yamlio.load_yaml`); every failure is a
+    ConfigError naming the file."""
     import yaml  # local: keeps `import nas_distill.config` light
 
     from .yamlio import load_yaml
 
     try:
         with open(path, encoding="utf-8") as handle:
-            data = load_yaml(handle)
+            data = load_yaml(handle, path)
+    except ConfigError:
+        raise
     except FileNotFoundError:
         raise ConfigError(path, "config file not found") from None
     except IsADirectoryError:
@@ -844,6 +896,29 @@ def _stage_section(value: Any) -> Any:
     return value
 
 
+class AttrDict(dict):
+    """A dict whose keys read as attributes too, nested dicts included (the seed's ``DotDict`` reads)."""
+
+    @classmethod
+    def wrap(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return cls({k: cls.wrap(v) for k, v in value.items()})
+        if isinstance(value, list):
+            return [cls.wrap(v) for v in value]
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no config key {name!r} (keys: {', '.join(map(str, self))})") from None
+
+
+# ``seed`` given as None (a fresh seed) vs not given at all (the default): keyword ``None`` means "not
+# given" for every other attribute.
+_NOT_GIVEN = object()
+_FRESH_SEED = object()
+
 _SEARCH_ATTRS = ("search_space", "search_algorithm", "metrics", "higher_is_better", "max_trials", "seed")
 _STAGE_ATTRS = ("knowledge_transfer", "regular_distillation")
 _SETTINGS_ATTRS = ("flash", "evaluation", "study")
@@ -855,6 +930,8 @@ def _apply_keywords(raw: dict[str, Any], values: Mapping[str, Any], *, clear_sta
     if values.get("framework") is not None:
         _section_patch(raw, "model")["framework"] = values["framework"]
     search_values = {k: values[k] for k in _SEARCH_ATTRS if values.get(k) is not None}
+    if search_values.get("seed") is _FRESH_SEED:
+        search_values["seed"] = None  # kept as an explicit null: a fresh seed, not the default
     if search_values:
         search = _section_patch(raw, "search")
         if "metrics" in search_values and "higher_is_better" not in search_values:
@@ -900,10 +977,12 @@ def _validate(raw: Mapping[str, Any]) -> dict[str, Any]:
     if not _is_sampler(algorithm):
         algorithm = _choice(algorithm, "search.search_algorithm", _ALGORITHM_ALIASES, SEARCH_ALGORITHMS)
     metrics, higher = _metrics(search.get("metrics"), search.get("higher_is_better"), "search")
-    max_trials = _int(_get(search, "max_trials", 10), "search.max_trials")
-    seed = _get(search, "seed", 42)
-    if not _is_int(seed) or not 0 <= seed < 2**32:
-        raise _fail("search.seed", "an integer in [0, 2**32)", seed)
+    max_trials = _int(_get(search, "max_trials", DEFAULT_MAX_TRIALS), "search.max_trials")
+    # A missing seed is the default; an explicit null asks for a fresh seed per run (the seed API's
+    # seed=None), drawn and recorded in the study by AutoDistillation.
+    seed = search["seed"] if "seed" in search else DEFAULT_SEED
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**32):
+        raise _fail("search.seed", "an integer in [0, 2**32) or null (a fresh seed)", seed)
 
     flash_raw = _mapping(raw.get("flash_distillation"), "flash_distillation", _FLASH_KEYS)
     kt_stages, kt = _build_stages(flash_raw.get(KNOWLEDGE_TRANSFER), KNOWLEDGE_TRANSFER,
@@ -918,7 +997,7 @@ def _validate(raw: Mapping[str, Any]) -> dict[str, Any]:
         "metrics": metrics,
         "higher_is_better": higher,
         "max_trials": max_trials,
-        "seed": int(seed),
+        "seed": None if seed is None else int(seed),
         "knowledge_transfer": kt,
         "regular_distillation": rd,
         "flash": flash,
@@ -985,7 +1064,7 @@ class AutoDistillationConfig:
         search_algorithm: Any = None,
         metrics: Any = None,
         max_trials: Any = None,
-        seed: Any = None,
+        seed: Any = _NOT_GIVEN,
         knowledge_transfer: Any = None,
         regular_distillation: Any = None,
         *,
@@ -1002,7 +1081,7 @@ class AutoDistillationConfig:
             "metrics": metrics,
             "higher_is_better": higher_is_better,
             "max_trials": max_trials,
-            "seed": seed,
+            "seed": None if seed is _NOT_GIVEN else (_FRESH_SEED if seed is None else seed),
             "knowledge_transfer": knowledge_transfer,
             "regular_distillation": regular_distillation,
             "flash": flash,
@@ -1073,7 +1152,7 @@ class AutoDistillationConfig:
             if key in patch and patch[key] is None:
                 patch[key] = {}  # setting a stage section to None removes it (seed semantics)
         if "seed" in patch and patch["seed"] is None:
-            _section_patch(raw, "search").pop("seed", None)
+            patch["seed"] = _FRESH_SEED  # cfg.seed = None: a fresh seed per run, as in the seed API
         _apply_keywords(raw, patch, clear_stages=True)
         new_values = _validate(raw)
         self._check_flash_stages(patch.get("flash"), new_values)
@@ -1088,7 +1167,7 @@ class AutoDistillationConfig:
     metrics = _property("metrics", "Metric names, in objective order.")
     higher_is_better = _property("higher_is_better", "One direction per metric.")
     max_trials = _property("max_trials", "Number of trials to run (> 0).")
-    seed = _property("seed", "Seed of the searcher's sampler.")
+    seed = _property("seed", "Seed of the searcher's sampler; None: a fresh seed per run (recorded in the study).")
     knowledge_transfer = _property(
         "knowledge_transfer", "The seed's knowledge-transfer lists as given (FlashDistillationConfig) or None."
     )
@@ -1105,14 +1184,24 @@ class AutoDistillationConfig:
         return self.flash.stages
 
     @property
+    def study_location_given(self) -> bool:
+        """Whether the source named ``study.storage`` or ``study.run_dir`` (not left to the defaults):
+        the seed API's ``search(res_save_path=...)`` places the study only when neither was given."""
+        study = self._raw.get("study")
+        if isinstance(study, StudySettings):
+            return True
+        return isinstance(study, Mapping) and any(study.get(k) is not None for k in ("storage", "run_dir"))
+
+    @property
     def directions(self) -> list[str]:
         """Optuna study directions, one per metric (``'maximize'`` / ``'minimize'``)."""
         return ["maximize" if h else "minimize" for h in self.higher_is_better]
 
     @property
-    def config(self) -> dict[str, Any]:
-        """The seed's ``config`` attribute: the same plain data as :meth:`to_dict` (read-only copy)."""
-        return self.to_dict()
+    def config(self) -> "AttrDict":
+        """The seed's ``config`` attribute: :meth:`to_dict`'s data (a copy), readable by attribute as the
+        seed's DotDict was (``cfg.config.auto_distillation.search.max_trials``)."""
+        return AttrDict.wrap(self.to_dict())
 
     # ------------------------------------------------------------------ export
     def to_dict(self) -> dict[str, Any]:

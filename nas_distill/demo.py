@@ -19,14 +19,18 @@ from typing import Any
 from .tasks.digits import STUDENT_SPACE
 
 
-def demo_task(config) -> dict[str, Any]:
-    """Task entry point (``task: nas_distill.demo:demo_task``): the digits teacher, students and data."""
+def demo_task(config, teacher_steps: int = 3000) -> dict[str, Any]:
+    """Task entry point (``task: nas_distill.demo:demo_task``): the digits teacher, students and data.
+
+    ``teacher_steps`` (``task: {entry: ..., args: {teacher_steps: N}}``) only matters when the teacher is
+    trained, i.e. the first time a run folder is used.
+    """
     from .tasks import digits
 
     train, val, _ = digits.datasets()
-    teacher, _ = digits.load_or_train_teacher(config.study.run_dir)
+    teacher, _ = digits.load_or_train_teacher(config.study.run_dir, steps=teacher_steps)
     return {"model_builder": digits.student_builder, "teacher_model": teacher,
-            "train_dataset": train, "eval_dataset": val}
+            "train_dataset": train, "eval_dataset": val, "preprocessor": digits.image_processor()}
 
 
 def demo_config(run_dir: str = "runs/demo", max_trials: int = 16) -> dict[str, Any]:

@@ -6,6 +6,8 @@ the study and a RUNNING trial exist, or worse, as a silently useless search (lab
 nothing useful; NaN inputs give NaN losses). :func:`dry_run` checks, cheaply (one pass over the labels
 and inputs with numpy, at most a few student builds, no forward pass, no training):
 
+* every configured metric is one the built-in evaluator measures, or ``eval_func`` /
+  ``compute_metrics`` produces (:func:`check_metrics`, its own step);
 * each dataset is readable and not empty;
 * integer labels lie in ``[0, n_labels)`` of the teacher (``-100``, the Hugging Face ignore index, is
   allowed), and no float field (inputs, float labels) holds NaN or infinity;
@@ -40,7 +42,7 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["dry_run", "check_dataset", "num_labels"]
+__all__ = ["dry_run", "check_dataset", "check_metrics", "num_labels"]
 
 IGNORE_INDEX = -100  # the Hugging Face convention for "no label here"
 LABEL_KEYS = ("labels", "label")
@@ -53,6 +55,7 @@ def dry_run(ad: Any) -> None:
     Runs only for the parts the built-in engines will use, and once per set of (teacher, datasets,
     builder) objects: a second ``search()`` with the same objects does not scan again.
     """
+    check_metrics(ad)
     builtin = not _estimate_overridden(ad)
     teacher = getattr(ad, "teacher_model", None)
     train = getattr(ad, "train_dataset", None)
@@ -84,6 +87,70 @@ def dry_run(ad: Any) -> None:
     if use_eval:
         check_dataset(evaluation, "eval_dataset", labels, keras=keras)
     ad._dry_run_key = key
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def check_metrics(ad: Any) -> None:
+    """Every configured metric must be one that something will produce, or the search trains every
+    trial only to fail it at evaluation. With ``eval_func`` (or an overridden ``estimate``) the user
+    produces them; else the built-in evaluator knows its own names, and any other name must come from
+    ``ad.compute_metrics``, which is asked once here, on the first batch of the evaluation data through
+    the first student of the space (untrained), the way the evaluator will call it."""
+    if _estimate_overridden(ad) or getattr(ad, "eval_func", None) is not None:
+        return
+    keras = getattr(ad, "framework", "pytorch") == "tensorflow"
+    if keras:
+        from .distill.keras.evaluate import METRICS as known
+    else:
+        from .evaluate import METRICS as known
+    from .evaluate import unknown_metrics
+
+    names = list(getattr(ad, "metrics", []) or [])
+    unknown = unknown_metrics(names, known)
+    if not unknown:
+        return
+    field = f"search.metrics[{names.index(unknown[0])}]"
+    compute = getattr(ad, "compute_metrics", None)
+    if compute is None or keras:
+        how = ("set eval_func(model) -> {name: value}" if keras else
+               "set eval_func(model) -> {name: value}, or compute_metrics(EvalPrediction) -> dict returning it")
+        raise ConfigError(field, f"the built-in evaluator cannot measure {unknown[0]!r} (it knows "
+                                 f"{', '.join(known)}, with or without 'eval_'); {how}")
+    produced = _compute_metrics_names(ad, compute)
+    if produced is None:
+        return  # nothing to run it on yet (no eval_dataset): the evaluation itself will say so
+    from .evaluate import metric_from
+
+    missing = [n for n in unknown if metric_from(dict.fromkeys(produced, 0), n) is None]
+    if missing:
+        raise ConfigError(f"search.metrics[{names.index(missing[0])}]",
+                          f"compute_metrics returned {sorted(produced)}, not {missing[0]!r} (with or without "
+                          f"'eval_'), and the built-in evaluator does not measure it")
+
+
+def _compute_metrics_names(ad: Any, compute: Any) -> Optional[list[str]]:
+    """The keys ``compute`` returns for the first batch of ``ad.eval_dataset`` through the first buildable
+    student; None when there is no evaluation data or no student to run."""
+    data = getattr(ad, "eval_dataset", None)
+    if data is None:
+        return None
+    import torch
+
+    from .evaluate import call_compute_metrics, eval_pass
+
+    student = _Students(ad).first()
+    if student is None:
+        return None
+    settings = getattr(getattr(ad, "conf", None), "evaluation", None)
+    batch = int(getattr(settings, "batch_size", 64) or 64)
+    try:
+        n = min(batch, len(data))
+        head = torch.utils.data.Subset(data, range(n)) if n < len(data) else data
+        result = eval_pass(student, head, batch, getattr(settings, "device", "auto"), keep_logits=True)
+        return list(call_compute_metrics(compute, result.logits, result.labels))
+    except Exception as exc:  # noqa: BLE001 - the user's function failing on real outputs is a setup error
+        raise ConfigError("compute_metrics", f"failed on the first evaluation batch: "
+                                             f"{type(exc).__name__}: {exc}") from exc
 
 
 def _estimate_overridden(ad: Any) -> bool:

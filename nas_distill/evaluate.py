@@ -9,10 +9,16 @@ Metric names a config may select (``cfg.metrics``):
                     of ``latency_repeats`` timed runs, at a fixed thread count
 ``params``          number of parameters
 ``model_size_mb``   parameter + buffer bytes / 2**20
+``loss``            the task loss on the evaluation data, the one ``add_origin_loss`` trains with
+                    (cross-entropy for integer labels, ignoring -100; MSE for float labels),
+                    averaged over every labelled position of the whole set
 ==================  ===========================================================================
 
-Each name may carry the Hugging Face Trainer's ``eval_`` prefix (``eval_accuracy``); the result is keyed
-by the name as given.
+Each name may carry the Hugging Face Trainer's ``eval_`` prefix (``eval_accuracy``, ``eval_loss``); the
+result is keyed by the name as given. Any other name comes from the user's ``compute_metrics``, called
+the way the Trainer calls it: with an ``EvalPrediction(predictions=logits, label_ids=labels)`` over the
+whole evaluation set, its keys read with or without the ``eval_`` prefix. When ``compute_metrics``
+returns a name the built-in evaluator also knows, its value wins (as in the Trainer).
 
 This file holds the PyTorch measurements (torch imported inside the functions); a Keras backend adds
 its own.
@@ -23,28 +29,43 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from typing import Any, Callable, Iterable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-METRICS = ("accuracy", "latency", "params", "model_size_mb")
+METRICS = ("accuracy", "latency", "params", "model_size_mb", "loss")
 
 
-def base_metric(name: str) -> str:
+def base_metric(name: str, known: Sequence[str] = METRICS) -> str:
     """``'eval_accuracy'`` -> ``'accuracy'``: the seed's configs name metrics the way the Hugging Face
     Trainer reports them (``eval_`` prefix). The result keeps the name the config used."""
-    if name not in METRICS and name.startswith("eval_") and name[5:] in METRICS:
+    if name not in known and name.startswith("eval_") and name[5:] in known:
         return name[5:]
     return name
 
 
-def check_metric_names(names: Iterable[str], extra: Iterable[str] = ()) -> list[str]:
+def unknown_metrics(names: Iterable[str], known: Sequence[str] = METRICS) -> list[str]:
+    """The names that none of ``known`` (with or without the ``eval_`` prefix) is."""
+    return [name for name in names if base_metric(name, known) not in known]
+
+
+def check_metric_names(names: Iterable[str], extra: Iterable[str] = (),
+                       known: Sequence[str] = METRICS) -> list[str]:
     """The names, validated: an unknown one raises ``ValueError`` listing the known ones."""
-    known = list(METRICS) + [n for n in extra if n not in METRICS]
+    known = list(known) + [n for n in extra if n not in known]
     names = list(names)
-    for name in names:
-        if base_metric(name) not in known:
-            raise ValueError(f"unknown metric {name!r}; known metrics: {', '.join(known)} "
-                             f"(an 'eval_' prefix is accepted)")
+    bad = unknown_metrics(names, known)
+    if bad:
+        raise ValueError(f"unknown metric {bad[0]!r}; known metrics: {', '.join(known)} "
+                         f"(an 'eval_' prefix is accepted; other names need eval_func or compute_metrics)")
     return names
+
+
+def metric_from(results: Mapping[str, Any], name: str) -> Any:
+    """``name``'s value in a Trainer-style metrics dict (keys with or without ``eval_``), else None."""
+    for key in (name, name[5:] if name.startswith("eval_") else f"eval_{name}"):
+        if key in results:
+            return results[key]
+    return None
 
 
 def _settings(settings: Any) -> Any:
@@ -106,47 +127,117 @@ def _eval_fields(data: Any):
     return prepared
 
 
-def predict(model: Any, data: Any, batch_size: int = 64, device: Any = "auto"):
-    """``(predictions, labels)`` as numpy arrays: argmax class ids (or squeezed values for a single
-    output, i.e. regression) over ``data`` in order; ``labels`` is ``None`` when the data has none."""
+@dataclass
+class EvalPass:
+    """What one forward pass over the evaluation data gives: argmax class ids (or squeezed values for a
+    single output, i.e. regression), labels (None without), the logits when asked for, the task loss
+    (None without labels or when not asked for)."""
+
+    predictions: Any
+    labels: Any
+    logits: Any = None
+    loss: Optional[float] = None
+
+
+def eval_pass(model: Any, data: Any, batch_size: int = 64, device: Any = "auto", *,
+              keep_logits: bool = False, with_loss: bool = False) -> EvalPass:
+    """One pass of ``model`` over ``data`` in order (inference mode, eval mode, restored after)."""
     import numpy as np
     import torch
 
     from nas_distill.distill.torch.distiller import input_keys, model_logits
+    from nas_distill.distill.torch.losses import task_loss
 
     dev = _device(model, device)
     prepared = _eval_fields(data)
     keys = input_keys(model, list(prepared.fields))
+    labels_all = prepared.fields.get("labels")
+    with_loss = with_loss and labels_all is not None
     model.to(dev)
     was_training = model.training
     model.eval()
-    preds = []
+    preds, kept = [], []
+    loss_sum, loss_count = 0.0, 0
     try:
         with torch.inference_mode():
             for start in range(0, len(prepared), batch_size):
                 idx = torch.arange(start, min(len(prepared), start + batch_size))
                 batch = prepared.batch(idx)
                 logits = model_logits(model(**{k: batch[k].to(dev) for k in keys})).float()
+                if keep_logits:
+                    kept.append(logits.cpu().numpy())
+                if with_loss:
+                    # task_loss is a mean over the batch's counted positions: weight it back by their
+                    # number, so the result is the mean over the whole set whatever the batch size.
+                    labels = batch["labels"].to(dev)
+                    count = int(labels.numel()) if labels.dtype.is_floating_point else int((labels != -100).sum())
+                    if count:
+                        loss_sum += float(task_loss(logits, labels)) * count
+                        loss_count += count
                 if logits.shape[-1] == 1:
                     preds.append(logits.reshape(-1).cpu().numpy())
                 else:
                     preds.append(logits.argmax(-1).cpu().numpy())
     finally:
         model.train(was_training)
-    labels = prepared.fields.get("labels")
-    return np.concatenate(preds), (None if labels is None else labels.cpu().numpy())
+    return EvalPass(
+        predictions=np.concatenate(preds),
+        labels=None if labels_all is None else labels_all.cpu().numpy(),
+        logits=np.concatenate(kept) if keep_logits else None,
+        loss=(loss_sum / loss_count if loss_count else float("nan")) if with_loss else None,
+    )
+
+
+def predict(model: Any, data: Any, batch_size: int = 64, device: Any = "auto"):
+    """``(predictions, labels)`` as numpy arrays: argmax class ids (or squeezed values for a single
+    output, i.e. regression) over ``data`` in order; ``labels`` is ``None`` when the data has none."""
+    result = eval_pass(model, data, batch_size, device)
+    return result.predictions, result.labels
+
+
+def _accuracy_of(result: EvalPass, metric_fn: Optional[Callable[[Any, Any], float]] = None) -> float:
+    if metric_fn is not None:
+        return float(metric_fn(result.predictions, result.labels))
+    if result.labels is None:
+        raise ValueError("accuracy needs 'labels' in the evaluation data (or pass metric_fn)")
+    return float((result.predictions.reshape(result.labels.shape) == result.labels).mean())
 
 
 def accuracy(model: Any, data: Any, settings: Any = None,
              metric_fn: Optional[Callable[[Any, Any], float]] = None) -> float:
     """Fraction of argmax predictions equal to the labels, or ``metric_fn(predictions, labels)``."""
     s = _settings(settings)
-    preds, labels = predict(model, data, int(s.batch_size), s.device)
-    if metric_fn is not None:
-        return float(metric_fn(preds, labels))
-    if labels is None:
-        raise ValueError("accuracy needs 'labels' in the evaluation data (or pass metric_fn)")
-    return float((preds.reshape(labels.shape) == labels).mean())
+    return _accuracy_of(eval_pass(model, data, int(s.batch_size), s.device), metric_fn)
+
+
+def eval_loss(model: Any, data: Any, settings: Any = None) -> float:
+    """The task loss on ``data`` (see the module docstring)."""
+    s = _settings(settings)
+    result = eval_pass(model, data, int(s.batch_size), s.device, with_loss=True)
+    if result.loss is None:
+        raise ValueError("eval_loss needs 'labels' in the evaluation data")
+    return result.loss
+
+
+def make_eval_prediction(logits: Any, labels: Any) -> Any:
+    """A transformers ``EvalPrediction`` (a plain stand-in with the same two fields without
+    transformers)."""
+    try:
+        from transformers import EvalPrediction
+    except ImportError:  # pragma: no cover - transformers is a dependency of the torch path
+        from types import SimpleNamespace
+
+        return SimpleNamespace(predictions=logits, label_ids=labels)
+    return EvalPrediction(predictions=logits, label_ids=labels)
+
+
+def call_compute_metrics(compute_metrics: Callable[[Any], Mapping[str, Any]], logits: Any, labels: Any) -> dict:
+    """``compute_metrics(EvalPrediction(logits, labels))``, checked to be a mapping of names."""
+    results = compute_metrics(make_eval_prediction(logits, labels))
+    if not isinstance(results, Mapping):
+        raise TypeError(f"compute_metrics must return a dict of metric name -> number, got "
+                        f"{type(results).__name__}")
+    return dict(results)
 
 
 def latency(model: Any, data: Any, settings: Any = None) -> float:
@@ -188,21 +279,42 @@ def latency(model: Any, data: Any, settings: Any = None) -> float:
 
 
 def evaluate(model: Any, data: Any, metrics: Sequence[str] = ("accuracy",), settings: Any = None,
-             metric_fn: Optional[Callable[[Any, Any], float]] = None) -> dict[str, float]:
+             metric_fn: Optional[Callable[[Any, Any], float]] = None,
+             compute_metrics: Optional[Callable[[Any], Mapping[str, Any]]] = None) -> dict[str, float]:
     """``{name: value}`` for each of ``metrics`` (see the module docstring), in the given order.
 
-    Names are checked before anything runs, so a typo fails fast with the list of known metrics.
+    Names are checked before anything runs, so a typo fails fast with the list of known metrics (any
+    name is accepted with ``compute_metrics``: it is checked against what that returns). Accuracy, loss
+    and ``compute_metrics`` share one forward pass over the data.
     """
-    names = check_metric_names(metrics)
+    names = list(metrics) if compute_metrics is not None else check_metric_names(metrics)
+    s = _settings(settings)
+    needs_pass = compute_metrics is not None or any(base_metric(n) in ("accuracy", "loss") for n in names)
+    result = None
+    if needs_pass:
+        result = eval_pass(model, data, int(s.batch_size), s.device, keep_logits=compute_metrics is not None,
+                           with_loss=any(base_metric(n) == "loss" for n in names))
+    user = call_compute_metrics(compute_metrics, result.logits, result.labels) if compute_metrics else {}
     out: dict[str, float] = {}
     for name in names:
+        value = metric_from(user, name) if user else None
+        if value is not None:
+            out[name] = value
+            continue
         base = base_metric(name)
         if base == "accuracy":
-            out[name] = accuracy(model, data, settings, metric_fn)
+            out[name] = _accuracy_of(result, metric_fn)
+        elif base == "loss":
+            if result.loss is None:
+                raise ValueError(f"{name} needs 'labels' in the evaluation data")
+            out[name] = result.loss
         elif base == "latency":
             out[name] = latency(model, data, settings)
         elif base == "params":
             out[name] = count_params(model)
         elif base == "model_size_mb":
             out[name] = model_size_mb(model)
+        else:
+            raise ValueError(f"metric {name!r}: compute_metrics returned {sorted(user)}, not this name "
+                             f"(with or without the 'eval_' prefix)")
     return out

@@ -138,6 +138,7 @@ class TrialRunner:
         self._done = 0
         self._dist = _dist_info()
         self._last_sweep = -1e9
+        self._last_environment: str | None = None  # the previous trial's environmental failure, if any
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -173,6 +174,8 @@ class TrialRunner:
         """
         if self.check_setup:
             check_setup(self.ad)
+        self.study  # noqa: B018 - opened first: an unreachable storage is reported before a folder is made
+        self._check_folders()
         rank, world = self._dist
         if rank == 0:
             if self.new_run:
@@ -205,6 +208,17 @@ class TrialRunner:
         wanted = min(self.max_trials, len(space)) if space is not None else self.max_trials
         self.summary.budget_met = self.summary.study_complete >= wanted or (
             space is not None and len({json.dumps(t.params, sort_keys=True) for t in trials}) >= len(space))
+
+    def _check_folders(self) -> None:
+        """The run folder and the artifact store exist and take a file, before any trial trains: a
+        trial whose student cannot be saved would be trained for nothing."""
+        field = "auto_distillation.study.run_dir"
+        study_mod.check_writable(self.ad.run_dir, field)
+        if self._artifact_store is None:  # the default store, <run_dir>/artifacts
+            study_mod.check_writable(Path(self.ad.run_dir) / "artifacts", field)
+        base = getattr(self.artifact_store, "_base_path", None)  # a FileSystemArtifactStore's folder
+        if base is not None:
+            study_mod.check_writable(base, field)
 
     def _settle(self, poll: float = 0.5) -> None:
         """Budget spent: leave no trial RUNNING or WAITING behind.
@@ -267,7 +281,7 @@ class TrialRunner:
                 with warnings.catch_warnings():
                     # Optuna warns that heartbeats are meant for study.optimize; ours run their own thread.
                     warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-                    arch = self.ad.model_arch_proposition()
+                    arch = self.ad._propose()
             except Exception as exc:
                 from .errors import SearchSpaceExhausted
 
@@ -544,7 +558,8 @@ class TrialRunner:
             if self.artifact_store is not None:
                 t0 = time.perf_counter()
                 self._report("save", number)
-                artifact_id = save_student_artifact(model, arch, self.artifact_store, trial)
+                artifact_id = save_student_artifact(model, arch, self.artifact_store, trial,
+                                                    getattr(self.ad, "preprocessor", None))
                 if artifact_id is not None:
                     attrs["artifact_id"] = artifact_id
                     timings["save"] = round(time.perf_counter() - t0, 4)
@@ -552,6 +567,7 @@ class TrialRunner:
             attrs["timings"] = timings
             study_mod.set_user_attrs(self.study, trial._trial_id, attrs)
             self._tell(trial, values)
+            self._last_environment = None
             self.summary.completed += 1
             self._done += 1
             self._trial_seconds.append(time.perf_counter() - started)
@@ -569,13 +585,19 @@ class TrialRunner:
             self.summary.failed += 1
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of user code is a FAIL, the search goes on
-            from .errors import ConfigError
+            from .errors import ConfigError, EnvironmentFailure, environment_cause
 
             timings["total"] = round(time.perf_counter() - started, 4)
             kind = type(exc).__name__
-            console.trial_failed(number, kind, str(exc) or kind, time.perf_counter() - started)
+            message = str(exc) or kind
+            environment = environment_cause(exc)
+            if environment is not None:
+                # The machine failed, not the architecture: the arch is retried, never answered from
+                # the store as failed.
+                kind, message = "Environment", f"environment: {environment}: {message}"
+            console.trial_failed(number, kind, message, time.perf_counter() - started)
             self._fail(
-                trial, kind, str(exc) or kind, retry=isinstance(exc, ConfigError),
+                trial, kind, message, retry=isinstance(exc, ConfigError) or environment is not None,
                 extra={"timings": timings, "traceback": traceback.format_exc()[-4000:]},
             )
             self.summary.failed += 1
@@ -584,6 +606,12 @@ class TrialRunner:
                 # The setup is wrong (missing teacher, data, ...), not the architecture: every trial
                 # would fail the same way. Stop; the arch is enqueued again for the fixed run.
                 raise
+            if environment is not None and environment == self._last_environment:
+                self.summary.stop_reason = f"the same environmental failure twice: {message}"
+                raise EnvironmentFailure(f"stopping this worker: the same environmental failure twice in "
+                                         f"a row ({message}); their architectures will be retried",
+                                         exc) from exc
+            self._last_environment = environment
             self._check_breaker()
         finally:
             self.ad.student_model = None
@@ -612,7 +640,8 @@ class TrialRunner:
         else:
             t0 = time.perf_counter()
             self._report("train", number)
-            self.ad._train(model)
+            model = self.ad._train(model)  # the model train_func returned, if it returned one
+            self.ad.student_model = model
             timings["train"] = round(time.perf_counter() - t0, 4)
             t0 = time.perf_counter()
             self._report("eval", number)
@@ -831,11 +860,13 @@ def _rebuild_with(model: Any, model_cls: Any, run_dir: str) -> Any:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def save_student(model: Any, arch: dict, folder: str | os.PathLike) -> bool:
+def save_student(model: Any, arch: dict, folder: str | os.PathLike, preprocessor: Any = None) -> bool:
     """Write a trained student to ``folder``: ``save_pretrained`` (safetensors) when the model has it,
     a Keras model as ``model.keras`` (Keras 3's zip: config + weights, reloadable with
     ``keras.saving.load_model(path, safe_mode=True)``), else a torch module's ``state_dict`` as
-    ``model.safetensors``; plus ``arch.json``. False: not a model.
+    ``model.safetensors``; plus ``arch.json``, and the task's ``preprocessor`` (an image processor or
+    tokenizer: anything with ``save_pretrained``), so the folder runs in ``transformers.pipeline`` alone.
+    False: not a model.
     """
     import sys
 
@@ -857,11 +888,13 @@ def save_student(model: Any, arch: dict, folder: str | os.PathLike) -> bool:
         # Shared / non-contiguous tensors are copied: safetensors stores plain tensors only.
         state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(folder / "model.safetensors"))
+    if preprocessor is not None and hasattr(preprocessor, "save_pretrained"):
+        preprocessor.save_pretrained(str(folder))
     (folder / "arch.json").write_text(json.dumps(arch, indent=2, sort_keys=True))
     return True
 
 
-def save_student_artifact(model: Any, arch: dict, store: Any, trial: Any) -> str | None:
+def save_student_artifact(model: Any, arch: dict, store: Any, trial: Any, preprocessor: Any = None) -> str | None:
     """Save ``model`` (see :func:`save_student`) as a tar in the artifact store, linked from ``trial``."""
     if not (hasattr(model, "save_pretrained") or _is_torch_module(model) or _is_keras_model(model)):
         return None  # nothing we know how to save (e.g. a user's plain-Python student)
@@ -869,7 +902,7 @@ def save_student_artifact(model: Any, arch: dict, store: Any, trial: Any) -> str
 
     with tempfile.TemporaryDirectory(prefix="nas-distill-student-") as tmp:
         folder = Path(tmp) / "student"
-        if not save_student(model, arch, folder):
+        if not save_student(model, arch, folder, preprocessor):
             return None
         archive = Path(tmp) / f"student-trial-{trial.number}.tar"
         with tarfile.open(archive, "w") as tar:

@@ -156,6 +156,19 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
+def storage_error_text(exc: BaseException) -> str | None:
+    """``'storage error: <the driver's message>'`` when ``exc`` is Optuna's generic storage error
+    (``StorageInternalError``: "invalid data in the commit, e.g. exceeding max length", whatever the
+    cause: a read-only file, a server gone past the retry window...), else None."""
+    try:
+        from optuna.exceptions import StorageInternalError
+    except ImportError:  # pragma: no cover
+        return None
+    if not any(isinstance(error, StorageInternalError) for error in _chain(exc)):
+        return None
+    return f"storage error: {_first_line(exc)}"
+
+
 # ------------------------------------------------------------------------------------ the policy
 class StorageRetry:
     """Backoff policy plus the outage state of one storage in this process (shared by its threads).

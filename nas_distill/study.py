@@ -62,7 +62,7 @@ DEFAULT_STUDY_NAME = "nas-distill"
 # user attrs that mark a COMPLETE trial as not having cost a training slot
 UNCOUNTED_ATTRS = ("duplicate_of", "imported_from")
 # error types of failures that say nothing about the architecture: the arch is tried again
-RETRYABLE_ERRORS = ("WorkerLost", "Interrupted", "ConfigError")
+RETRYABLE_ERRORS = ("WorkerLost", "Interrupted", "ConfigError", "Environment")
 #: Age (s, at least the grace period) after which a RUNNING trial that never beat is an orphan: no worker
 #: runs it (every worker's first beat follows its ask within the sampler's time, far less than this).
 ORPHAN_AGE_S = 60.0
@@ -91,11 +91,28 @@ __all__ = [
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
 
 
+# A password as a query parameter (``password``, SQLAlchemy / libpq) or a field of a libpq ``key=value``
+# DSN: the value up to the next separator.
+_PARAM_PASSWORD = re.compile(
+    r"(?P<head>(?:^|[?&;\s])(?:password|passwd|pwd|sslpassword|pass)\s*=\s*)(?P<pw>'[^']*'|[^&;\s#'\"]*)",
+    re.IGNORECASE)
+#: Environment variables whose values are passwords the storage drivers read (libpq's, ours).
+PASSWORD_ENV_VARS = ("PGPASSWORD",)
+
+
 def mask_url(url: Any) -> Any:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``; other values unchanged."""
+    """Every password in a text masked as ``***``: a URL's userinfo (``postgresql://user:secret@host/db``
+    -> ``postgresql://user:***@host/db``), a ``password`` query parameter or DSN field, and the value of
+    ``$PGPASSWORD`` wherever it appears. Other values are returned unchanged."""
     if not isinstance(url, str):
         return url
-    return _URL_PASSWORD.sub(lambda m: m.group("head") + "***" + m.group("tail"), url)
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + "***" + m.group("tail"), url)
+    text = _PARAM_PASSWORD.sub(lambda m: m.group("head") + "***", text)
+    for name in PASSWORD_ENV_VARS:
+        secret = os.environ.get(name)
+        if secret and len(secret) >= 3:  # a one- or two-letter value would mask ordinary text
+            text = text.replace(secret, "***")
+    return text
 
 
 def mask_secrets(value: Any) -> Any:
@@ -208,7 +225,7 @@ def make_storage(
             except Exception as exc:  # noqa: BLE001 - one line naming the storage, not a stack
                 from .errors import ConfigError
 
-                raise ConfigError("study.storage", f"cannot open {mask_url(url)}: {exc}") from exc
+                raise ConfigError("study.storage", mask_url(f"cannot open {url}: {exc}")) from exc
     if url.startswith("sqlite:///") and _sqlite_path(url):
         _tune_sqlite(storage)
     # What our own sweep and heartbeat thread read (any storage).
@@ -230,12 +247,13 @@ def _open_rdb(url: str, engine_kwargs: dict[str, Any], interval, grace, callback
     """
     import random
 
-    import optuna
     import sqlalchemy.exc
+
+    from .atomic_storage import AtomicRDBStorage
 
     for attempt in range(_SCHEMA_RACE_ATTEMPTS):
         try:
-            return optuna.storages.RDBStorage(
+            return AtomicRDBStorage(
                 url,
                 engine_kwargs=dict(engine_kwargs),
                 heartbeat_interval=interval,
@@ -299,8 +317,12 @@ def open_study(
     """
     import optuna
 
+    from .config import study_name_error
     from .errors import ConfigError
 
+    problem = study_name_error(study_name)
+    if problem:  # the storage would fail on it with a generic "invalid data in the commit"
+        raise ConfigError("study.study_name", problem)
     if isinstance(storage, (str, os.PathLike)) or storage is None:
         storage = make_storage(
             resolve_storage_url(storage and str(storage)),
@@ -409,6 +431,24 @@ def artifact_store(run_dir: str | os.PathLike):
     path = Path(run_dir) / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(path))
+
+
+def check_writable(folder: str | os.PathLike, field: str) -> None:
+    """Create ``folder`` and write (then remove) a file in it; a ConfigError naming ``field`` if either
+    fails. Called before the first trial, so a run folder nobody can write costs no training."""
+    import tempfile
+
+    from .errors import ConfigError
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-") as probe:
+            probe.write(b"ok")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise ConfigError(field, f"cannot write to {folder}: {exc.strerror or exc}; fix its permissions or "
+                                 f"free space, or choose another folder (--run-dir)") from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -621,14 +661,12 @@ def fail_stale_trials(study) -> list[int]:
     if stale_ids and retry is not None and retry.recovered_within(settle):
         return []  # the read above was the first call to get through
     failed = []
+    reason = {"error_type": "WorkerLost",
+              "error": f"no heartbeat for more than {grace:g} s: the worker died or hung "
+                       f"(or, never beating after {_orphan_age(grace):g} s, nobody ever ran it)"}
     for trial_id in stale_ids:
         try:
-            storage.set_trial_user_attr(trial_id, "error_type", "WorkerLost")
-            storage.set_trial_user_attr(
-                trial_id, "error", f"no heartbeat for more than {grace:g} s: the worker died or hung "
-                f"(or, never beating after {_orphan_age(grace):g} s, nobody ever ran it)"
-            )
-            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            if finish_trial(study, trial_id, TrialState.FAIL, attrs=reason):
                 failed.append(trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker (or the owner) finished it first
@@ -643,6 +681,28 @@ def fail_stale_trials(study) -> list[int]:
             except Exception as exc:  # noqa: BLE001 - a failed retry must not stop the sweeping worker
                 log.warning("retry of trial %d failed: %s", frozen.number, exc)
     return numbers
+
+
+def finish_trial(study, trial_id: int, state, values=None, attrs: Mapping[str, Any] | None = None) -> bool:
+    """Finish a trial with ``attrs`` recorded on it, exactly once across every worker.
+
+    On SQL storages the attrs and the state change are one transaction, so a loser (the trial was
+    finished by someone else first: ``UpdateFinishedTrialError``) leaves no attrs behind on the
+    winner's trial. Elsewhere (the journal) the attrs are written first, then the state, which the
+    journal's replay gives to the first writer only.
+    """
+    from .atomic_storage import atomic_rdb
+    from .storage_retry import call
+
+    storage = study._storage
+    rdb = atomic_rdb(storage)
+    values = None if values is None else [float(v) for v in values]
+    if rdb is not None:
+        return call(storage, rdb.finish_trial, trial_id, state, values, {k: _jsonable(v) for k, v in
+                                                                           (attrs or {}).items()})
+    if attrs:
+        set_user_attrs(study, trial_id, attrs)
+    return storage.set_trial_state_values(trial_id, state=state, values=values)
 
 
 class RetryStaleTrial:
@@ -777,8 +837,9 @@ def set_user_attrs(study, trial_id: int, attrs: Mapping[str, Any]) -> None:
         storage.set_trial_user_attr(trial_id, key, value)
 
 
-def _write_user_attrs(rdb, session, trial_id: int, values: Mapping[str, Any]) -> None:
-    """Upsert JSON-safe user attrs of one trial inside ``session`` (the caller commits).
+def _write_user_attrs(rdb, session, trial_id: int, values: Mapping[str, Any], check: bool = True) -> None:
+    """Upsert JSON-safe user attrs of one trial inside ``session`` (the caller commits). ``check=False``:
+    the caller has just finished the trial in this same transaction (the attrs go with the finish).
 
     On SQLite and PostgreSQL: one check that the trial may still be updated (as Optuna does before each
     attr) and one upsert statement for all the attrs, stored as Optuna stores them (``json.dumps`` in
@@ -797,12 +858,22 @@ def _write_user_attrs(rdb, session, trial_id: int, values: Mapping[str, Any]) ->
         from sqlalchemy.dialects.postgresql import insert
     elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
         from sqlalchemy.dialects.sqlite import insert
-    if insert is None:
+    if insert is None and check:
         for key, value in values.items():
             rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
         return
-    trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-    rdb.check_trial_is_updatable(trial_id, trial.state)
+    if insert is None:  # another dialect, the trial just finished: Optuna's setter would refuse it
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+        for key, value in values.items():
+            row = models.TrialUserAttributeModel.find_by_trial_and_key(trial, key, session)
+            if row is None:
+                session.add(models.TrialUserAttributeModel(trial_id=trial_id, key=key, value_json=json.dumps(value)))
+            else:
+                row.value_json = json.dumps(value)
+        return
+    if check:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+        rdb.check_trial_is_updatable(trial_id, trial.state)
     table = models.TrialUserAttributeModel.__table__
     stmt = insert(table)
     stmt = stmt.on_conflict_do_update(index_elements=[table.c.trial_id, table.c.key],

@@ -21,6 +21,8 @@ worker process (the module must be importable there: installed, or on ``PYTHONPA
     eval_dataset    optional   evaluation data                              } eval_dataset
     metric_fn       optional   metric_fn(predictions, labels) for the built-in evaluator
     model_cls       optional   the seed's model_cls (rebuild students with from_pretrained)
+    preprocessor    optional   the students' image processor or tokenizer (saved with each student, so
+                               an exported student runs in ``transformers.pipeline`` on its own)
 
 Processes
 ---------
@@ -60,7 +62,7 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 TASK_KEYS = ("model_builder", "train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset",
-             "metric_fn", "model_cls")
+             "metric_fn", "model_cls", "preprocessor")
 EXIT_OK = 0
 #: The worker stopped before the study met its budget (circuit breaker, out of architectures).
 EXIT_INCOMPLETE = 3
@@ -69,7 +71,7 @@ EXIT_INTERRUPTED = 130
 
 # ------------------------------------------------------------------------------------ config + task
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The YAML config as a dict (the safe loader of :mod:`nas_distill.yamlio`)."""
+    """The YAML config as a dict (the safe, bounded loader of :mod:`nas_distill.yamlio`)."""
     import yaml
 
     from .yamlio import load_yaml
@@ -78,7 +80,8 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not p.exists():
         raise ConfigError("config", f"no such file: {p}")
     try:
-        data = load_yaml(p.read_text())
+        with open(p, encoding="utf-8") as handle:
+            data = load_yaml(handle, str(p))
     except yaml.YAMLError as exc:
         raise ConfigError("config", f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
@@ -155,8 +158,9 @@ def build_autodistill(
     func, args = load_task_function(spec)
     pieces = call_task(func, args, cfg)
     ad = AutoDistillation(pieces["model_builder"], cfg, storage=storage, study_name=study_name,
-                          run_dir=run_dir, max_trials=max_trials)
-    for key in ("train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset", "metric_fn"):
+                          run_dir=run_dir or cfg.study.run_dir, max_trials=max_trials)
+    for key in ("train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset", "metric_fn",
+                "preprocessor"):
         if pieces.get(key) is not None:
             setattr(ad, key, pieces[key])
     ad.model_cls = pieces.get("model_cls")
@@ -316,8 +320,8 @@ def prepare_study(config, *, task=None, storage=None, study_name=None, run_dir=N
     cfg = load_config(data)
     from .autodistill import AutoDistillation
 
-    ad = AutoDistillation(lambda arch: arch, cfg, storage=storage, study_name=study_name, run_dir=run_dir,
-                          max_trials=max_trials)
+    ad = AutoDistillation(lambda arch: arch, cfg, storage=storage, study_name=study_name,
+                          run_dir=run_dir or cfg.study.run_dir, max_trials=max_trials)
     from . import breaker
     from .study import record_budget
 

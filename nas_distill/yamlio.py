@@ -5,6 +5,11 @@ Why: PyYAML implements YAML 1.1, where a float needs a dot and a signed exponent
 space ``[1e-3, 3e-4]`` would hand strings to the model builder. Every YAML 1.2 library (and most
 people) read them as floats. Only implicit resolution is added to the safe loader: no constructor, so
 nothing beyond plain data is ever built, and a quoted ``"3e-3"`` stays a string.
+
+Bounded: at most :data:`MAX_CONFIG_BYTES` of text and :data:`MAX_CONFIG_NODES` nodes with every alias
+expanded, counted on the composed node graph before any Python object is built. Anchors and aliases of
+ordinary size work; an alias bomb (each level's list repeating the previous level's alias: 1 KB that
+expands to 10^13 values) is refused in time linear in its size.
 """
 
 from __future__ import annotations
@@ -12,6 +17,13 @@ from __future__ import annotations
 import functools
 import re
 from typing import IO, Any
+
+from .errors import ConfigError
+
+#: Largest config text read (bytes): a real config is a few KB.
+MAX_CONFIG_BYTES = 1 << 20
+#: Most YAML nodes a config may hold once its aliases are expanded.
+MAX_CONFIG_NODES = 100_000
 
 # YAML 1.2 core-schema floats that YAML 1.1 misses: an exponent without a dot or without a sign.
 _YAML12_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
@@ -29,10 +41,49 @@ def _loader() -> type:
     return ConfigLoader
 
 
-def load_yaml(stream: str | bytes | IO[Any]) -> Any:
-    """Parse one YAML document with the safe loader (see the module docstring); raises ``yaml.YAMLError``."""
-    loader = _loader()(stream)
+def load_yaml(stream: str | bytes | IO[Any], source: str = "config") -> Any:
+    """Parse one YAML document with the safe loader (see the module docstring); raises ``yaml.YAMLError``
+    for bad YAML, and a ConfigError naming ``source`` past the bounds."""
+    text = stream if isinstance(stream, (str, bytes)) else stream.read(MAX_CONFIG_BYTES + 1)
+    size = len(text.encode("utf-8", "surrogatepass")) if isinstance(text, str) else len(text)
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(source, f"the config is {size} bytes or more; configs over {MAX_CONFIG_BYTES} bytes "
+                                  f"are refused")
+    loader = _loader()(text)
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            nodes = _expanded_nodes(node, {}, MAX_CONFIG_NODES)
+        except RecursionError:
+            raise ConfigError(source, "the YAML is nested too deeply") from None
+        if nodes > MAX_CONFIG_NODES:
+            raise ConfigError(source, f"the YAML expands (its aliases repeated) to more than {MAX_CONFIG_NODES} "
+                                      f"values; refused (an alias bomb?)")
+        return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def _expanded_nodes(node: Any, memo: dict[int, int], cap: int) -> int:
+    """Nodes under ``node`` (itself included) with aliases expanded; stops counting past ``cap``."""
+    import yaml
+
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    memo[id(node)] = cap + 1  # a node reached again while counting it: a recursive alias, refused
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [item for pair in node.value for item in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded_nodes(child, memo, cap)
+        if total > cap:
+            break
+    memo[id(node)] = total
+    return total

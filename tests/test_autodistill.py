@@ -195,23 +195,24 @@ def test_dump_and_load_search_results(tmp_path):
     agent.train_func = lambda m: None
     agent.eval_func = metrics_of
     best = agent.search(res_save_path=str(tmp_path / "res"))
-    txt = tmp_path / "res" / "AutoDistillationSearch" / "search_results.txt"
-    data = json.loads(txt.with_suffix(".json").read_text())
-    assert "Pareto front" in txt.read_text()
+    folder = tmp_path / "res" / "AutoDistillationResults"
+    data = json.loads((folder / "lastest_results.json").read_text())
+    assert "Best Search Results" in (folder / "Final_results.txt").read_text()
     assert data["metrics"] == ["acc", "latency", "size"] and len(data["trials"]) == 5
     assert sorted(json.dumps(t["arch"], sort_keys=True) for t in data["trials"] if t["pareto"]) == \
         sorted(json.dumps(a, sort_keys=True) for a in best)
 
-    agent.dump_search_results(tmp_path / "copy.txt")
-    assert (tmp_path / "copy.txt").exists() and (tmp_path / "copy.json").exists()
+    agent.dump_search_results(tmp_path / "copy" / "results.txt")
+    assert (tmp_path / "copy" / "results.txt").exists()
+    assert json.loads((tmp_path / "copy" / "lastest_results.json").read_text())["trials"] == data["trials"]
 
     trained = []
     other = AutoDistillation(lambda arch: dict(arch), seed_conf(tmp_path / "b", "Grid", 7))
     other.train_func = lambda m: trained.append(m)
     other.eval_func = metrics_of
-    assert other.load_search_results(str(tmp_path / "copy.json")) == 5
+    assert other.load_search_results(str(tmp_path / "copy")) == 5
     assert len(other.resumed_search_results) == 5
-    assert other.load_search_results(str(tmp_path / "copy.json")) == 0  # already there
+    assert other.load_search_results(str(tmp_path / "copy" / "lastest_results.json")) == 0  # already there
     other.search()
     # 7 new trainings; the 5 imported archs are answered from the store, never retrained
     imported = {json.dumps(t["arch"], sort_keys=True) for t in data["trials"]}
@@ -380,6 +381,7 @@ def test_missing_pieces_fail_the_trial_with_a_clear_reason(tmp_path):
                                                                  space={"a": [1]}))
     from nas_distill import ConfigError
 
+    agent.eval_func = lambda m: {"acc": 1.0, "latency": 1.0, "size": 1.0}
     with pytest.raises(ConfigError, match="teacher_model"):  # a setup problem stops the search at once
         agent.search()  # no train_func, no teacher / datasets
     trial = agent.study.trials[0]
@@ -387,6 +389,5 @@ def test_missing_pieces_fail_the_trial_with_a_clear_reason(tmp_path):
     assert trial.user_attrs["error_type"] == "ConfigError" and "teacher_model" in trial.user_attrs["error"]
     # its arch waits for the fixed setup, and is trained then
     agent.train_func = lambda m: None
-    agent.eval_func = lambda m: {"acc": 1.0, "latency": 1.0, "size": 1.0}
     agent.search()
     assert [t.state for t in agent.study.trials] == [TrialState.FAIL, TrialState.COMPLETE], [t.user_attrs for t in agent.study.trials]

@@ -152,7 +152,7 @@ def test_defaults_and_broadcast_scalars():
     rd = cfg.flash.stages[3]
     assert rd.mappings == () and rd.loss_types == ("KL",) and rd.loss_weights == (1.0,) and rd.train_steps == 5
     assert (cfg.framework, cfg.search_algorithm, cfg.metrics, cfg.higher_is_better, cfg.max_trials, cfg.seed) == (
-        "pytorch", "bo", ["accuracy"], [True], 10, 42)
+        "pytorch", "bo", ["accuracy"], [True], 3, 42)
     assert cfg.flash == FlashSettings(stages=cfg.flash.stages)
     assert cfg.evaluation == EvaluationSettings() and cfg.study == StudySettings()
 
@@ -353,7 +353,7 @@ VALIDATION_CASES = [
     (f"{MAPS}", None, f"{MAPS}[0]", "got nothing"),
     (f"{KTP}.block_names", [], f"{KTP}.block_names", "got []"),
     (f"{KTP}.block_names", ["a", 5], f"{KTP}.block_names[1]", "got 5"),
-    (f"{KTP}.block_names", None, f"{KTP}.block_names", "got nothing"),
+    (f"{KTP}.block_names", ["a", "  "], f"{KTP}.block_names[1]", "got '  '"),
     (f"{KTP}.block_names", ["a", None], f"{KTP}.block_names[1]", "got None"),
     (f"{KTP}.loss_weights", [0, [0.3, 0.7]], f"{KTP}.loss_weights[0]", "got [0.0]"),
     (f"{RDP}.temperature", [0], f"{RDP}.temperature[0]", "got 0"),

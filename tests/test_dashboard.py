@@ -118,6 +118,85 @@ def test_binds_loopback_only(server):
     assert listening_addresses(server["port"]) == ["127.0.0.1"]
 
 
+def _request(base: str, path: str, method: str = "GET", headers: dict | None = None) -> int:
+    request = urllib.request.Request(base + path, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.slow
+def test_foreign_host_delete_is_refused_and_the_study_stays(server):
+    """A DNS-rebinding page: its own domain in Host and Origin. Then the same DELETE with our own Host:
+    refused too, the dashboard being read-only by default. Reads with our Host still work."""
+    study_id, _ = _study_detail(server)
+    port = server["port"]
+    foreign = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+    assert _request(server["base"], f"/api/studies/{study_id}", "DELETE", foreign) == 403
+    assert _request(server["base"], "/api/studies", "GET", foreign) == 403
+    assert _request(server["base"], f"/api/studies/{study_id}", "DELETE") == 403
+    assert _request(server["base"], f"/api/studies/{study_id}/note", "PUT") == 403
+    assert _request(server["base"], "/api/studies", "GET", {"Host": f"localhost:{port}"}) == 200
+    assert optuna.load_study(study_name=server["study"].study_name, storage=server["url"]).trials
+
+
+def _wsgi_call(app, method: str, path: str, host: str, origin: str | None = None) -> str:
+    from wsgiref.util import setup_testing_defaults
+
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "HTTP_HOST": host}
+    if origin:
+        environ["HTTP_ORIGIN"] = origin
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    del body
+    return status[0].split()[0]
+
+
+@pytest.mark.slow
+def test_allow_writes_still_refuses_foreign_origins(tmp_path):
+    """optuna-dashboard's real WSGI app behind the guard, called in-process: with --allow-writes a
+    same-origin DELETE deletes the study; one from another origin is refused and leaves it intact."""
+    from optuna_dashboard import wsgi
+
+    from nas_distill.reporting.dashboard import DashboardGuard
+
+    study, url, _ = make_study(tmp_path, n_complete=2, n_fail=0, n_running=0, artifact=False)
+    storage = optuna.storages.RDBStorage(url)
+    app = DashboardGuard(wsgi(storage), "127.0.0.1", allow_writes=True)
+    path = f"/api/studies/{study._study_id}"
+    assert _wsgi_call(app, "DELETE", path, "127.0.0.1:8080", "http://attacker.example") == "403"
+    assert _wsgi_call(app, "DELETE", path, "attacker.example:8080", "http://127.0.0.1:8080") == "403"
+    assert optuna.get_all_study_names(url) == [study.study_name]
+    assert _wsgi_call(app, "DELETE", path, "127.0.0.1:8080", "http://127.0.0.1:8080") == "204"
+    assert optuna.get_all_study_names(url) == []
+
+
+def test_non_loopback_host_warns(tmp_path, caplog):
+    """Launching on 0.0.0.0 warns before serving (the port is taken, so nothing is exposed here)."""
+    import logging
+    import socket
+
+    from nas_distill.reporting.dashboard import launch_dashboard
+
+    _, url, _ = make_study(tmp_path, n_complete=0, n_fail=0, n_running=0, artifact=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with caplog.at_level(logging.WARNING), pytest.raises(OSError):
+            launch_dashboard(url, None, host="0.0.0.0", port=taken.getsockname()[1], refresh_s=None)
+    assert any("listens on 0.0.0.0" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with caplog.at_level(logging.WARNING), pytest.raises(OSError):
+            launch_dashboard(url, None, host="127.0.0.1", port=taken.getsockname()[1], refresh_s=None)
+    assert not any("listens on" in r.getMessage() for r in caplog.records)
+
+
 def test_push_is_idempotent(tmp_path):
     study, url, _ = make_study(tmp_path, artifact=False)
     def system_attrs() -> dict:

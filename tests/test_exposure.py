@@ -150,6 +150,45 @@ def test_unreachable_storage_password_stays_out_of_errors_and_logs(caplog, tmp_p
     assert SECRET not in caplog.text
 
 
+QUERY_URL = f"postgresql+psycopg://u@127.0.0.1:1/db?connect_timeout=2&password={SECRET}"
+
+
+def test_query_and_environment_passwords_are_masked_in_errors_logs_and_the_stored_study(
+        caplog, tmp_path, monkeypatch):
+    """``?password=`` in the URL, and ``$PGPASSWORD``: out of the "cannot open" error, the outage log
+    line, and the config stored in the study."""
+    import sqlalchemy.exc
+
+    from nas_distill import storage_retry
+    from nas_distill.study import make_storage, mask_url, open_study
+
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ConfigError) as info:
+        make_storage(QUERY_URL)
+    assert "password=***" in str(info.value) and SECRET not in str(info.value)
+    retry = storage_retry.StorageRetry(mask_url(QUERY_URL), max_seconds=0)
+    driver_error = sqlalchemy.exc.OperationalError(f"connect to {QUERY_URL}", {}, Exception(f"refused {QUERY_URL}"))
+    retry.note_failure(driver_error, 1.0, 1)
+    assert "password=***" in caplog.text
+    monkeypatch.setenv("PGPASSWORD", SECRET + "-env")
+    retry.note_failure(Exception(f"auth failed for {SECRET}-env"), 1.0, 2)
+    study = open_study(f"sqlite:///{tmp_path / 's.db'}", "q", metrics=["acc"], higher_is_better=[True],
+                       config={"study": {"storage": QUERY_URL, "dsn": f"host=db password={SECRET}"}})
+    stored = json.dumps(optuna.load_study(study_name="q", storage=f"sqlite:///{tmp_path / 's.db'}").user_attrs)
+    assert "password=***" in stored and SECRET not in stored and SECRET not in caplog.text
+    assert SECRET not in mask_url(f"PGPASSWORD leaked: {SECRET}-env")
+    del study
+
+
+@pytest.mark.slow
+def test_cli_masks_a_query_password(tmp_path, task_module):
+    cfg = write_config(tmp_path / "cfg.yaml", task_config(tmp_path / "run", storage=QUERY_URL, max_trials=2))
+    for res in (cli("status", "--storage", QUERY_URL, cwd=tmp_path), cli("run", cfg, cwd=tmp_path),
+                cli("run", cfg, "--debug", cwd=tmp_path)):
+        assert res.returncode != 0 and "password=***" in res.stderr, res.stderr
+        assert SECRET not in res.stdout + res.stderr
+
+
 def _chain(exc):
     while exc.__cause__ or exc.__context__:
         exc = exc.__cause__ or exc.__context__

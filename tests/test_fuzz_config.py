@@ -171,8 +171,10 @@ BAD["mapping"] = st.one_of(
     st.just([["a", "b", "c"], ["d"]]),
     st.just([["a", "0"], ["b", 1.5]]),
 )
-BAD["block"] = st.one_of(BAD["str"].filter(lambda v: not isinstance(v, list)), st.just([]),
-                         st.lists(st.one_of(st.integers(), st.just(""), st.none()), min_size=1, max_size=3))
+# '' is a valid block name (the prefix of every parameter: the whole student trains), alone or in a list.
+BAD["block"] = st.one_of(BAD["str"].filter(lambda v: not isinstance(v, list) and v != ""), st.just([]),
+                         st.lists(st.one_of(st.integers(), st.just(""), st.none()), min_size=1, max_size=3)
+                         .filter(lambda names: any(n != "" for n in names)))
 # Kinds for a whole per-stage field (or one stage's per-mapping entry), where a list of good values would
 # be valid: only non-list bad values there.
 for _kind in ("pos_int", "pos_number", "nonneg_number", "bool"):

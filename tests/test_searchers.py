@@ -13,9 +13,9 @@ from optuna.trial import TrialState
 
 from nas_distill.errors import SearchSpaceExhausted
 from nas_distill.search import samplers as samplers_module
+from nas_distill.search.bo_sampler import SpaceBOSampler
 from nas_distill.search.samplers import CLAIM_KEY, SpaceGridSampler, SpaceRandomSampler
 from nas_distill.search.searchers import (
-    DEFAULT_BO_SAMPLER,
     BayesianOptimizationSearcher,
     GridSearcher,
     RandomSearcher,
@@ -351,18 +351,14 @@ def test_bo_with_sampler_instance_and_default():
     searcher = BayesianOptimizationSearcher(SPACE, sampler=sampler)
     assert searcher.sampler is sampler
     assert searcher.seed == 42
-    default = BayesianOptimizationSearcher(SPACE).sampler
-    expected = {"tpe": TPESampler, "gp": GPSampler, "nsga2": NSGAIISampler}[DEFAULT_BO_SAMPLER]
-    assert isinstance(default, expected)
+    assert isinstance(BayesianOptimizationSearcher(SPACE).sampler, SpaceBOSampler)
 
 
-def test_bo_falls_back_to_tpe_without_torch(monkeypatch):
+def test_bo_needs_no_torch_but_gp_does(monkeypatch):
     from nas_distill.search import searchers as searchers_module
 
     monkeypatch.setattr(searchers_module, "_gp_available", lambda: False)
-    if DEFAULT_BO_SAMPLER == "gp":
-        with pytest.warns(RuntimeWarning, match="torch"):
-            assert isinstance(make_searcher("bo", SPACE, seed=0).sampler, TPESampler)
+    assert isinstance(make_searcher("bo", SPACE, seed=0).sampler, SpaceBOSampler)
     with pytest.raises(ImportError, match="torch"):
         make_searcher("gp", SPACE, seed=0)
 
@@ -373,6 +369,7 @@ def test_bo_falls_back_to_tpe_without_torch(monkeypatch):
         ("grid", GridSearcher, SpaceGridSampler),
         ("GRID", GridSearcher, SpaceGridSampler),
         ("Random", RandomSearcher, SpaceRandomSampler),
+        ("bo", BayesianOptimizationSearcher, SpaceBOSampler),
         ("tpe", BayesianOptimizationSearcher, TPESampler),
         ("TPE", BayesianOptimizationSearcher, TPESampler),
         ("gp", BayesianOptimizationSearcher, GPSampler),

@@ -71,11 +71,22 @@ def test_membership_and_unknown_values():
         space.index_of({"act": "relu", "hidden_size": 999, "num_hidden_layers": 2})
 
 
-def test_bool_and_int_values_stay_distinct():
-    space = SearchSpace({"flag": [1, True, 0, False]})
-    assert len(space) == 4
-    assert space.index_of({"flag": True}) == 1
-    assert space.index_of({"flag": 0}) == 2
+@pytest.mark.parametrize("values", [[1, True], [0, False], [1, 1.0], [2, 0, 2.0]])
+def test_values_equal_across_types_are_refused(values):
+    """Optuna stores a categorical value as the index of the first equal choice: 1 and True (or 1.0)
+    would be one stored value, and two different trained archs would read back the same."""
+    from optuna.distributions import CategoricalDistribution
+
+    dist = CategoricalDistribution(values)
+    assert len({dist.to_internal_repr(v) for v in values}) < len(values)  # the collapse itself
+    with pytest.raises(ConfigError, match=r"search_space\.flag: values must be distinct.*equal"):
+        SearchSpace({"flag": values})
+
+
+def test_values_of_other_types_that_differ_stay_distinct():
+    space = SearchSpace({"flag": ["1", 1, None, "true", False]})
+    assert len(space) == 5
+    assert space.index_of({"flag": False}) == 4 and space.index_of({"flag": "1"}) == 0
 
 
 def test_huge_space_is_lazy():

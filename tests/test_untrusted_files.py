@@ -221,7 +221,8 @@ def test_an_exported_student_with_pickles_is_refused(tmp_path, marker, saved_stu
     out = tmp_path / "exported"
     assert cli.main(["export", "--storage", storage, "--study", "s", "--run-dir", str(run_dir), "--trial", "0",
                      "-o", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "pytorch_model.bin"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                     "nas_distill.json", "pytorch_model.bin"]
     with pytest.raises(Exception):
         BertForSequenceClassification.from_pretrained(out, use_safetensors=True, local_files_only=True)
 
@@ -300,6 +301,11 @@ UNSAFE = [
     ("keras load without safe_mode", r"load_model\((?![^)]*safe_mode=True)"),
 ]
 
+# The one unpickler: it reads the seed's lastest_results.npy and refuses every global but numpy's array and
+# scalar constructors before it is looked up (tests/seed_compat/test_old_results.py proves a crafted payload
+# never runs).
+ALLOWED = {("unpickler", "nas_distill/seed_results.py")}
+
 
 def test_no_unsafe_loader_in_the_package():
     """grep: nothing in the package (or its benches / examples) unpickles, evals or loads unsafely."""
@@ -313,6 +319,8 @@ def test_no_unsafe_loader_in_the_package():
                 if '"""' in line or code.strip().startswith(("``", "*")):
                     continue
                 for what, pattern in UNSAFE:
+                    if (what, path.relative_to(REPO_ROOT).as_posix()) in ALLOWED:
+                        continue
                     if re.search(pattern, code) and "``" not in code:
                         found.append(f"{path.relative_to(REPO_ROOT)}:{n}: {what}: {line.strip()}")
     assert found == []

@@ -272,3 +272,15 @@ def test_ctrl_c_on_run_stops_every_worker_cleanly(tmp_path, task_module):
     assert not study.get_trials(states=(TrialState.RUNNING,))
     interrupted = [t for t in study.trials if t.user_attrs.get("error_type") == "Interrupted"]
     assert len(interrupted) == 2 and all("SIGINT" in t.user_attrs["error"] for t in interrupted)
+    # Resume with more workers than retries: each interrupted arch is trained by exactly one of them.
+    resumed = subprocess.run(_cli("run", cfg, "--workers", "4"), env=dict(env, ND_TEST_TRAIN_SECONDS="0.3"),
+                             capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    study = _study(url, name)
+    complete = _complete(study)
+    assert len(complete) == 8 and len({json.dumps(t.params, sort_keys=True) for t in complete}) == 8
+    for t in interrupted:
+        trained = [c for c in study.trials if c.params == t.params and c.number != t.number
+                   and (c.state == TrialState.COMPLETE or c.user_attrs.get("error_type") == "Interrupted")]
+        assert len(trained) == 1 and trained[0].user_attrs.get("retry_of") == t.number, \
+            [(c.number, c.state.name, c.user_attrs.get("retry_of")) for c in trained]

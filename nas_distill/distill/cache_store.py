@@ -22,9 +22,10 @@ Safety and concurrency:
   is ever unpickled, and workers share the file pages through the OS page cache.
 * A writer builds the entry in a private temporary folder inside ``<root>`` (same file system), fsyncs
   every file, writes the manifest last, fsyncs, then publishes the folder with one atomic ``os.rename``.
-  A reader therefore sees either no entry or a complete one. An advisory ``flock`` on
-  ``<root>/<fingerprint>.lock`` makes a second worker wait for the first instead of computing the same
-  outputs; correctness does not depend on it (the rename is what is atomic).
+  A reader therefore sees either no entry or a complete one. The lock ``<root>/<fingerprint>.lock``
+  (:func:`nas_distill.setup_lock.setup_lock`) makes a second worker wait for the first, saying so,
+  instead of computing the same outputs; correctness does not depend on it (the rename is what is
+  atomic).
 * A reader trusts an entry only when the manifest parses and every file has the recorded size and
   sha256. A truncated or corrupt entry is moved aside, deleted and rebuilt.
 
@@ -45,6 +46,8 @@ import uuid
 from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
+
+from ..setup_lock import setup_lock
 
 logger = logging.getLogger(__name__)
 
@@ -236,18 +239,10 @@ def read_entry(root: str, fp: str, verify: bool = True) -> Optional[CacheEntry]:
         return None
 
 
-@contextlib.contextmanager
 def _locked(root: str, fp: str, enabled: bool = True):
-    if fcntl is None or not enabled:
-        yield
-        return
-    os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, f"{fp}.lock"), "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    if not enabled:
+        return contextlib.nullcontext()
+    return setup_lock(os.path.join(root, f"{fp}.lock"), f"filling the teacher cache {fp[:16]}")
 
 
 def load_or_build(

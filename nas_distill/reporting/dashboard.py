@@ -15,6 +15,13 @@ Binds 127.0.0.1 by default: the dashboard can edit notes and delete studies, so 
 the caller makes explicitly (docker-compose passes ``--host 0.0.0.0`` inside the container and publishes
 the port on the host's loopback only).
 
+Guarded (:class:`DashboardGuard`, around optuna-dashboard's WSGI app): optuna-dashboard's write API
+(``DELETE /api/studies/<id>``, notes, uploads, ``tell``) checks neither ``Host`` nor ``Origin``, so any
+web page the user opens could reach ``127.0.0.1:8080`` through DNS rebinding and delete the live study.
+The guard answers 403 to a request whose ``Host`` names another machine than the bound address (the
+rebinding page's own domain), and, unless ``allow_writes``, to every request that is not a read
+(``GET`` / ``HEAD``); with ``allow_writes``, a write whose ``Origin`` is another site is refused too.
+
 Imports neither torch nor any model code; optuna-dashboard and plotly are imported when used.
 """
 
@@ -29,7 +36,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-__all__ = ["HYPERVOLUME_FIGURE_ID", "check_port_free", "push_figures", "launch_dashboard", "open_storage"]
+__all__ = ["HYPERVOLUME_FIGURE_ID", "check_port_free", "push_figures", "launch_dashboard", "open_storage",
+           "DashboardGuard", "is_loopback"]
 
 HYPERVOLUME_FIGURE_ID = "nas-distill-hypervolume"
 
@@ -119,6 +127,88 @@ def check_port_free(host: str, port: int) -> str | None:
         return f"port {port} on {host} is busy ({exc.strerror or exc}); pass a free one, e.g. --port {free}"
 
 
+_READ_METHODS = ("GET", "HEAD")
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address or a name) is this machine's loopback interface only."""
+    import ipaddress
+
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(value: str) -> str:
+    """``'127.0.0.1:8080'`` / ``'[::1]:8080'`` / ``'http://localhost:8080'`` -> the bare host, lower case."""
+    from urllib.parse import urlsplit
+
+    value = value.strip()
+    netloc = urlsplit(value).netloc if "://" in value else value
+    return (urlsplit("//" + netloc).hostname or "").lower()
+
+
+def allowed_host_names(bind_host: str) -> set[str]:
+    """The names a browser may use for a server bound to ``bind_host``: the loopback names always (the
+    port may be published there, as docker-compose does), plus the bound address; for a wildcard bind
+    (``0.0.0.0`` / ``::``) this machine's host names and addresses."""
+    import socket
+
+    names = {n.lower() for n in _LOOPBACK_NAMES} | {_host_name(bind_host) or bind_host.lower()}
+    if bind_host in ("0.0.0.0", "::", ""):
+        for name in {socket.gethostname(), socket.getfqdn()}:
+            names.add(name.lower())
+            try:
+                names.update(info[4][0].lower() for info in socket.getaddrinfo(name, None))
+            except OSError:
+                pass
+    return names
+
+
+class DashboardGuard:
+    """WSGI middleware: refuse foreign ``Host`` headers, writes (unless allowed) and foreign ``Origin``s.
+
+    Args:
+        app: the WSGI app (optuna-dashboard's).
+        bind_host: the address the server is bound to (see :func:`allowed_host_names`).
+        allow_writes: let ``POST`` / ``PUT`` / ``DELETE`` / ``PATCH`` through (notes, deleting studies,
+            uploads); a write must then come without ``Origin`` (a script) or from an allowed origin.
+    """
+
+    def __init__(self, app: Any, bind_host: str, allow_writes: bool = False):
+        self.app = app
+        self.allowed = allowed_host_names(bind_host)
+        self.allow_writes = allow_writes
+
+    def refusal(self, environ: dict[str, Any]) -> str | None:
+        """Why the request is refused, or None to serve it."""
+        host = _host_name(environ.get("HTTP_HOST") or "")
+        if host not in self.allowed:
+            return f"Host {host or '(none)'!r} is not this dashboard's address"
+        if environ.get("REQUEST_METHOD", "GET").upper() in _READ_METHODS:
+            return None
+        if not self.allow_writes:
+            return "this dashboard is read-only (start it with --allow-writes to edit notes or delete)"
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is not None and _host_name(origin) not in self.allowed:
+            return f"writes from origin {origin!r} are refused"
+        return None
+
+    def __call__(self, environ: dict[str, Any], start_response: Any):
+        reason = self.refusal(environ)
+        if reason is None:
+            return self.app(environ, start_response)
+        _log.warning("refused %s %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), reason)
+        body = (reason + "\n").encode("utf-8")
+        start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8"),
+                                         ("Content-Length", str(len(body)))])
+        return [body]
+
+
 def launch_dashboard(
     storage_url: Any,
     artifact_dir: str | os.PathLike[str] | None,
@@ -127,6 +217,7 @@ def launch_dashboard(
     *,
     study_name: str | None = None,
     refresh_s: float | None = 60.0,
+    allow_writes: bool = False,
 ) -> None:
     """Serve optuna-dashboard on the study storage with the artifact store; blocks until stopped.
 
@@ -139,8 +230,11 @@ def launch_dashboard(
         port: TCP port.
         study_name: push the hypervolume figure to this study only (default: every study).
         refresh_s: how often to refresh the pushed figure while serving; ``None`` or 0: only once.
+        allow_writes: serve optuna-dashboard's write API (notes, deleting studies, uploads); by default
+            the dashboard is read-only. Either way :class:`DashboardGuard` checks ``Host`` / ``Origin``.
     """
-    from optuna_dashboard import run_server
+    import bottle
+    from optuna_dashboard import wsgi
 
     storage = open_storage(storage_url)
     store = None
@@ -157,7 +251,11 @@ def launch_dashboard(
             target=_refresh_loop, args=(storage, study_name, float(refresh_s), stop),
             name="nas-distill-dashboard-refresh", daemon=True,
         ).start()
+    if not is_loopback(host):
+        _log.warning("the dashboard listens on %s: every machine that can reach this address can read the "
+                      "study%s", host, " and change it (--allow-writes)" if allow_writes else "")
+    app = DashboardGuard(wsgi(storage, artifact_store=store), host, allow_writes=allow_writes)
     try:
-        run_server(storage, host=host, port=port, artifact_store=store)
+        bottle.run(app, host=host, port=port)
     finally:
         stop.set()

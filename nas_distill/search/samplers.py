@@ -17,8 +17,9 @@ Claim protocol (Optuna has no atomic "claim a point"; trial numbers, however, ar
     1. Read the points held by the other trials; choose a free index (grid: the smallest; random: a
        draw seeded by ``(seed, trial.number, attempt)``). None free: the space is exhausted.
     2. Write the index as this trial's claim.
-    3. Re-read the other trials. If *any* other trial holds the same index, withdraw the claim, sleep a
-       short random time and go back to 1. Otherwise the point is ours; the params are written after.
+    3. Re-read the other trials. If *any* other trial holds the same index (for ``bo`` with
+       ``canonical_arch``: an equivalent one), withdraw the claim, sleep a short random time and go back
+       to 1. Otherwise the point is ours; the params are written after.
     Safety: say A and B both end up keeping x. Each wrote its claim before its re-read. If A's re-read
     did not see B's claim, it ran before B's write, so B's re-read (after B's write) ran after A's write
     and saw A's claim, and B yielded: a contradiction. The rule "yield on any conflict" needs no
@@ -200,10 +201,10 @@ class _ClaimingSampler(BaseSampler):
                     f"all {len(self._space)} points of the search space are held by trials of study "
                     f"{study.study_name!r}"
                 )
-            index = self._choose(held, trial.number, attempt)
+            index = self._choose(study, held, trial.number, attempt)
             storage.set_trial_system_attr(trial_id, CLAIM_KEY, index)
             verified = held_indices(study, self._space, exclude_number=trial.number)
-            if index not in verified:
+            if not self._conflicts(index, verified):
                 trials = getattr(verified, "trials", None)
                 self._snapshot = (trial.number, trials) if trials is not None else None
                 self._last_held = (study._study_id, set(verified) | {index})
@@ -214,6 +215,11 @@ class _ClaimingSampler(BaseSampler):
         raise RuntimeError(
             f"trial {trial.number} could not claim a point in {_MAX_CLAIM_ROUNDS} rounds of the claim protocol"
         )
+
+    def _conflicts(self, index: int, held: set[int]) -> bool:
+        """Whether another trial already holds ``index`` (or, for samplers that know equivalent
+        architectures, an equivalent point): any symmetric relation keeps the protocol's safety."""
+        return index in held
 
     def _remembered_held(self, study: Study) -> set[int] | None:
         """The held indices of this sampler's last verified read (plus its own point), to choose from
@@ -236,7 +242,7 @@ class _ClaimingSampler(BaseSampler):
     #: Whether the claim's first round may choose from the last verified read (see _remembered_held).
     _REUSE_OLD_READ = False
 
-    def _choose(self, held: set[int], number: int, attempt: int) -> int:
+    def _choose(self, study: Study, held: set[int], number: int, attempt: int) -> int:
         raise NotImplementedError
 
 
@@ -251,7 +257,7 @@ class SpaceGridSampler(_ClaimingSampler):
         seed: unused by the order; accepted for a uniform signature.
     """
 
-    def _choose(self, held: set[int], number: int, attempt: int) -> int:
+    def _choose(self, study: Study, held: set[int], number: int, attempt: int) -> int:
         index = 0
         while index in held:
             index += 1
@@ -272,7 +278,7 @@ class SpaceRandomSampler(_ClaimingSampler):
     # Draws spread over the free points: two workers choosing from old reads rarely collide.
     _REUSE_OLD_READ = True
 
-    def _choose(self, held: set[int], number: int, attempt: int) -> int:
+    def _choose(self, study: Study, held: set[int], number: int, attempt: int) -> int:
         size = len(self._space)
         rng = np.random.default_rng([self._seed, number, attempt])
         if 2 * len(held) >= size:

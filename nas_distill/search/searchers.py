@@ -15,11 +15,11 @@ carried over. With explicit ``directions`` (the orchestrator's case, e.g. ``['ma
 the raw metric values; ``tell`` / ``tell_raw`` take values already in the study's directions.
 
 Algorithms (``make_searcher`` names, case-insensitive): ``grid`` and ``random`` (every point once, unique
-across processes: see :mod:`nas_distill.search.samplers`), ``bo`` (the default Bayesian sampler, chosen
-by ``bench/search_quality.py``: Optuna's GPSampler, or multivariate TPE with a warning where torch /
-scipy are not installed), ``tpe`` (multivariate), ``gp``, ``nsga2``, or any ``optuna.samplers.BaseSampler``.
-A TensorFlow / Keras search asks :func:`torch_free_algorithm` first: its ``bo`` is multivariate TPE, since
-GPSampler would import torch into a process that has no other use for it.
+across processes: see :mod:`nas_distill.search.samplers`), ``bo`` (the default: our own GP + exact
+expected hypervolume improvement sampler, :mod:`nas_distill.search.bo_sampler`, which never proposes a
+held point and uses objectives known before training; numpy and scipy only, so TensorFlow / Keras
+searches use it too), ``tpe`` (multivariate), ``gp`` (Optuna's GPSampler, which imports torch),
+``nsga2``, or any ``optuna.samplers.BaseSampler``. ``bench/search_quality.py`` compares them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import numbers
-import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
@@ -37,12 +36,12 @@ from optuna.trial import Trial, TrialState
 
 from .algorithms import ALGORITHM_ALIASES
 from ..errors import SearchSpaceExhausted
+from .bo_sampler import SpaceBOSampler
 from .samplers import SpaceGridSampler, SpaceRandomSampler, space_exhausted
 from .space import SearchSpace
 
 __all__ = [
     "ALGORITHMS",
-    "DEFAULT_BO_SAMPLER",
     "BayesianOptimizationSearcher",
     "GridSearcher",
     "RandomSearcher",
@@ -50,15 +49,10 @@ __all__ = [
     "canonical_algorithm",
     "make_sampler",
     "make_searcher",
-    "torch_free_algorithm",
 ]
 
 #: Canonical algorithm names accepted by :func:`make_searcher` (and the config's ``search_algorithm``).
 ALGORITHMS = ("grid", "random", "bo", "tpe", "gp", "nsga2")
-#: The sampler behind ``bo``: Optuna's GPSampler, the winner of ``bench/search_quality.py`` at 25 and 50
-#: trials, one and two objectives (bench/README.md has the table). Its cost (well under a second per
-#: trial at 100 trials) is nothing next to a flash distillation.
-DEFAULT_BO_SAMPLER = "gp"
 DEFAULT_STUDY_NAME = "nas-distill"
 
 # The same spellings as config.py's search_algorithm, plus 'auto' (INTERNALS.md: sampler='auto').
@@ -75,24 +69,28 @@ def canonical_algorithm(name: str) -> str:
     return _ALIASES[key]
 
 
-def make_sampler(algorithm: str | BaseSampler, search_space: SearchSpace, seed: int | None = None) -> BaseSampler:
-    """The Optuna sampler for an algorithm name (see :data:`ALGORITHMS`); a sampler instance is returned as is."""
+def make_sampler(
+    algorithm: str | BaseSampler,
+    search_space: SearchSpace,
+    seed: int | None = None,
+    *,
+    known_objectives: Callable[[dict], Mapping[int, float]] | None = None,
+    canonical_arch: Callable[[dict], Any] | None = None,
+    cost: Callable[[dict], float] | None = None,
+) -> BaseSampler:
+    """The Optuna sampler for an algorithm name (see :data:`ALGORITHMS`); a sampler instance is returned as is.
+
+    The model hints (``known_objectives``, ``canonical_arch``, ``cost``) go to ``bo``; the other samplers
+    build no model of their own that could use them.
+    """
     if isinstance(algorithm, BaseSampler):
         return algorithm
     name = canonical_algorithm(algorithm)
-    if name == "bo":
-        name = DEFAULT_BO_SAMPLER
-        if name == "gp" and not _gp_available():
-            # GPSampler imports torch only when it starts modelling (trial 11): decide now, not then.
-            warnings.warn(
-                "algorithm 'bo' uses Optuna's GPSampler, which needs torch and scipy (pip install "
-                "'nas-distill[torch]'); falling back to multivariate TPE",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            name = "tpe"
     if name == "gp" and not _gp_available():
         raise ImportError("sampler 'gp' (Optuna's GPSampler) needs torch and scipy: pip install 'nas-distill[torch]'")
+    if name == "bo":
+        return SpaceBOSampler(search_space, seed=seed, known_objectives=known_objectives,
+                              canonical_arch=canonical_arch, cost=cost)
     if name == "grid":
         return SpaceGridSampler(search_space, seed=seed)
     if name == "random":
@@ -168,7 +166,7 @@ class Searcher:
             sampler = self._algorithm
         if not isinstance(sampler, (str, BaseSampler)):
             raise ValueError(f"sampler must be an algorithm name {list(ALGORITHMS)} or an optuna sampler, got {sampler!r}")
-        return make_sampler(sampler, self.space, self.seed)
+        return make_sampler(sampler, self.space, self.seed, **getattr(self, "model_hints", {}))
 
     # ------------------------------------------------------------------ the study
     @property
@@ -351,8 +349,9 @@ class RandomSearcher(Searcher):
 
 
 class BayesianOptimizationSearcher(Searcher):
-    """Model-based search: ``sampler='bo'`` (the measured default), ``'tpe'``, ``'gp'``, ``'nsga2'`` or
-    any Optuna sampler. May propose an architecture twice (the orchestrator answers repeats from the study).
+    """Model-based search: ``sampler='bo'`` (the default, :class:`SpaceBOSampler`: never proposes a point a
+    trial holds), ``'tpe'``, ``'gp'``, ``'nsga2'`` or any Optuna sampler (these may propose an architecture
+    twice; the orchestrator answers repeats from the study).
 
     Model hints, used by the ``bo`` sampler (other samplers ignore them):
 
@@ -405,18 +404,6 @@ def make_searcher(
     if sampler is not None and name != "bo":
         raise ValueError(f"sampler={sampler!r} can only be combined with algorithm='bo', got {algorithm!r}")
     return BayesianOptimizationSearcher(search_space, seed=seed, sampler=sampler or name, **hints, **study_kwargs)
-
-
-def torch_free_algorithm(algorithm: str | BaseSampler) -> str | BaseSampler:
-    """``algorithm`` for a process that must not import torch (the TensorFlow / Keras path).
-
-    ``'bo'`` means :data:`DEFAULT_BO_SAMPLER`; when that is GPSampler, which imports torch once it starts
-    modelling (after its start-up trials), ``'bo'`` becomes multivariate TPE, the torch-free model-based
-    sampler. An explicit ``'gp'`` (or a sampler instance) is the caller's choice and is kept.
-    """
-    if isinstance(algorithm, str) and canonical_algorithm(algorithm) == "bo" and DEFAULT_BO_SAMPLER == "gp":
-        return "tpe"
-    return algorithm
 
 
 # ---------------------------------------------------------------------- helpers

@@ -50,11 +50,19 @@ class SearchSpace:
                         f"{field}.{key}",
                         f"values must be finite numbers, strings, booleans or null, got {value!r}",
                     )
-            if len(set(_hashable(v) for v in raw)) != len(raw):
-                seen: set = set()
-                twice = next(v for v in raw if _hashable(v) in seen or seen.add(_hashable(v)))
+            if len(set(raw)) != len(raw):
+                # Equality, not identity of type: 1, 1.0 and True are one value to Optuna (a categorical
+                # stores the index of the first equal choice), so two trained archs would read back alike.
+                first: dict = {}
+                for twice in raw:
+                    if twice in first:
+                        break
+                    first[twice] = twice
+                other = first[twice]
                 shown = repr(list(raw)) if len(raw) <= 20 else f"{len(raw)} values"  # one short line
-                raise ConfigError(f"{field}.{key}", f"values must be distinct, got {twice!r} twice in {shown}")
+                same = f"{twice!r} twice" if _hashable(other) == _hashable(twice) else \
+                    f"{other!r} and {twice!r}, which are equal (the study would store both as one value)"
+                raise ConfigError(f"{field}.{key}", f"values must be distinct, got {same} in {shown}")
             values.append(tuple(raw))
         self._keys = tuple(keys)
         self._values = tuple(values)

@@ -1,7 +1,8 @@
 """The demo task: scikit-learn's handwritten digits (1,797 real 8x8 images that ship offline).
 
 Teacher: a Hugging Face ViT sized for 8x8 inputs (patch 2, hidden 128, 3 layers), trained once with
-+-1 pixel shifts and cached in the run folder (``save_pretrained``), reused by every later run.
++-1 pixel shifts and cached in the run folder (``save_pretrained``), reused by every later run. Workers
+started together on a fresh folder train it once: one trains, the others wait (``setup_lock``).
 Students: ViTs from the same base config with a smaller hidden size / depth / heads / MLP width.
 
 Splits are fixed (stratified, seed 0): 1,257 train / 180 validation / 360 test. The search measures
@@ -19,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..setup_lock import setup_lock
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +46,25 @@ def base_vit_config(**overrides: Any):
         patch_size=2,
         num_channels=1,
         num_labels=NUM_LABELS,
+        id2label={i: str(i) for i in range(NUM_LABELS)},
+        label2id={str(i): i for i in range(NUM_LABELS)},
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         **TEACHER_ARCH,
     )
     values.update(overrides)
     return ViTConfig(**values)
+
+
+def image_processor():
+    """What turns a user's 8x8 grey image (uint8 0-255, shape (8, 8, 1)) into the models' inputs: pixels
+    / 255, as the training data's 0-16 levels / 16, no normalisation. Saved with every student."""
+    import transformers
+
+    # transformers 5 names the backend that needs no torchvision ...Pil; older releases have one class.
+    cls = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
+    return cls(do_resize=True, size={"height": 8, "width": 8}, do_rescale=True, rescale_factor=1 / 255,
+               do_normalize=False)
 
 
 @dataclass
@@ -216,7 +232,9 @@ def load_or_train_teacher(run_dir: str | os.PathLike, **train_kwargs: Any):
 
     path = Path(run_dir) / "teacher"
     if not (path / "config.json").exists():
-        train_teacher(path, **train_kwargs)
+        with setup_lock(Path(run_dir) / "teacher.lock", "training the teacher"):
+            if not (path / "config.json").exists():  # else the worker we waited for trained it
+                train_teacher(path, **train_kwargs)
     model = ViTForImageClassification.from_pretrained(path, use_safetensors=True)  # never a pickle (.bin)
     model.eval()
     metrics_file = path / "teacher_metrics.json"

@@ -17,7 +17,8 @@ regular distillation then trains everything on the logits.
 
 Teacher: hidden width 256, depth 2, trained once (Adam, cross-entropy) and cached as
 ``<run_dir>/keras_teacher/model.keras`` (+ ``teacher_metrics.json``); loaded with ``safe_mode=True``.
-Workers started together train it once: the first takes a file lock, the others wait and load its file.
+Workers started together train it once: the first takes the lock (``setup_lock``), the others wait, saying
+so, and load its file.
 Students: the same layout over :data:`STUDENT_SPACE` (width and depth of the hidden layers); the
 ``embedding`` layer keeps the teacher's width, so the ``features -> features`` mapping compares like
 with like.
@@ -27,7 +28,6 @@ Entry point: ``task: nas_distill.tasks.keras_digits:keras_digits_task`` (``examp
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -36,9 +36,10 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import InvalidArchitecture
+from ..setup_lock import setup_lock
 
 log = logging.getLogger(__name__)
 
@@ -171,29 +172,12 @@ def train_teacher(out_dir: str | os.PathLike, *, epochs: int = 40, batch_size: i
     try:
         model.save(tmp / TEACHER_FILE)
         (tmp / "teacher_metrics.json").write_text(json.dumps(metrics, indent=2))
-        if not out_dir.exists():  # else another process finished first (no flock here): keep theirs
+        if not out_dir.exists():  # else another process finished first: keep theirs
             os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("Keras teacher trained in %.1f s: %s", seconds, metrics)
     return out_dir
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` across processes (POSIX ``flock``; released if the holder dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: the atomic rename in train_teacher still leaves one whole teacher
-        yield
-        return
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load_or_train_teacher(run_dir: str | os.PathLike, **train_kwargs: Any):
@@ -203,7 +187,7 @@ def load_or_train_teacher(run_dir: str | os.PathLike, **train_kwargs: Any):
     path = folder / TEACHER_FILE
     if not path.exists():
         # Workers started together: the first trains, the others wait here, then find its file.
-        with _file_lock(Path(run_dir) / f"{TEACHER_FOLDER}.lock"):
+        with setup_lock(Path(run_dir) / f"{TEACHER_FOLDER}.lock", "training the Keras teacher"):
             if not path.exists():
                 train_teacher(folder, **train_kwargs)
     model = keras.saving.load_model(path, safe_mode=True)

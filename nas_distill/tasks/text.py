@@ -280,4 +280,4 @@ def text_task(
         raise ConfigError(f"{FIELD}.student_base", f"cannot load a student base config from "
                                                    f"{student_base!r}: {exc}") from None
     return {"model_builder": model_builder, "teacher_model": teacher_model,
-            "train_dataset": train_dataset, "eval_dataset": eval_dataset}
+            "train_dataset": train_dataset, "eval_dataset": eval_dataset, "preprocessor": tokenizer}

@@ -38,6 +38,8 @@ from .distiller import resolve_device
 
 logger = logging.getLogger(__name__)
 _WARNED_THREADS: set = set()
+#: What this evaluator measures (the torch evaluator's ``loss`` and ``compute_metrics`` are torch-only).
+METRICS = ("accuracy", "latency", "params", "model_size_mb")
 
 
 def _settings(settings: Any) -> Any:
@@ -141,7 +143,7 @@ def evaluate(model: Any, eval_data: Any, metrics: Sequence[str] = ("accuracy",),
 
     Names are checked before anything runs, so a typo fails fast with the list of known metrics.
     """
-    names = check_metric_names(metrics)
+    names = check_metric_names(metrics, known=METRICS)
     eval_data = KerasData.from_tuple(eval_data, "eval_data")  # validated once, before any metric runs
     if metric_fn is None and eval_data.y is None and any(base_metric(n) == "accuracy" for n in names):
         raise ValueError("accuracy needs labels (y) in the evaluation data (or pass metric_fn)")
