@@ -60,6 +60,7 @@ def test_on_a_terminal_a_live_bar_counts_done_running_failed(tmp_path, task_modu
     assert sum(1 for line in screen if re.search(r" w0 trial \d finished in ", line)) == 3
 
 
+@pytest.mark.slow
 def test_quiet_prints_warnings_and_errors_only(tmp_path, task_module, capsys, monkeypatch):
     from nas_distill import cli
 
