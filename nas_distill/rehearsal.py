@@ -137,12 +137,15 @@ class _Trial:
             if self._eval_data is not None:
                 phase = "evaluate"
                 settings = dataclasses.replace(self.ad.conf.evaluation, latency_warmup=0, latency_repeats=1)
+                extra = {}
                 if self.keras:
                     from .distill.keras.evaluate import evaluate
                 else:
                     from .evaluate import evaluate
+
+                    extra["compute_metrics"] = getattr(self.ad, "compute_metrics", None)
                 metrics = evaluate(model, self._eval_data, self.ad.metrics, settings=settings,
-                                   metric_fn=getattr(self.ad, "metric_fn", None))
+                                   metric_fn=getattr(self.ad, "metric_fn", None), **extra)
                 try:
                     self.ad.raw_metric_values(metrics)
                 except FloatingPointError:
