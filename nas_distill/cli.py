@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the study to be created (a dashboard started beside its workers) instead of "
+                        "stopping when it does not exist")
     p.add_argument("--allow-writes", action="store_true",
                    help="let the dashboard edit notes and delete studies (default: read-only)")
 
@@ -377,8 +380,10 @@ def cmd_dashboard(args) -> int:
     from .study import make_storage, mask_url
 
     url, name, run_dir, _ = _study_target(args)
-    storage = make_storage(url)
-    _require_study(storage, name, url)
+    # Reading creates nothing, unless --wait: then the workers started beside it may not have created
+    # the storage's schema yet.
+    storage = make_storage(url, create=args.wait)
+    _require_study(storage, name, url, wait=args.wait)
     problem = check_port_free(args.host, args.port)
     if problem:
         raise CLIError(problem)
@@ -389,13 +394,21 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
-def _require_study(storage, name: str | None, url: str) -> None:
-    """The dashboard of a study that does not exist would serve an empty page: say so instead."""
+def _require_study(storage, name: str | None, url: str, wait: bool = False) -> None:
+    """The dashboard of a study that does not exist would serve an empty page: say so instead (or, with
+    ``wait``, wait for its workers to create it)."""
+    import time
+
     import optuna
 
     from .study import mask_url
 
     names = optuna.get_all_study_names(storage)
+    if wait and not (name in names if name else names):
+        print(f"waiting for study {name or '(any)'!r} to be created in {mask_url(url)}", flush=True)
+        while not (name in names if name else names):
+            time.sleep(1.0)
+            names = optuna.get_all_study_names(storage)
     if name and name not in names:
         known = f"; its studies: {', '.join(sorted(names))}" if names else "; it holds no study yet"
         raise CLIError(f"no study {name!r} in {mask_url(url)}{known} (give --study)")
@@ -475,8 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .study import mask_url
 
         kind = "config error" if isinstance(exc, ConfigError) else "error"
-        message = storage_error_text(exc) or (str(exc).strip().splitlines()[0] if str(exc).strip()
-                                              else type(exc).__name__)
+        message = None if isinstance(exc, ConfigError) else storage_error_text(exc)
+        message = message or (str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         message = mask_url(message)
         print(f"{PROG}: {kind}: {message}", file=sys.stderr)
         return 2 if isinstance(exc, (ConfigError, CLIError)) else 1

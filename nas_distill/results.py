@@ -60,6 +60,7 @@ def pareto_records(records: Sequence[Mapping[str, Any]], higher_is_better: Seque
 
 def study_results(study) -> dict[str, Any]:
     """Everything :func:`dump_results` writes, as a dict."""
+    from .arch_metrics import summary as arch_metrics_summary
     from .study import mask_secrets
 
     metrics = list(study.metric_names or [f"value_{i}" for i in range(len(study.directions))])
@@ -80,6 +81,7 @@ def study_results(study) -> dict[str, Any]:
         "reasons": state_reasons(study),
         "stopped": _stop_reason(attrs),
         "trials": records,
+        "architecture_metrics": arch_metrics_summary(study),
     }
 
 
@@ -119,14 +121,20 @@ def state_counts(study) -> dict[str, int]:
 def state_reasons(study) -> dict[str, dict[str, int]]:
     """Why trials ended FAIL (their ``error_type``: ``WorkerLost``, an exception name...) or PRUNED
     (``duplicate``: another trial had the arch; ``discarded``: given up untrained in a race for the last
-    budget slot), counted, so a status line can tell a crash from a trial that never trained."""
+    budget slot), counted, so a status line can tell a crash from a trial that never trained; and which
+    RUNNING trials have no live worker any more (no heartbeat for a grace period)."""
+    from .study import lost_running_trials
+
     reasons: dict[str, dict[str, int]] = {}
+    lost = lost_running_trials(study)
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "FAIL":
             why = str(t.user_attrs.get("error_type") or "unknown")
         elif t.state.name == "PRUNED":
             why = "duplicate" if "duplicate_of" in t.user_attrs else \
                 "discarded" if "pruned_reason" in t.user_attrs else "pruned"
+        elif t.state.name == "RUNNING" and t._trial_id in lost:
+            why = "no heartbeat: worker lost"  # still RUNNING until a live worker's sweep fails it
         else:
             continue
         per_state = reasons.setdefault(t.state.name, {})
@@ -142,16 +150,23 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return path, path.with_suffix(".json") if path.suffix else Path(str(path) + ".json")
 
 
-def dump_results(study, path: str | os.PathLike, *, metrics=None, higher_is_better=None) -> tuple[Path, Path]:
-    """Write ``<path>`` (text report) and the JSON next to it; returns (text path, json path)."""
+def dump_results(study, path: str | os.PathLike, *, metrics=None, higher_is_better=None,
+                 data: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``<path>`` (text report) and the JSON next to it; returns (text path, json path).
+    ``data``: :func:`study_results` already read (else it is read here)."""
     text_path, json_path = _paths(path)
-    data = study_results(study)
+    data = study_results(study) if data is None else data
     text_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(data, json_path)
+    text_path.write_text(text_report(data))
+    return text_path, json_path
+
+
+def write_json(data: Mapping[str, Any], json_path: Path) -> None:
+    """The results JSON, replaced atomically (a reader never sees half a file)."""
     json_tmp = json_path.with_name(json_path.name + ".tmp")
     json_tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=repr))
     os.replace(json_tmp, json_path)
-    text_path.write_text(text_report(data))
-    return text_path, json_path
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:
@@ -285,6 +300,9 @@ def status_text(data: Mapping[str, Any], max_trials: int | None = None, width: i
             for m, h in zip(data["metrics"], data["higher_is_better"])
         ),
     ]
+    from .arch_metrics import summary_lines
+
+    lines += summary_lines(data.get("architecture_metrics"))
     if (reasons.get("FAIL") or {}).get("Discarded"):
         lines.insert(2, "  (Discarded: asked by a worker after the budget was spent; never trained.)")
     if (reasons.get("PRUNED") or {}).get("discarded"):

@@ -555,6 +555,7 @@ class TrialRunner:
                 attrs["params"] = count
             for name, value in zip(self.ad.metrics, values):
                 attrs[name] = value
+            self.ad.arch_metrics.record_trained(arch, dict(zip(self.ad.metrics, values)))
             if self.artifact_store is not None:
                 t0 = time.perf_counter()
                 self._report("save", number)
@@ -914,11 +915,22 @@ def save_student_artifact(model: Any, arch: dict, store: Any, trial: Any, prepro
 
 
 def extract_student(archive: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Unpack a student archive written by :func:`save_student_artifact` into ``out_dir`` (safely)."""
+    """Unpack a student archive written by :func:`save_student_artifact` into ``out_dir`` (safely).
+
+    Only an uncompressed tar of plain files and folders inside ``out_dir`` is unpacked: the store holds
+    plain tars, and a compressed member (30 KB that inflate to gigabytes) or a sparse one could fill the
+    disk; without compression the files cannot add up to more than the archive itself.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "r") as tar:
+    try:
+        tar = tarfile.open(archive, "r:")
+    except tarfile.ReadError as exc:
+        raise ValueError(f"refusing to extract {Path(archive).name}: not an uncompressed tar ({exc})") from None
+    with tar:
         for member in tar.getmembers():
+            if member.issparse():
+                raise ValueError(f"refusing to extract {member.name!r}: a sparse member")
             target = (out / member.name).resolve()
             # is_relative_to, not a string prefix: "../out-evil/x" starts with "<...>/out" too
             if not (member.isfile() or member.isdir()) or not target.is_relative_to(out.resolve()):

@@ -156,6 +156,16 @@ def resolve_storage_url(storage: str | None, run_dir: str | os.PathLike | None =
     return storage
 
 
+def require_shared_storage(url: str) -> None:
+    """A ConfigError for an in-memory SQLite URL: such a study lives and dies with one process, so the
+    workers of a command-line search would each search alone and nothing would be saved."""
+    from .errors import ConfigError
+
+    if url in ("sqlite://", "sqlite:///:memory:") or (url.startswith("sqlite") and "mode=memory" in url):
+        raise ConfigError("study.storage", f"{url} is private to one process and lost when it exits; use a "
+                                           f"file (sqlite:///runs/<name>/study.db) or PostgreSQL")
+
+
 def _journal_path(url: str) -> str:
     if url.startswith("journal://"):
         rest = url[len("journal://") :]
@@ -195,8 +205,13 @@ def make_storage(
     heartbeat_interval: float | None = 10,
     grace_period: float | None = 30,
     max_retry: int | None = 2,
+    create: bool = True,
 ):
-    """An Optuna storage for ``url`` with heartbeats and the stale-trial retry wired in."""
+    """An Optuna storage for ``url`` with heartbeats and the stale-trial retry wired in.
+
+    ``create=False`` (the commands that only read): a missing journal file is a ConfigError instead of
+    being created, and an SQL database's tables are not created.
+    """
     import optuna
 
     url = resolve_storage_url(url)
@@ -206,7 +221,13 @@ def make_storage(
 
         path = _journal_path(url)
         _require_folder(path)
-        storage = optuna.storages.JournalStorage(JournalFileBackend(path))
+        if not create and not Path(path).is_file():
+            from .errors import ConfigError
+
+            raise ConfigError("study.storage", f"no journal file at {path}")
+        from .journal_lock import HolderJournalLock
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=HolderJournalLock(path)))
     else:
         interval = None if heartbeat_interval is None else max(1, int(math.ceil(heartbeat_interval)))
         grace = None if grace_period is None else max(1, int(math.ceil(grace_period)))
@@ -221,11 +242,16 @@ def make_storage(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             try:
-                storage = _open_rdb(url, engine_kwargs, interval, grace, callback)
+                storage = _open_rdb(url, engine_kwargs, interval, grace, callback, create)
             except Exception as exc:  # noqa: BLE001 - one line naming the storage, not a stack
                 from .errors import ConfigError
+                from .storage_retry import storage_error_text
 
-                raise ConfigError("study.storage", mask_url(f"cannot open {url}: {exc}")) from exc
+                cause = storage_error_text(exc) or str(exc)
+                if not create and ("no such table" in cause or "does not exist" in cause):
+                    raise ConfigError("study.storage", mask_url(f"{url} holds no study (no Optuna tables)")) \
+                        from None
+                raise ConfigError("study.storage", mask_url(f"cannot open {url}: {cause}")) from exc
     if url.startswith("sqlite:///") and _sqlite_path(url):
         _tune_sqlite(storage)
     # What our own sweep and heartbeat thread read (any storage).
@@ -237,7 +263,7 @@ def make_storage(
 _SCHEMA_RACE_ATTEMPTS = 8
 
 
-def _open_rdb(url: str, engine_kwargs: dict[str, Any], interval, grace, callback):
+def _open_rdb(url: str, engine_kwargs: dict[str, Any], interval, grace, callback, create: bool = True):
     """``RDBStorage(url, ...)``, retried while other workers create the schema of a fresh database.
 
     Why: workers started together on an empty PostgreSQL database (``docker compose up --scale
@@ -259,6 +285,7 @@ def _open_rdb(url: str, engine_kwargs: dict[str, Any], interval, grace, callback
                 heartbeat_interval=interval,
                 grace_period=grace,
                 heartbeat_stale_trial_callback=callback,
+                skip_table_creation=not create,
             )
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
             text = str(exc).lower()
@@ -411,16 +438,21 @@ def load_study(storage: Any, study_name: str | None = None):
     from .errors import ConfigError
 
     if isinstance(storage, (str, os.PathLike)):
-        storage = make_storage(resolve_storage_url(str(storage)))
-    if study_name is None:
+        storage = make_storage(resolve_storage_url(str(storage)), create=False)
+    try:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    except Exception as exc:  # noqa: BLE001 - read without creating tables: an empty database has none
+        text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None).lower()
+        if "no such table" in text or "does not exist" in text:
+            raise ConfigError("study.storage", "the storage holds no study (no Optuna tables)") from None
+        raise
+    if study_name is None:
         if len(names) != 1:
             raise ConfigError("study.study_name", f"the storage holds studies {names}; name one")
         study_name = names[0]
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
         raise ConfigError("study.study_name", f"no study {study_name!r} in the storage (has {names})") from None
 
 
@@ -635,6 +667,18 @@ def _stale_trial_ids(study, grace_period: float) -> list[int]:
     return stale
 
 
+def lost_running_trials(study) -> set[int]:
+    """Ids of RUNNING trials whose heartbeat is older than the study's grace period (as recorded in its
+    config, else the storage's): their workers are gone, and the next sweep of a live worker fails them.
+    What a reader of the study (``status``) shows instead of "running"."""
+    _, grace, _ = _heartbeat_settings(study._storage)
+    config = study.user_attrs.get("config")
+    stored = ((config or {}).get("auto_distillation", {}).get("study") or {}).get("grace_period") \
+        if isinstance(config, Mapping) else None
+    grace = stored if isinstance(stored, (int, float)) and stored > 0 else grace
+    return set(_stale_trial_ids(study, float(grace or 30)))
+
+
 def fail_stale_trials(study) -> list[int]:
     """Mark RUNNING trials whose heartbeat is older than the grace period FAIL, and retry their archs.
 
@@ -657,6 +701,8 @@ def fail_stale_trials(study) -> list[int]:
     settle = grace + float(interval or 10)
     if retry is not None and retry.recovered_within(settle):
         return []
+    if _journal_stalled_within(storage, settle):
+        return []  # nobody could write a heartbeat while the journal's lock was stuck
     stale_ids = _stale_trial_ids(study, grace)
     if stale_ids and retry is not None and retry.recovered_within(settle):
         return []  # the read above was the first call to get through
@@ -681,6 +727,20 @@ def fail_stale_trials(study) -> list[int]:
             except Exception as exc:  # noqa: BLE001 - a failed retry must not stop the sweeping worker
                 log.warning("retry of trial %d failed: %s", frozen.number, exc)
     return numbers
+
+
+def _journal_stalled_within(storage, seconds: float) -> bool:
+    """Whether ``storage`` is a journal whose lock was stuck (a wait longer than
+    :data:`~nas_distill.journal_lock.STALL_S`) less than ``seconds`` ago. Takes the lock once itself,
+    so a sweep that starts during a stall waits it out and sees it."""
+    from .journal_lock import HolderJournalLock
+
+    lock = getattr(getattr(storage, "_backend", None), "_lock", None)
+    if not isinstance(lock, HolderJournalLock):
+        return False
+    lock.acquire()
+    lock.release()
+    return lock.stall_ended is not None and time.monotonic() - lock.stall_ended < seconds
 
 
 def finish_trial(study, trial_id: int, state, values=None, attrs: Mapping[str, Any] | None = None) -> bool:

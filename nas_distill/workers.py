@@ -57,6 +57,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import study as study_mod
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,8 @@ def build_autodistill(
         raise ConfigError("task", "the config names no task entry point ('task: package.module:function' "
                                   "at the top level, or --task)")
     cfg = load_config(data)
+    study_mod.require_shared_storage(study_mod.resolve_storage_url(storage or cfg.study.storage,
+                                                                   run_dir or cfg.study.run_dir))
     func, args = load_task_function(spec)
     pieces = call_task(func, args, cfg)
     ad = AutoDistillation(pieces["model_builder"], cfg, storage=storage, study_name=study_name,
@@ -318,6 +321,8 @@ def prepare_study(config, *, task=None, storage=None, study_name=None, run_dir=N
     data = read_config_file(config) if isinstance(config, (str, os.PathLike)) else dict(config)
     data, _ = split_task(data)
     cfg = load_config(data)
+    study_mod.require_shared_storage(study_mod.resolve_storage_url(storage or cfg.study.storage,
+                                                                   run_dir or cfg.study.run_dir))
     from .autodistill import AutoDistillation
 
     ad = AutoDistillation(lambda arch: arch, cfg, storage=storage, study_name=study_name,

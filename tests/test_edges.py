@@ -93,6 +93,31 @@ def test_dashboard_on_a_busy_port_suggests_another(finished_study):
         probe.bind(("127.0.0.1", suggested))
 
 
+def test_dashboard_wait_serves_once_the_study_exists(finished_study):
+    from helpers_common import free_port, get_json
+
+    port = free_port()
+    dashboard = subprocess.Popen([PY, "-m", "nas_distill.cli", "dashboard", "--run-dir", finished_study,
+                                  "--study", "later", "--port", str(port), "--wait"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        assert dashboard.stdout.readline().startswith("waiting for study 'later' to be created")
+        optuna.create_study(study_name="later", storage=f"sqlite:///{finished_study / 'study.db'}")
+        assert dashboard.stdout.readline().startswith(f"optuna-dashboard on http://127.0.0.1:{port}/")
+        deadline = time.time() + 60
+        while True:
+            try:
+                names = [s["study_name"] for s in get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]]
+                break
+            except OSError:
+                assert time.time() < deadline and dashboard.poll() is None
+                time.sleep(0.3)
+        assert "later" in names
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
+
+
 def test_study_name_is_an_alias_of_study(finished_study):
     by_alias = cli("status", "--run-dir", finished_study, "--study-name", "edges")
     by_flag = cli("status", "--run-dir", finished_study, "--study", "edges")

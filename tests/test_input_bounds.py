@@ -130,3 +130,16 @@ def test_cli_run_with_a_too_long_study_name_says_so(tmp_path, task_module):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "at most 512 characters" in res.stderr, res.stderr
     assert "invalid data in the commit" not in res.stderr
+
+
+# ------------------------------------------------------------------------------------ huge spaces
+def test_spaces_past_64_bit_indices_are_refused_for_grid_and_random():
+    space = {f"k{i}": list(range(100)) for i in range(10)}  # 10^20 points > 2^63
+    for algorithm in ("grid", "random"):
+        with pytest.raises(ConfigError, match=r"search\.search_space: 1e\+20 points.*2\*\*63") as info:
+            AutoDistillationConfig({"auto_distillation": {"search": {"search_space": space,
+                                                                     "search_algorithm": algorithm}}})
+        assert algorithm in str(info.value)
+    cfg = AutoDistillationConfig({"auto_distillation": {"search": {"search_space": space,
+                                                                   "search_algorithm": "tpe"}}})
+    assert cfg.search_algorithm == "tpe"
