@@ -80,8 +80,35 @@ def study_results(study) -> dict[str, Any]:
         "config": mask_secrets(attrs.get("config")),
         "counts": state_counts(study),
         "reasons": state_reasons(study),
+        "stopped": _stop_reason(attrs),
         "trials": records,
         "architecture_metrics": arch_metrics_summary(study),
+    }
+
+
+def _stop_reason(attrs: Mapping[str, Any]) -> str | None:
+    """Why the circuit breaker stopped the study (:mod:`nas_distill.breaker`), or None."""
+    value = attrs.get("stopped")
+    if not value:
+        return None
+    return str(value.get("reason")) if isinstance(value, Mapping) else str(value)
+
+
+def status_data(data: Mapping[str, Any], max_trials: int | None = None) -> dict[str, Any]:
+    """What ``nas-distill status --json`` prints: the budget and where the study stands against it,
+    trial counts and reasons, the stop reason, and the Pareto-optimal trials."""
+    complete = sum(1 for t in data["trials"] if "imported_from" not in t)
+    return {
+        "study_name": data["study_name"],
+        "max_trials": max_trials,
+        "complete": complete,
+        "budget_met": None if not max_trials else complete >= max_trials,
+        "counts": data.get("counts") or {},
+        "reasons": data.get("reasons") or {},
+        "stopped": data.get("stopped"),
+        "metrics": data["metrics"],
+        "higher_is_better": data["higher_is_better"],
+        "pareto": [t for t in data["trials"] if t.get("pareto")],
     }
 
 
@@ -93,10 +120,10 @@ def state_counts(study) -> dict[str, int]:
 
 
 def state_reasons(study) -> dict[str, dict[str, int]]:
-    """Why trials ended FAIL (their ``error_type``: ``Discarded``, ``WorkerLost``, an exception name...) or
-    PRUNED (``duplicate``: another trial had the arch), counted, so a status line can tell a crash from
-    a trial that was asked after the budget was spent and never trained; and which RUNNING trials have
-    no live worker any more (no heartbeat for a grace period)."""
+    """Why trials ended FAIL (their ``error_type``: ``WorkerLost``, an exception name...) or PRUNED
+    (``duplicate``: another trial had the arch; ``discarded``: given up untrained in a race for the last
+    budget slot), counted, so a status line can tell a crash from a trial that never trained; and which
+    RUNNING trials have no live worker any more (no heartbeat for a grace period)."""
     from .study import lost_running_trials
 
     reasons: dict[str, dict[str, int]] = {}
@@ -105,7 +132,8 @@ def state_reasons(study) -> dict[str, dict[str, int]]:
         if t.state.name == "FAIL":
             why = str(t.user_attrs.get("error_type") or "unknown")
         elif t.state.name == "PRUNED":
-            why = "duplicate" if "duplicate_of" in t.user_attrs else "pruned"
+            why = "duplicate" if "duplicate_of" in t.user_attrs else \
+                "discarded" if "pruned_reason" in t.user_attrs else "pruned"
         elif t.state.name == "RUNNING" and t._trial_id in lost:
             why = "no heartbeat: worker lost"  # still RUNNING until a live worker's sweep fails it
         else:
@@ -283,6 +311,10 @@ def status_text(data: Mapping[str, Any], max_trials: int | None = None, width: i
     lines += summary_lines(data.get("architecture_metrics"))
     if (reasons.get("FAIL") or {}).get("Discarded"):
         lines.insert(2, "  (Discarded: asked by a worker after the budget was spent; never trained.)")
+    if (reasons.get("PRUNED") or {}).get("discarded"):
+        lines.insert(2, "  (discarded: asked by a worker in a race for the last budget slot; never trained.)")
+    if data.get("stopped"):
+        lines.insert(1, f"stopped by the circuit breaker: {data['stopped']}")
     width = width or terminal_width()
     lines = [part for line in lines for part in textwrap.wrap(line, width, subsequent_indent="  ")]
     if any(t.get("pareto") for t in data["trials"]):

@@ -82,6 +82,8 @@ __all__ = [
     "RetryStaleTrial",
     "budget_position",
     "counted_complete",
+    "record_budget",
+    "recorded_budget",
     "set_user_attrs",
     "worker_identity",
 ]
@@ -819,6 +821,21 @@ def retry_trial(study, trial, max_retry: int | None = 2) -> None:
 
 
 # ---------------------------------------------------------------------------------------- budget
+BUDGET_ATTR = "max_trials"
+
+
+def record_budget(study, max_trials: int) -> None:
+    """Record the budget the workers run to (a ``--max-trials`` override included) in the study, so
+    ``status`` and the progress bar show the budget in force rather than the config's."""
+    if study.user_attrs.get(BUDGET_ATTR) != int(max_trials):
+        study.set_user_attr(BUDGET_ATTR, int(max_trials))
+
+
+def recorded_budget(study) -> int | None:
+    value = study.user_attrs.get(BUDGET_ATTR)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def is_counted(trial) -> bool:
     """Whether a trial occupies a budget slot (see the module docstring)."""
     return not any(k in trial.user_attrs for k in UNCOUNTED_ATTRS)
