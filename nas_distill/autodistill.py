@@ -159,6 +159,7 @@ class AutoDistillation:
         self.search_results: dict[tuple, dict[str, float]] = {}
         self.model_paras_num: dict[tuple, int] = {}  # arch vector -> parameter count (the seed's attribute)
         self.resumed_search_results: dict[tuple, dict[str, float]] = {}
+        self._loaded_results: list[tuple[dict, str]] = []  # (results, source) of each load_search_results
         self.best_model_archs: list[dict[str, Any]] = []
         self.model_paths: dict[tuple, str] = {}
         self._overrides = {"storage": storage, "study_name": study_name,
@@ -338,7 +339,9 @@ class AutoDistillation:
         """
         self._abandon_proposal("a new proposal was made before feedback on this one")
         arch = self._propose()
-        trial = self.advisor.current_trial
+        trial = getattr(self.advisor, "current_trial", None)
+        if trial is None:  # an advisor of the user's own, not asking the study: nothing to keep alive
+            return arch
         heartbeat = study_mod.Heartbeat(self.study, trial._trial_id, attrs={"arch": arch}).__enter__()
         self._proposal = (trial, heartbeat, weakref.finalize(
             self, _abandon, self.study, trial, heartbeat, "the agent was closed before feedback"))
@@ -582,9 +585,9 @@ class AutoDistillation:
         ``keras.saving.load_model(..., safe_mode=True)`` (with ``custom_objects={model_cls.__name__:
         model_cls}`` when ``model_cls`` subclasses ``keras.Model``).
 
-        Results folder (the seed's): ``<res_save_path or the current folder>/AutoDistillationResults/``.
-        Unless the config names ``study.storage`` or ``study.run_dir``, the study and the trained
-        students live there too, so two searches with different ``res_save_path`` never share a study.
+        Results folder (the seed's): ``<res_save_path or the current folder>/AutoDistillationResults/``;
+        without ``res_save_path`` and with a named storage / run folder, the run folder. Unless the config
+        names ``study.storage`` or ``study.run_dir``, the study and the trained students live there too, so two searches with different ``res_save_path`` never share a study.
         Results found there at the start (``lastest_results.json``, an old ``lastest_results.npy`` or
         the old texts) are imported first and answered from the store, never retrained. Each completed
         trial writes ``Trial_{k}_results.txt``; the end writes ``Final_results.txt`` and
@@ -639,6 +642,16 @@ class AutoDistillation:
         self._study = None
         self._advisor = None
         self._distiller = None
+        # Results loaded by hand before search() (the seed's load_search_results-then-search) belong to
+        # this search: they follow the study into its folder.
+        for results, source in self._loaded_results:
+            self._import(results, source)
+
+    def _import(self, results: Mapping[str, Any], source: str) -> int:
+        from .results import import_results
+
+        return import_results(self.study, results, metrics=self.metrics, search_space=self.search_space,
+                              source=source)
 
     def _write_trial_file(self, folder: Path, k: int) -> None:
         from . import seed_results
@@ -716,7 +729,7 @@ class AutoDistillation:
         COMPLETE with ``imported_from`` set; they do not use the ``max_trials`` budget. Returns how many
         trials were imported (already present archs are skipped).
         """
-        from .results import import_results, read_results
+        from .results import read_results
         from .seed_results import read_results_folder
 
         text = str(path)
@@ -728,8 +741,10 @@ class AutoDistillation:
             tuple(r["arch"][k] for k in sorted(r["arch"])): dict(zip(results["metrics"], r["values"]))
             for r in results["trials"]
         }
-        return import_results(self.study, results, metrics=self.metrics, search_space=self.search_space,
-                              source=study_mod.mask_url(text))
+        source = study_mod.mask_url(text)
+        imported = self._import(results, source)
+        self._loaded_results.append((results, source))
+        return imported
 
 
 def _abandon(study, trial, heartbeat, reason: str) -> None:

@@ -18,7 +18,7 @@ Layout (the seed's; ``examples/seed_layout.yaml`` shows every key)::
                            optimizer, learning_rate, weight_decay, batch_size, device,
                            teacher_cache: {enabled, dir, feature_budget_mb, dtype}, augmentation}
       evaluation: {batch_size, latency_batch_size, latency_warmup, latency_repeats, threads, device}
-      study: {storage, study_name, run_dir, heartbeat_interval, grace_period}
+      study: {storage, study_name, run_dir, heartbeat_interval, grace_period, stop_after_failures}
 
 The bare inner mapping (what sits under ``auto_distillation``, optionally with ``model``) is accepted
 too. Error paths are relative to ``auto_distillation`` (``search.max_trials``), plus ``model.*``.
@@ -186,6 +186,7 @@ class StudySettings:
     run_dir: str = "runs/default"
     heartbeat_interval: float = 10
     grace_period: float = 30
+    stop_after_failures: int = 3
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -239,7 +240,7 @@ _FLASH_SETTING_KEYS = (
 _FLASH_KEYS = ("knowledge_transfer", "regular_distillation") + _FLASH_SETTING_KEYS
 _CACHE_KEYS = ("enabled", "dir", "feature_budget_mb", "dtype")
 _EVAL_KEYS = ("batch_size", "latency_batch_size", "latency_warmup", "latency_repeats", "threads", "device")
-_STUDY_KEYS = ("storage", "study_name", "run_dir", "heartbeat_interval", "grace_period")
+_STUDY_KEYS = ("storage", "study_name", "run_dir", "heartbeat_interval", "grace_period", "stop_after_failures")
 
 KNOWLEDGE_TRANSFER = "knowledge_transfer"
 REGULAR_DISTILLATION = "regular_distillation"
@@ -839,6 +840,8 @@ def _study(value: Any, path: str) -> StudySettings:
         run_dir=_path_str(_get(raw, "run_dir", "runs/default"), _join(path, "run_dir")),
         heartbeat_interval=interval,
         grace_period=grace,
+        stop_after_failures=_int(_get(raw, "stop_after_failures", 3), _join(path, "stop_after_failures"),
+                                 minimum=0),
     )
 
 

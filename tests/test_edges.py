@@ -72,6 +72,7 @@ def finished_study(tmp_path):
     return run_dir
 
 
+@pytest.mark.slow
 def test_dashboard_on_a_missing_study_says_so_before_any_banner(finished_study):
     res = cli("dashboard", "--run-dir", finished_study, "--study-name", "nope", "--port", "1")
     assert res.returncode == 2 and res.stdout == ""
@@ -79,6 +80,7 @@ def test_dashboard_on_a_missing_study_says_so_before_any_banner(finished_study):
     assert "no study 'nope'" in res.stderr and "edges" in res.stderr  # names the studies that exist
 
 
+@pytest.mark.slow
 def test_dashboard_on_a_busy_port_suggests_another(finished_study):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -93,6 +95,7 @@ def test_dashboard_on_a_busy_port_suggests_another(finished_study):
         probe.bind(("127.0.0.1", suggested))
 
 
+@pytest.mark.slow
 def test_dashboard_wait_serves_once_the_study_exists(finished_study):
     from helpers_common import free_port, get_json
 

@@ -78,6 +78,10 @@ def test_a_configured_run_dir_or_storage_wins(tmp_path):
     assert agent.storage_url == f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     folder = tmp_path / "res" / "AutoDistillationResults"
     assert (folder / "Final_results.txt").is_file() and not (folder / "study.db").exists()
+    # a named run folder and no res_save_path: the files go to the run folder, none to the current one
+    quiet = agent_for(conf(study={"run_dir": str(tmp_path / "run3")}))
+    quiet.search()
+    assert (tmp_path / "run3" / "Final_results.txt").is_file() and not (tmp_path / "AutoDistillationResults").exists()
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     other = agent_for(conf(study={"storage": url}))
     other.search(res_save_path=tmp_path / "res2")
