@@ -229,14 +229,21 @@ class ArchMetrics:
         measurement lock (held for the whole batch); returns how many this call measured."""
         from .machine_lock import measurement_lock
 
-        todo = [dict(a) for a in archs]
+        self._take(read_entries(self.ad.study))
+        todo = [dict(a) for a in archs if arch_key(a) not in self._entries]
         started = time.perf_counter()
         count = 0
+        if not todo:  # all measured already: no need to queue for the lock
+            self._refit()
+            return 0
         with measurement_lock():
             self._take(read_entries(self.ad.study))  # what others measured while we waited
             todo = [a for a in todo if arch_key(a) not in self._entries]
             if todo:
-                log.info("measuring %s of %d untrained students", ", ".join(self.names), len(todo))
+                from .console import step_started
+
+                step_started("architecture metrics", f"measuring {', '.join(self.names)} of {len(todo)} "
+                                                     "untrained students")
             for arch in todo:
                 key = arch_key(arch)
                 entry = self._measure_one(arch)
