@@ -278,7 +278,8 @@ def cpu_per_trial_by_tenth(timeline: list[tuple[int, float]], trials: int) -> li
 
 
 def study_summary(storage: str, study_name: str) -> dict:
-    """What the study holds: counts by state and the reasons (``error_type`` / ``duplicate_of``)."""
+    """What the study holds: counts by state and the reasons (``error_type`` / ``duplicate_of`` /
+    ``pruned_reason``)."""
     import collections
 
     import optuna
@@ -287,7 +288,7 @@ def study_summary(storage: str, study_name: str) -> dict:
     trials = study.get_trials(deepcopy=False)
     by_state = collections.Counter(t.state.name for t in trials)
     reasons = collections.Counter(
-        f"{t.state.name}:{t.user_attrs.get('error_type') or ('duplicate' if 'duplicate_of' in t.user_attrs else '?')}"
+        f"{t.state.name}:{t.user_attrs.get('error_type') or ('duplicate' if 'duplicate_of' in t.user_attrs else 'discarded' if 'pruned_reason' in t.user_attrs else '?')}"
         for t in trials if t.state.name in ("FAIL", "PRUNED"))
     return {"trials": trials, "by_state": dict(by_state), "reasons": dict(reasons)}
 

@@ -31,6 +31,7 @@ Extra keyword arguments (not in the seed): ``storage``, ``study_name``, ``run_di
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -144,6 +145,7 @@ class AutoDistillation:
         self._eval_func = None
         self._advisor = None
         self._study = None
+        self._arch_metrics = None
         self._proposal = None  # (trial, heartbeat, finalizer) of a model_arch_proposition awaiting feedback
         self.train_dataset = None
         self.eval_dataset = None
@@ -157,6 +159,7 @@ class AutoDistillation:
         self.search_results: dict[tuple, dict[str, float]] = {}
         self.model_paras_num: dict[tuple, int] = {}  # arch vector -> parameter count (the seed's attribute)
         self.resumed_search_results: dict[tuple, dict[str, float]] = {}
+        self._loaded_results: list[tuple[dict, str]] = []  # (results, source) of each load_search_results
         self.best_model_archs: list[dict[str, Any]] = []
         self.model_paths: dict[tuple, str] = {}
         self._overrides = {"storage": storage, "study_name": study_name,
@@ -255,6 +258,7 @@ class AutoDistillation:
         self._search_cfg = config
         self._advisor = None
         self._study = None
+        self._arch_metrics = None
 
     @property
     def storage_url(self) -> str:
@@ -296,7 +300,33 @@ class AutoDistillation:
         from .search.searchers import make_searcher
 
         cfg = self._search_cfg
-        return make_searcher(cfg.search_algorithm, cfg.search_space, seed=sampler_seed(self.seed), study=self.study)
+        extra = {}
+        if self.arch_metrics.enabled:
+            extra["known_objectives"] = self.arch_metrics.known_objectives
+        return make_searcher(cfg.search_algorithm, cfg.search_space, seed=sampler_seed(self.seed),
+                             study=self.study, **extra)
+
+    @property
+    def arch_metrics(self):
+        """The study's metrics fixed by the architecture (:mod:`nas_distill.arch_metrics`); measured and
+        handed to the searcher when it can use them."""
+        if self._arch_metrics is None:
+            from .arch_metrics import ArchMetrics
+
+            # A user's eval_func is called on untrained students only when the config declares
+            # architecture metrics: it may be costly, or count on a trained model.
+            builtin = self.eval_func is None and self.eval_dataset is not None
+            declared = self.eval_func is not None and bool(getattr(self.conf, "architecture_metrics", None))
+            self._arch_metrics = ArchMetrics(
+                self, enabled=self._searcher_takes_known_objectives(),
+                measure_untrained=not self._estimate_overridden() and (builtin or declared))
+        return self._arch_metrics
+
+    def _searcher_takes_known_objectives(self) -> bool:
+        from .search.searchers import canonical_algorithm
+
+        algorithm = self._search_cfg.search_algorithm
+        return isinstance(algorithm, str) and canonical_algorithm(algorithm) == "bo"
 
     # ------------------------------------------------------------------ proposing / measuring
     def model_arch_proposition(self) -> dict[str, Any]:
@@ -309,7 +339,9 @@ class AutoDistillation:
         """
         self._abandon_proposal("a new proposal was made before feedback on this one")
         arch = self._propose()
-        trial = self.advisor.current_trial
+        trial = getattr(self.advisor, "current_trial", None)
+        if trial is None:  # an advisor of the user's own, not asking the study: nothing to keep alive
+            return arch
         heartbeat = study_mod.Heartbeat(self.study, trial._trial_id, attrs={"arch": arch}).__enter__()
         self._proposal = (trial, heartbeat, weakref.finalize(
             self, _abandon, self.study, trial, heartbeat, "the agent was closed before feedback"))
@@ -318,6 +350,7 @@ class AutoDistillation:
     def _propose(self) -> dict[str, Any]:
         """The searcher's next architecture (its trial is ``advisor.current_trial``); the trial loop's
         entry point, which keeps its own heartbeat."""
+        self.arch_metrics.refresh()
         return self.advisor.suggestion()
 
     def _proposal_told(self) -> None:
@@ -441,24 +474,57 @@ class AutoDistillation:
             return model if returned is None else returned
         if self._distiller is None:
             self.create_distillers()
+        from .machine_lock import training_load
+
         seed = (self.seed or 0) + int(getattr(getattr(self.advisor, "current_trial", None), "number", 0) or 0)
-        self._distiller.distill(model, seed=seed)
+        # Shares the machine with other trainings, and pauses between steps while a latency is timed.
+        with training_load() as load:
+            self._distiller.before_step = load.pause_point
+            try:
+                self._distiller.distill(model, seed=seed)
+            finally:
+                self._distiller.before_step = None
         return model
 
-    def _evaluate(self, model) -> Any:
+    def _evaluate(self, model, metrics: Sequence[str] | None = None) -> Any:
+        """Measure ``model`` (``metrics``: a subset of the config's; ``eval_func`` answers all of them).
+
+        Timed metrics (latency) are taken under the machine's measurement lock, so no two workers of a
+        machine time a model at once (:mod:`nas_distill.machine_lock`)."""
+        from .arch_metrics import timed_metric_names
+        from .machine_lock import measurement_lock
+
+        names = list(self.metrics if metrics is None else metrics)
+        timed = timed_metric_names(names, getattr(self.conf, "architecture_metrics", None) or ())
         if self.eval_func is not None:
-            return self.eval_func(model)
+            with measurement_lock() if timed else contextlib.nullcontext():
+                return self.eval_func(model)
         if self.eval_dataset is None:
             raise ConfigError("eval_dataset", "set eval_dataset (or eval_func) to measure the students")
+        from .evaluate import METRICS, base_metric
+
         if self.framework == "tensorflow":
             from .distill.keras.evaluate import evaluate
 
-            return evaluate(model, self.eval_dataset, self.metrics, settings=self.conf.evaluation,
-                            metric_fn=self.metric_fn)
-        from .evaluate import evaluate
+            user_metrics = {}
+        else:
+            from .evaluate import evaluate
 
-        return evaluate(model, self.eval_dataset, self.metrics, settings=self.conf.evaluation,
-                        metric_fn=self.metric_fn, compute_metrics=self.compute_metrics)
+            user_metrics = {"compute_metrics": self.compute_metrics}
+
+        def measure(subset):
+            if not subset:
+                return {}
+            # compute_metrics costs a pass over the evaluation set: only for the names it answers
+            extra = user_metrics if any(base_metric(n) not in METRICS for n in subset) else {}
+            return evaluate(model, self.eval_dataset, subset, settings=self.conf.evaluation,
+                            metric_fn=self.metric_fn, **extra)
+
+        out = measure([n for n in names if n not in timed])
+        if timed:
+            with measurement_lock():
+                out.update(measure(timed))
+        return {n: out[n] for n in names}
 
     def _estimate_overridden(self) -> bool:
         return type(self).estimate is not AutoDistillation.estimate
@@ -519,9 +585,9 @@ class AutoDistillation:
         ``keras.saving.load_model(..., safe_mode=True)`` (with ``custom_objects={model_cls.__name__:
         model_cls}`` when ``model_cls`` subclasses ``keras.Model``).
 
-        Results folder (the seed's): ``<res_save_path or the current folder>/AutoDistillationResults/``.
-        Unless the config names ``study.storage`` or ``study.run_dir``, the study and the trained
-        students live there too, so two searches with different ``res_save_path`` never share a study.
+        Results folder (the seed's): ``<res_save_path or the current folder>/AutoDistillationResults/``;
+        without ``res_save_path`` and with a named storage / run folder, the run folder. Unless the config
+        names ``study.storage`` or ``study.run_dir``, the study and the trained students live there too, so two searches with different ``res_save_path`` never share a study.
         Results found there at the start (``lastest_results.json``, an old ``lastest_results.npy`` or
         the old texts) are imported first and answered from the store, never retrained. Each completed
         trial writes ``Trial_{k}_results.txt``; the end writes ``Final_results.txt`` and
@@ -576,12 +642,22 @@ class AutoDistillation:
         self._study = None
         self._advisor = None
         self._distiller = None
+        # Results loaded by hand before search() (the seed's load_search_results-then-search) belong to
+        # this search: they follow the study into its folder.
+        for results, source in self._loaded_results:
+            self._import(results, source)
+
+    def _import(self, results: Mapping[str, Any], source: str) -> int:
+        from .results import import_results
+
+        return import_results(self.study, results, metrics=self.metrics, search_space=self.search_space,
+                              source=source)
 
     def _write_trial_file(self, folder: Path, k: int) -> None:
         from . import seed_results
 
         try:
-            seed_results.write_results(self.study, seed_results.trial_file(folder, k))
+            seed_results.write_results(self.study, seed_results.trial_file(folder, k), table=False)
         except OSError as exc:  # the results are in the study either way
             log.warning("could not write %s: %s", seed_results.trial_file(folder, k), exc)
 
@@ -653,7 +729,7 @@ class AutoDistillation:
         COMPLETE with ``imported_from`` set; they do not use the ``max_trials`` budget. Returns how many
         trials were imported (already present archs are skipped).
         """
-        from .results import import_results, read_results
+        from .results import read_results
         from .seed_results import read_results_folder
 
         text = str(path)
@@ -665,8 +741,10 @@ class AutoDistillation:
             tuple(r["arch"][k] for k in sorted(r["arch"])): dict(zip(results["metrics"], r["values"]))
             for r in results["trials"]
         }
-        return import_results(self.study, results, metrics=self.metrics, search_space=self.search_space,
-                              source=study_mod.mask_url(text))
+        source = study_mod.mask_url(text)
+        imported = self._import(results, source)
+        self._loaded_results.append((results, source))
+        return imported
 
 
 def _abandon(study, trial, heartbeat, reason: str) -> None:

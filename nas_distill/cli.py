@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -50,6 +51,25 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help="task entry point 'package.module:function' (overrides the config's)")
     p.add_argument("--max-trials", type=int, help="COMPLETE trials the study should end with")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: cores // workers)")
+    level = p.add_mutually_exclusive_group()
+    level.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+    level.add_argument("-v", "--verbose", action="store_true", help="print debug lines too")
+    p.add_argument("--log-format", choices=("plain", "json"), default="plain",
+                   help="plain timestamped lines (default) or one JSON object per line")
+
+
+def _output_flags(args) -> tuple[str, ...]:
+    """The log flags of this command, for the workers it starts."""
+    flags = ["--log-format", args.log_format]
+    if args.quiet:
+        flags.append("-q")
+    if args.verbose:
+        flags.append("-v")
+    return tuple(flags)
+
+
+def _verbosity(args) -> int:
+    return -1 if args.quiet else 1 if args.verbose else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,9 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, config_required=True)
     _run_flags(p)
     p.add_argument("--label", help="worker name shown in progress lines and trial records")
+    # Set by `run` for the workers it starts: it printed the banner and ran the dry run already.
+    p.add_argument("--launched-by-run", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("status", help="trials by state and the Pareto front")
     _common(p)
+    p.add_argument("--json", action="store_true", help="JSON output")
 
     p = sub.add_parser("pareto", help="the Pareto-optimal trials")
     _common(p)
@@ -85,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the study to be created (a dashboard started beside its workers) instead of "
+                        "stopping when it does not exist")
     p.add_argument("--allow-writes", action="store_true",
                    help="let the dashboard edit notes and delete studies (default: read-only)")
 
@@ -147,10 +173,12 @@ def _study_target(args) -> tuple[str, str | None, str, int | None]:
 
 
 def _open(args):
-    from .study import load_study
+    from .study import load_study, recorded_budget
 
     url, name, run_dir, max_trials = _study_target(args)
     study = load_study(url, name)
+    # The budget the workers ran to (a --max-trials override included) wins over the config's.
+    max_trials = recorded_budget(study) or max_trials
     if max_trials is None:
         config = study.user_attrs.get("config") or {}
         max_trials = (config.get("auto_distillation", {}).get("search", {}) or {}).get("max_trials") \
@@ -181,22 +209,92 @@ def _quiet_optuna(debug: bool) -> None:
 
 # ------------------------------------------------------------------------------------------ commands
 def cmd_run(args) -> int:
-    from .workers import ProgressPrinter, run_local, run_worker
+    from .progress import LiveProgress, wanted
+    from .workers import run_local, run_worker
 
     if args.workers < 1:
         raise CLIError(f"--workers must be >= 1, got {args.workers}")
-    storage = _storage_arg(args)
-    if args.workers == 1:
-        code = run_worker(args.config, task=args.task, storage=storage, study_name=args.study_name,
-                          run_dir=args.run_dir, max_trials=args.max_trials, threads=args.threads,
-                          progress=ProgressPrinter(), label="w0")
-    else:
-        code = run_local(args.config, args.workers, task=args.task, storage=storage,
-                         study_name=args.study_name, run_dir=args.run_dir, max_trials=args.max_trials,
-                         threads=args.threads, debug=args.debug)
+    started = time.monotonic()
+    target = _run_target(args, _storage_arg(args))
+    _banner(target, args.workers)
+    bar = wanted(_verbosity(args), args.log_format)
+    with LiveProgress(target["url"], target["name"], target["budget"], enabled=bar):
+        if args.workers == 1:
+            code = run_worker(args.config, task=args.task, storage=_storage_arg(args), study_name=args.study_name,
+                              run_dir=args.run_dir, max_trials=args.max_trials, threads=args.threads,
+                              label="w0", new_run=True)
+        else:
+            code = run_local(args.config, args.workers, task=args.task, storage=_storage_arg(args),
+                             study_name=args.study_name, run_dir=args.run_dir, max_trials=args.max_trials,
+                             threads=args.threads, debug=args.debug, output=_output_flags(args), relay=bar)
+    _final_summary(args, target, started, code)
     if code in (0,):
         _print_status_after_run(args)
     return code
+
+
+def _run_target(args, storage: str | None) -> dict[str, Any]:
+    """What a run works on, from the flags and the config: storage URL, study name, budget, search."""
+    from .autodistill import load_config
+    from .search.space import SearchSpace
+    from .study import resolve_storage_url
+
+    cfg = load_config(_config_data(args.config))
+    run_dir = args.run_dir or cfg.study.run_dir
+    algorithm = cfg.search_algorithm if isinstance(cfg.search_algorithm, str) else type(cfg.search_algorithm).__name__
+    return {"url": resolve_storage_url(storage or cfg.study.storage, run_dir),
+            "name": args.study_name or cfg.study.study_name, "run_dir": run_dir,
+            "budget": int(args.max_trials or cfg.max_trials), "algorithm": algorithm,
+            "space": len(SearchSpace(cfg.search_space)), "metrics": list(cfg.metrics),
+            "stop_after_failures": cfg.study.stop_after_failures}
+
+
+def _banner(target: dict[str, Any], workers: int | str) -> None:
+    from . import console
+    from .study import mask_url
+
+    console.event(
+        "search_started",
+        f"search started: study {target['name']!r}, storage {mask_url(target['url'])}, budget "
+        f"{target['budget']} trials, workers {workers}, {target['algorithm']} search over "
+        f"{target['space']} architectures, metrics {', '.join(target['metrics'])}; the study stops after "
+        f"{target['stop_after_failures']} failures in a row",
+        study=target["name"], storage=mask_url(target["url"]), budget=target["budget"], workers=workers,
+        algorithm=target["algorithm"], space=target["space"], metrics=target["metrics"])
+
+
+def _final_summary(args, target: dict[str, Any], started: float, code: int) -> None:
+    """The last lines of a run: wall time, what the study holds, why it stopped, what to run next."""
+    import logging
+
+    from . import breaker, console
+    from .progress import study_counts
+    from .study import load_study, recorded_budget
+    from .workers import format_seconds
+
+    elapsed = format_seconds(time.monotonic() - started)
+    try:
+        study = load_study(target["url"], target["name"])
+        counts, budget, stopped = study_counts(study), recorded_budget(study) or target["budget"], \
+            breaker.stopped(study)
+    except Exception as exc:  # noqa: BLE001 - the study may not exist (a setup error before it)
+        console.event("search_finished", f"search ended after {elapsed} (exit {code}) before the study "
+                                         f"could be read: {exc}", level=logging.ERROR, exit_code=code)
+        return
+    verb = "finished" if code == 0 else "interrupted" if code == 130 else "stopped"
+    why = f"; stopped by the circuit breaker: {stopped}" if stopped else ""
+    console.event(
+        "search_finished",
+        f"search {verb} after {elapsed}: {counts['done']} of {budget} trials complete, {counts['failed']} "
+        f"failed, {counts['pruned']} pruned{why} (exit {code})",
+        level=logging.INFO if code == 0 else logging.ERROR, seconds=round(time.monotonic() - started, 3),
+        complete=counts["done"], budget=budget, failed=counts["failed"], pruned=counts["pruned"],
+        stopped=stopped, exit_code=code)
+    where = f" {args.config}" + (f" --study {args.study_name}" if args.study_name else "") + \
+        (f" --run-dir {args.run_dir}" if args.run_dir else "") + (" --storage URL" if args.storage else "")
+    commands = [f"{PROG} {c}{where}" for c in ("status", "pareto", "report", "dashboard")]
+    commands.append(f"{PROG} export{where} -o student/")
+    console.event("next_commands", "next: " + "  |  ".join(commands), commands=commands)
 
 
 def _print_status_after_run(args) -> None:
@@ -209,11 +307,24 @@ def _print_status_after_run(args) -> None:
 
 
 def cmd_worker(args) -> int:
-    from .workers import ProgressPrinter, run_worker
+    from .progress import LiveProgress, wanted
+    from .workers import run_worker
 
-    return run_worker(args.config, task=args.task, storage=_storage_arg(args), study_name=args.study_name,
-                      run_dir=args.run_dir, max_trials=args.max_trials, threads=args.threads,
-                      progress=ProgressPrinter(), label=args.label)
+    storage = _storage_arg(args)
+    if args.launched_by_run:  # `run` prints the banner, the bar and the summary, and ran the dry run
+        return run_worker(args.config, task=args.task, storage=storage, study_name=args.study_name,
+                          run_dir=args.run_dir, max_trials=args.max_trials, threads=args.threads,
+                          label=args.label, check_setup=False)
+    started = time.monotonic()
+    target = _run_target(args, storage)
+    _banner(target, f"this one ({args.label})" if args.label else "this one")
+    with LiveProgress(target["url"], target["name"], target["budget"],
+                      enabled=wanted(_verbosity(args), args.log_format)):
+        code = run_worker(args.config, task=args.task, storage=storage, study_name=args.study_name,
+                          run_dir=args.run_dir, max_trials=args.max_trials, threads=args.threads,
+                          label=args.label)
+    _final_summary(args, target, started, code)
+    return code
 
 
 def _status_text(args) -> str:
@@ -224,6 +335,12 @@ def _status_text(args) -> str:
 
 
 def cmd_status(args) -> int:
+    if args.json:
+        from .results import status_data, study_results
+
+        study, _, max_trials = _open(args)
+        print(json.dumps(status_data(study_results(study), max_trials), indent=2, default=str))
+        return 0
     print(_status_text(args))
     return 0
 
@@ -263,8 +380,10 @@ def cmd_dashboard(args) -> int:
     from .study import make_storage, mask_url
 
     url, name, run_dir, _ = _study_target(args)
-    storage = make_storage(url)
-    _require_study(storage, name, url)
+    # Reading creates nothing, unless --wait: then the workers started beside it may not have created
+    # the storage's schema yet.
+    storage = make_storage(url, create=args.wait)
+    _require_study(storage, name, url, wait=args.wait)
     problem = check_port_free(args.host, args.port)
     if problem:
         raise CLIError(problem)
@@ -275,13 +394,21 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
-def _require_study(storage, name: str | None, url: str) -> None:
-    """The dashboard of a study that does not exist would serve an empty page: say so instead."""
+def _require_study(storage, name: str | None, url: str, wait: bool = False) -> None:
+    """The dashboard of a study that does not exist would serve an empty page: say so instead (or, with
+    ``wait``, wait for its workers to create it)."""
+    import time
+
     import optuna
 
     from .study import mask_url
 
     names = optuna.get_all_study_names(storage)
+    if wait and not (name in names if name else names):
+        print(f"waiting for study {name or '(any)'!r} to be created in {mask_url(url)}", flush=True)
+        while not (name in names if name else names):
+            time.sleep(1.0)
+            names = optuna.get_all_study_names(storage)
     if name and name not in names:
         known = f"; its studies: {', '.join(sorted(names))}" if names else "; it holds no study yet"
         raise CLIError(f"no study {name!r} in {mask_url(url)}{known} (give --study)")
@@ -341,6 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
     _quiet_optuna(debug)
+    if args.command in ("run", "worker"):
+        from . import console
+
+        console.configure(_verbosity(args), args.log_format, debug=debug)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -357,8 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .study import mask_url
 
         kind = "config error" if isinstance(exc, ConfigError) else "error"
-        message = storage_error_text(exc) or (str(exc).strip().splitlines()[0] if str(exc).strip()
-                                              else type(exc).__name__)
+        message = None if isinstance(exc, ConfigError) else storage_error_text(exc)
+        message = message or (str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         message = mask_url(message)
         print(f"{PROG}: {kind}: {message}", file=sys.stderr)
         return 2 if isinstance(exc, (ConfigError, CLIError)) else 1

@@ -12,12 +12,13 @@ Layout (the seed's; ``examples/seed_layout.yaml`` shows every key)::
 
     model: {framework, name}
     auto_distillation:
-      search: {search_space, search_algorithm, metrics, higher_is_better, max_trials, seed}
+      search: {search_space, search_algorithm, metrics, higher_is_better, max_trials, seed,
+               architecture_metrics}
       flash_distillation: {knowledge_transfer: {...}, regular_distillation: {...},
                            optimizer, learning_rate, weight_decay, batch_size, device,
                            teacher_cache: {enabled, dir, feature_budget_mb, dtype}, augmentation}
       evaluation: {batch_size, latency_batch_size, latency_warmup, latency_repeats, threads, device}
-      study: {storage, study_name, run_dir, heartbeat_interval, grace_period}
+      study: {storage, study_name, run_dir, heartbeat_interval, grace_period, stop_after_failures}
 
 The bare inner mapping (what sits under ``auto_distillation``, optionally with ``model``) is accepted
 too. Error paths are relative to ``auto_distillation`` (``search.max_trials``), plus ``model.*``.
@@ -185,6 +186,7 @@ class StudySettings:
     run_dir: str = "runs/default"
     heartbeat_interval: float = 10
     grace_period: float = 30
+    stop_after_failures: int = 3
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -212,7 +214,11 @@ _DEVICE_PATTERN = r"(auto|cpu|mps|cuda|gpu|xpu)(:\d+)?"
 _TOP_KEYS = ("model", "auto_distillation")
 _MODEL_KEYS = ("framework", "name")
 _INNER_KEYS = ("search", "flash_distillation", "evaluation", "study", "model")
-_SEARCH_KEYS = ("search_space", "search_algorithm", "metrics", "higher_is_better", "max_trials", "seed")
+#: Searchers that address a point by its index in the space (numpy / Optuna 64-bit integers).
+_INDEXED_ALGORITHMS = ("grid", "random")
+MAX_INDEXED_POINTS = 2**63 - 1
+_SEARCH_KEYS = ("search_space", "search_algorithm", "metrics", "higher_is_better", "max_trials", "seed",
+                "architecture_metrics")
 _STAGE_KEYS = (
     "block_names",
     "layer_mappings_for_knowledge_transfer",
@@ -234,7 +240,7 @@ _FLASH_SETTING_KEYS = (
 _FLASH_KEYS = ("knowledge_transfer", "regular_distillation") + _FLASH_SETTING_KEYS
 _CACHE_KEYS = ("enabled", "dir", "feature_budget_mb", "dtype")
 _EVAL_KEYS = ("batch_size", "latency_batch_size", "latency_warmup", "latency_repeats", "threads", "device")
-_STUDY_KEYS = ("storage", "study_name", "run_dir", "heartbeat_interval", "grace_period")
+_STUDY_KEYS = ("storage", "study_name", "run_dir", "heartbeat_interval", "grace_period", "stop_after_failures")
 
 KNOWLEDGE_TRANSFER = "knowledge_transfer"
 REGULAR_DISTILLATION = "regular_distillation"
@@ -683,6 +689,23 @@ def _metrics(metrics: Any, higher: Any, path: str) -> tuple[list[str], list[bool
     return names, directions
 
 
+def _architecture_metrics(value: Any, metrics: list[str], path: str) -> list[str]:
+    """Metrics the user says depend on the architecture alone (measured untrained, once per arch)."""
+    if value is None:
+        return []
+    if not _seq(value):
+        value = [value]
+    names: list[str] = []
+    for i, item in enumerate(value):
+        name = _str(item, f"{path}[{i}]")
+        if name not in metrics:
+            raise ConfigError(f"{path}[{i}]", f"{name!r} is not one of search.metrics {metrics!r}")
+        if name in names:
+            raise ConfigError(f"{path}[{i}]", f"duplicate metric name {name!r}")
+        names.append(name)
+    return names
+
+
 # ---------------------------------------------------------------------------------------------------
 # Settings sections
 # ---------------------------------------------------------------------------------------------------
@@ -817,6 +840,8 @@ def _study(value: Any, path: str) -> StudySettings:
         run_dir=_path_str(_get(raw, "run_dir", "runs/default"), _join(path, "run_dir")),
         heartbeat_interval=interval,
         grace_period=grace,
+        stop_after_failures=_int(_get(raw, "stop_after_failures", 3), _join(path, "stop_after_failures"),
+                                 minimum=0),
     )
 
 
@@ -916,7 +941,8 @@ class AttrDict(dict):
 _NOT_GIVEN = object()
 _FRESH_SEED = object()
 
-_SEARCH_ATTRS = ("search_space", "search_algorithm", "metrics", "higher_is_better", "max_trials", "seed")
+_SEARCH_ATTRS = ("search_space", "search_algorithm", "metrics", "higher_is_better", "max_trials", "seed",
+                 "architecture_metrics")
 _STAGE_ATTRS = ("knowledge_transfer", "regular_distillation")
 _SETTINGS_ATTRS = ("flash", "evaluation", "study")
 _ATTRS = ("framework",) + _SEARCH_ATTRS + _STAGE_ATTRS + _SETTINGS_ATTRS
@@ -973,6 +999,11 @@ def _validate(raw: Mapping[str, Any]) -> dict[str, Any]:
     algorithm = _get(search, "search_algorithm", "bo")
     if not _is_sampler(algorithm):
         algorithm = _choice(algorithm, "search.search_algorithm", _ALGORITHM_ALIASES, SEARCH_ALGORITHMS)
+    points = math.prod(len(values) for values in space.values())
+    if algorithm in _INDEXED_ALGORITHMS and points > MAX_INDEXED_POINTS:
+        raise ConfigError("search.search_space", f"{points:.3g} points; '{algorithm}' numbers the points of the "
+                                                 f"space with 64-bit integers (at most 2**63 - 1): use 'bo' or "
+                                                 f"'tpe', or fewer values")
     metrics, higher = _metrics(search.get("metrics"), search.get("higher_is_better"), "search")
     max_trials = _int(_get(search, "max_trials", DEFAULT_MAX_TRIALS), "search.max_trials")
     # A missing seed is the default; an explicit null asks for a fresh seed per run (the seed API's
@@ -980,6 +1011,8 @@ def _validate(raw: Mapping[str, Any]) -> dict[str, Any]:
     seed = search["seed"] if "seed" in search else DEFAULT_SEED
     if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**32):
         raise _fail("search.seed", "an integer in [0, 2**32) or null (a fresh seed)", seed)
+    arch_metrics = _architecture_metrics(search.get("architecture_metrics"), metrics,
+                                         "search.architecture_metrics")
 
     flash_raw = _mapping(raw.get("flash_distillation"), "flash_distillation", _FLASH_KEYS)
     kt_stages, kt = _build_stages(flash_raw.get(KNOWLEDGE_TRANSFER), KNOWLEDGE_TRANSFER,
@@ -995,6 +1028,7 @@ def _validate(raw: Mapping[str, Any]) -> dict[str, Any]:
         "higher_is_better": higher,
         "max_trials": max_trials,
         "seed": None if seed is None else int(seed),
+        "architecture_metrics": arch_metrics,
         "knowledge_transfer": kt,
         "regular_distillation": rd,
         "flash": flash,
@@ -1066,6 +1100,7 @@ class AutoDistillationConfig:
         regular_distillation: Any = None,
         *,
         higher_is_better: Any = None,
+        architecture_metrics: Any = None,
         framework: Any = None,
         flash: Any = None,
         evaluation: Any = None,
@@ -1079,6 +1114,7 @@ class AutoDistillationConfig:
             "higher_is_better": higher_is_better,
             "max_trials": max_trials,
             "seed": None if seed is _NOT_GIVEN else (_FRESH_SEED if seed is None else seed),
+            "architecture_metrics": architecture_metrics,
             "knowledge_transfer": knowledge_transfer,
             "regular_distillation": regular_distillation,
             "flash": flash,
@@ -1165,6 +1201,8 @@ class AutoDistillationConfig:
     higher_is_better = _property("higher_is_better", "One direction per metric.")
     max_trials = _property("max_trials", "Number of trials to run (> 0).")
     seed = _property("seed", "Seed of the searcher's sampler; None: a fresh seed per run (recorded in the study).")
+    architecture_metrics = _property(
+        "architecture_metrics", "Metrics (of ``metrics``) declared to depend on the architecture alone.")
     knowledge_transfer = _property(
         "knowledge_transfer", "The seed's knowledge-transfer lists as given (FlashDistillationConfig) or None."
     )
@@ -1228,6 +1266,8 @@ class AutoDistillationConfig:
                     "higher_is_better": list(v["higher_is_better"]),
                     "max_trials": v["max_trials"],
                     "seed": v["seed"],
+                    **({"architecture_metrics": list(v["architecture_metrics"])}
+                       if v["architecture_metrics"] else {}),
                 },
                 "flash_distillation": flash,
                 "evaluation": _settings_dict(v["evaluation"]),

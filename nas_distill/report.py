@@ -67,12 +67,14 @@ def write_report(
     Returns:
         The path of the HTML file.
     """
+    from nas_distill.arch_metrics import summary as arch_metrics_summary
     from nas_distill.reporting.figures import hypervolume_figure, importance_figure, pareto_figure
     from nas_distill.reporting.html import render_page
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = collect(study, importances=importances)
+    data.architecture_metrics = arch_metrics_summary(study)
     figures = {}
     if data.complete:
         figures = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import textwrap
 from pathlib import Path
@@ -60,6 +61,7 @@ def pareto_records(records: Sequence[Mapping[str, Any]], higher_is_better: Seque
 
 def study_results(study) -> dict[str, Any]:
     """Everything :func:`dump_results` writes, as a dict."""
+    from .arch_metrics import summary as arch_metrics_summary
     from .study import mask_secrets
 
     metrics = list(study.metric_names or [f"value_{i}" for i in range(len(study.directions))])
@@ -78,7 +80,35 @@ def study_results(study) -> dict[str, Any]:
         "config": mask_secrets(attrs.get("config")),
         "counts": state_counts(study),
         "reasons": state_reasons(study),
+        "stopped": _stop_reason(attrs),
         "trials": records,
+        "architecture_metrics": arch_metrics_summary(study),
+    }
+
+
+def _stop_reason(attrs: Mapping[str, Any]) -> str | None:
+    """Why the circuit breaker stopped the study (:mod:`nas_distill.breaker`), or None."""
+    value = attrs.get("stopped")
+    if not value:
+        return None
+    return str(value.get("reason")) if isinstance(value, Mapping) else str(value)
+
+
+def status_data(data: Mapping[str, Any], max_trials: int | None = None) -> dict[str, Any]:
+    """What ``nas-distill status --json`` prints: the budget and where the study stands against it,
+    trial counts and reasons, the stop reason, and the Pareto-optimal trials."""
+    complete = sum(1 for t in data["trials"] if "imported_from" not in t)
+    return {
+        "study_name": data["study_name"],
+        "max_trials": max_trials,
+        "complete": complete,
+        "budget_met": None if not max_trials else complete >= max_trials,
+        "counts": data.get("counts") or {},
+        "reasons": data.get("reasons") or {},
+        "stopped": data.get("stopped"),
+        "metrics": data["metrics"],
+        "higher_is_better": data["higher_is_better"],
+        "pareto": [t for t in data["trials"] if t.get("pareto")],
     }
 
 
@@ -90,15 +120,22 @@ def state_counts(study) -> dict[str, int]:
 
 
 def state_reasons(study) -> dict[str, dict[str, int]]:
-    """Why trials ended FAIL (their ``error_type``: ``Discarded``, ``WorkerLost``, an exception name...) or
-    PRUNED (``duplicate``: another trial had the arch), counted, so a status line can tell a crash from
-    a trial that was asked after the budget was spent and never trained."""
+    """Why trials ended FAIL (their ``error_type``: ``WorkerLost``, an exception name...) or PRUNED
+    (``duplicate``: another trial had the arch; ``discarded``: given up untrained in a race for the last
+    budget slot), counted, so a status line can tell a crash from a trial that never trained; and which
+    RUNNING trials have no live worker any more (no heartbeat for a grace period)."""
+    from .study import lost_running_trials
+
     reasons: dict[str, dict[str, int]] = {}
+    lost = lost_running_trials(study)
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "FAIL":
             why = str(t.user_attrs.get("error_type") or "unknown")
         elif t.state.name == "PRUNED":
-            why = "duplicate" if "duplicate_of" in t.user_attrs else "pruned"
+            why = "duplicate" if "duplicate_of" in t.user_attrs else \
+                "discarded" if "pruned_reason" in t.user_attrs else "pruned"
+        elif t.state.name == "RUNNING" and t._trial_id in lost:
+            why = "no heartbeat: worker lost"  # still RUNNING until a live worker's sweep fails it
         else:
             continue
         per_state = reasons.setdefault(t.state.name, {})
@@ -114,16 +151,23 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return path, path.with_suffix(".json") if path.suffix else Path(str(path) + ".json")
 
 
-def dump_results(study, path: str | os.PathLike, *, metrics=None, higher_is_better=None) -> tuple[Path, Path]:
-    """Write ``<path>`` (text report) and the JSON next to it; returns (text path, json path)."""
+def dump_results(study, path: str | os.PathLike, *, metrics=None, higher_is_better=None,
+                 data: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write ``<path>`` (text report) and the JSON next to it; returns (text path, json path).
+    ``data``: :func:`study_results` already read (else it is read here)."""
     text_path, json_path = _paths(path)
-    data = study_results(study)
+    data = study_results(study) if data is None else data
     text_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(data, json_path)
+    text_path.write_text(text_report(data))
+    return text_path, json_path
+
+
+def write_json(data: Mapping[str, Any], json_path: Path) -> None:
+    """The results JSON, replaced atomically (a reader never sees half a file)."""
     json_tmp = json_path.with_name(json_path.name + ".tmp")
     json_tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=repr))
     os.replace(json_tmp, json_path)
-    text_path.write_text(text_report(data))
-    return text_path, json_path
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:
@@ -176,7 +220,9 @@ def import_results(study, results: Mapping[str, Any], *, metrics, search_space, 
     """Add the results' trials to ``study`` as COMPLETE trials marked ``imported_from``.
 
     Archs already COMPLETE in the study, archs outside the search space and results with other metrics
-    are skipped. Returns the number imported.
+    are skipped. Every trial is checked before the first is added (a bad record imports nothing), and a
+    value that is not a finite number (``Infinity``, ``NaN``) is refused: it would dominate the front.
+    Returns the number imported.
     """
     import optuna
     from optuna.trial import TrialState
@@ -189,20 +235,23 @@ def import_results(study, results: Mapping[str, Any], *, metrics, search_space, 
     distributions = space.distributions()
     have = {json.dumps(t.params, sort_keys=True)
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    n = 0
-    for rec in results["trials"]:
+    trials = []
+    for i, rec in enumerate(results["trials"]):
         arch = rec["arch"]
         if arch not in space:
             continue
         key = json.dumps({k: arch[k] for k in space.keys}, sort_keys=True)
         if key in have:
             continue
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in rec["values"]):
+            raise ValueError(f"{source}: trials[{i}].values must be finite numbers, got {rec['values']!r:.200}; "
+                             f"nothing was imported")
         attrs = {"arch": arch, "imported_from": source, "imported_number": rec.get("number")}
         for name, value in zip(metrics, rec["values"]):
             attrs[name] = value
         if "params" in rec:
             attrs["params"] = rec["params"]
-        study.add_trial(optuna.trial.create_trial(
+        trials.append(optuna.trial.create_trial(
             state=TrialState.COMPLETE,
             params={k: arch[k] for k in space.keys},
             distributions=distributions,
@@ -211,8 +260,8 @@ def import_results(study, results: Mapping[str, Any], *, metrics, search_space, 
             system_attrs={"nas_distill:claim": space.index_of(arch)},
         ))
         have.add(key)
-        n += 1
-    return n
+    study.add_trials(trials)
+    return len(trials)
 
 
 # ---------------------------------------------------------------------------------------- text
@@ -257,8 +306,15 @@ def status_text(data: Mapping[str, Any], max_trials: int | None = None, width: i
             for m, h in zip(data["metrics"], data["higher_is_better"])
         ),
     ]
+    from .arch_metrics import summary_lines
+
+    lines += summary_lines(data.get("architecture_metrics"))
     if (reasons.get("FAIL") or {}).get("Discarded"):
         lines.insert(2, "  (Discarded: asked by a worker after the budget was spent; never trained.)")
+    if (reasons.get("PRUNED") or {}).get("discarded"):
+        lines.insert(2, "  (discarded: asked by a worker in a race for the last budget slot; never trained.)")
+    if data.get("stopped"):
+        lines.insert(1, f"stopped by the circuit breaker: {data['stopped']}")
     width = width or terminal_width()
     lines = [part for line in lines for part in textwrap.wrap(line, width, subsequent_indent="  ")]
     if any(t.get("pareto") for t in data["trials"]):

@@ -9,10 +9,12 @@ Per trial, in order:
 
 1. Sweep stale trials (dead workers) to FAIL; their archs come back as WAITING retries.
 2. Ask the searcher (``advisor``) for an architecture; the trial's heartbeat starts at once.
-3. Budget (:func:`nas_distill.study.budget_position`): train only if fewer than ``max_trials`` counted
-   trials come first; otherwise wait for a slot, or, once the budget is spent, discard the trial (FAIL,
-   ``error_type='Discarded'``) and stop. While waiting, if a retry (WAITING trial) exists, discard ours
-   and ask again, which pops the retry. The study never ends with more than ``max_trials`` COMPLETE.
+3. Budget (:func:`nas_distill.study.budget_position`): no trial is asked while every slot is held by a
+   running trial; a trial trains only if fewer than ``max_trials`` counted trials come first; otherwise
+   it waits for a slot, or, once the budget is spent (a last-moment race between workers), it is given
+   up (PRUNED, ``pruned_reason``, its point released) and the worker stops. While waiting, if a retry
+   (WAITING trial) exists, ours is given up the same way and the worker asks again, which pops the
+   retry. The study never ends with more than ``max_trials`` COMPLETE.
 4. Answer from the store: an arch that is already COMPLETE (a model-based sampler may propose it again),
    or that already failed for a reason of its own (``InvalidArchitecture``, NaN, OOM, ...), is not
    trained again: the trial is told PRUNED with ``duplicate_of`` (it holds the point, costs no slot).
@@ -41,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import breaker
+from . import console
 from . import study as study_mod
 
 log = logging.getLogger(__name__)
@@ -79,6 +83,11 @@ class RunSummary:
     repeats: int = 0
     discarded: int = 0
     stop_reason: str = ""
+    #: COMPLETE trials of the whole study (every worker's) when this worker stopped.
+    study_complete: int = 0
+    #: The study ended with its budget: ``max_trials`` counted COMPLETE trials, or every point of a
+    #: smaller space COMPLETE. False after a circuit-breaker stop or a search that ran out of archs.
+    budget_met: bool = False
 
 
 class TrialRunner:
@@ -88,9 +97,13 @@ class TrialRunner:
         ad: the AutoDistillation whose searcher, builder, train / eval functions and study are used.
         max_trials: COMPLETE trials the study should end with (default ``ad.max_trials``).
         artifact_store: where trained students go (default ``<run_dir>/artifacts``); ``False``: nowhere.
-        progress: called with a :class:`Progress` at each stage (the CLI prints it).
+        progress: called with a :class:`Progress` at each stage.
         poll_interval: seconds between budget / exhaustion re-checks while waiting on other workers.
         model_cls: the seed's ``model_cls`` (rebuild the student with ``from_pretrained``).
+        new_run: this loop starts a run (``nas-distill run``, ``search()``), not a worker joining one:
+            the circuit breaker is re-armed (see :mod:`nas_distill.breaker`).
+        stop_after_failures: the breaker's K (default: the config's ``study.stop_after_failures``).
+        check_setup: run the dry run first (off only where the process that started this one ran it).
     """
 
     def __init__(
@@ -103,8 +116,17 @@ class TrialRunner:
         poll_interval: float = 0.5,
         model_cls: Any = None,
         worker_label: str | None = None,
+        new_run: bool = False,
+        stop_after_failures: int | None = None,
+        check_setup: bool = True,
     ):
         self.ad = ad
+        self.new_run = new_run
+        self.check_setup = check_setup
+        if stop_after_failures is None:
+            study_settings = getattr(getattr(ad, "conf", None), "study", None)
+            stop_after_failures = getattr(study_settings, "stop_after_failures", breaker.DEFAULT_K)
+        self.stop_after_failures = int(stop_after_failures)
         self.max_trials = int(max_trials if max_trials is not None else ad.max_trials)
         self._artifact_store = artifact_store
         self.progress = progress
@@ -147,15 +169,18 @@ class TrialRunner:
     def run(self) -> RunSummary:
         """Run trials until the study holds ``max_trials`` COMPLETE trials or the space is exhausted.
 
-        First the dry run (:mod:`nas_distill.dryrun`): a data or layer problem is one ConfigError now,
-        before the study is opened or any trial exists, whichever entry point started this loop.
+        First the dry run (:func:`check_setup`): a data, model or device problem is one ConfigError
+        now, before the study is opened or any trial exists, whichever entry point started this loop.
         """
-        from .dryrun import dry_run
-
-        dry_run(self.ad)
+        if self.check_setup:
+            check_setup(self.ad)
         self.study  # noqa: B018 - opened first: an unreachable storage is reported before a folder is made
         self._check_folders()
         rank, world = self._dist
+        if rank == 0:
+            if self.new_run:
+                breaker.rearm(self.study)
+            study_mod.record_budget(self.study, self.max_trials)
         if world > 1:
             return self._run_distributed(rank)
         while True:
@@ -168,8 +193,21 @@ class TrialRunner:
             finally:
                 heartbeat.__exit__(None, None, None)
         self._settle()
+        self._conclude()
         self._report("done")
         return self.summary
+
+    def _conclude(self) -> None:
+        """Fill in the summary's study-wide figures: was the budget met?"""
+        from optuna.trial import TrialState
+
+        trials = self.study._storage.get_all_trials(self.study._study_id, deepcopy=False,
+                                                    states=(TrialState.COMPLETE,))
+        self.summary.study_complete = study_mod.counted_complete(trials)
+        space = getattr(self.ad.advisor, "space", None)
+        wanted = min(self.max_trials, len(space)) if space is not None else self.max_trials
+        self.summary.budget_met = self.summary.study_complete >= wanted or (
+            space is not None and len({json.dumps(t.params, sort_keys=True) for t in trials}) >= len(space))
 
     def _check_folders(self) -> None:
         """The run folder and the artifact store exist and take a file, before any trial trains: a
@@ -188,8 +226,8 @@ class TrialRunner:
         A trial still RUNNING now is another worker's trial on its way to being discarded (seconds), or
         the trial of a dead worker (killed during its budget wait, or before the budget was found
         spent): stay until the stale sweep has failed it, a grace period and a beat at most. A WAITING
-        retry (of a dead trial swept near the end) can no longer get a slot: it is told FAIL
-        (``Discarded``) instead of being left to a next run.
+        retry (of a dead trial swept near the end) can no longer get a slot: it is recorded PRUNED
+        (``pruned_reason``) instead of being left to a next run.
         """
         if not self.summary.stop_reason.startswith("budget reached"):
             return
@@ -203,9 +241,12 @@ class TrialRunner:
         while True:
             for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
                 try:
+                    from .search.samplers import CLAIM_KEY, RELEASED
+
                     study_mod.set_user_attrs(self.study, t._trial_id, {
-                        "error_type": "Discarded", "error": "budget reached before this retry could run"})
-                    storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+                        "pruned_reason": "budget reached before this retry could run"})
+                    storage.set_trial_system_attr(t._trial_id, CLAIM_KEY, RELEASED)
+                    storage.set_trial_state_values(t._trial_id, state=TrialState.PRUNED)
                 except Exception as exc:  # noqa: BLE001 - popped or failed by another worker meanwhile
                     log.debug("discarding waiting trial %d: %s", t.number, exc)
             if not storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
@@ -223,8 +264,19 @@ class TrialRunner:
         repeats = 0
         while True:
             self._sweep()
-            if self._budget_spent():
+            reason = breaker.stopped(study)
+            if reason:
+                self.summary.stop_reason = f"study stopped by the circuit breaker: {reason}"
                 return None
+            gate = self._budget_gate()
+            if gate == "spent":
+                return None
+            if gate == "full":
+                # Every slot is taken by a trial that is still running: asking now would only create a
+                # trial to throw away. Wait until one finishes (budget spent) or fails (a slot frees).
+                self._report("waiting")
+                time.sleep(self.poll_interval)
+                continue
             try:
                 with warnings.catch_warnings():
                     # Optuna warns that heartbeats are meant for study.optimize; ours run their own thread.
@@ -284,28 +336,36 @@ class TrialRunner:
             interval = self._sweep_every = max(1.0, float(grace or 0) / 10)
         return interval
 
-    def _budget_spent(self) -> bool:
-        """Before asking: is the budget already spent? Reads the study only near the end of the search.
+    def _budget_gate(self) -> str:
+        """Before asking: ``'spent'`` (stop), ``'full'`` (every slot is held by a running trial: wait) or
+        ``'open'`` (ask). Reads the study only near the end of the search.
 
         ``self._done`` is a lower bound of the counted COMPLETE trials (they never decrease); while it
-        plus the trials seen running is below ``max_trials`` no read is needed.
+        plus the trials seen running is below ``max_trials`` no read is needed. A WAITING retry keeps
+        the gate open: only an ask pops it.
         """
         # The first check of a worker always reads: a worker started on a study whose budget is already
         # spent (the same command run again) must stop before asking, not leave a discarded trial behind.
         first = not getattr(self, "_budget_read", False)
         if not first and self._done < self.max_trials and \
                 self._done + getattr(self, "_running_workers", 1) < self.max_trials:
-            return False
+            return "open"
         self._budget_read = True
         from optuna.trial import TrialState
 
-        trials = self.study._storage.get_all_trials(self.study._study_id, deepcopy=False,
-                                                    states=(TrialState.COMPLETE,))
+        trials = self.study._storage.get_all_trials(
+            self.study._study_id, deepcopy=False,
+            states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
         self._done = study_mod.counted_complete(trials)
         if self._done >= self.max_trials:
             self.summary.stop_reason = f"budget reached: {self.max_trials} trials complete"
-            return True
-        return False
+            return "spent"
+        running = sum(1 for t in trials if t.state == TrialState.RUNNING and study_mod.is_counted(t))
+        self._running_workers = running
+        if self._done + running >= self.max_trials and \
+                not any(t.state == TrialState.WAITING for t in trials):
+            return "full"
+        return "open"
 
     def _pop_waiting(self) -> dict | None:
         """Ask the study for its oldest WAITING trial (an enqueued retry); its arch, or None."""
@@ -324,9 +384,7 @@ class TrialRunner:
         fixed = frozen.system_attrs.get("fixed_params") or frozen.params
         if not fixed or space is None:
             # Another worker popped it first; we got a fresh trial: give it back.
-            study_mod.set_user_attrs(self.study, trial._trial_id,
-                                     {"error_type": "Discarded", "error": "nothing left to try"})
-            study.tell(trial, state=TrialState.FAIL)
+            self._discard(trial, "another worker took the retry this trial was asked for", tell=study.tell)
             return None
         try:
             for key, values in zip(space.keys, space.values):
@@ -429,15 +487,23 @@ class TrialRunner:
         study_mod.set_user_attrs(self.study, trial._trial_id, attrs)
         self._tell(trial, state=TrialState.PRUNED)
         self.summary.repeats += 1
+        console.trial_pruned(trial.number, attrs.get("note") or attrs["error"])
 
-    def _discard(self, trial, reason: str) -> None:
+    def _discard(self, trial, reason: str, tell=None) -> None:
+        """Give a trial up before it trained (a budget race, a slot handed to a retry): PRUNED with
+        ``pruned_reason``, and its point released, so grid and random hand the arch out again."""
         from optuna.trial import TrialState
 
+        from .search.samplers import CLAIM_KEY, RELEASED
+
         try:
-            study_mod.set_user_attrs(self.study, trial._trial_id, {"error_type": "Discarded", "error": reason})
-            self._tell(trial, state=TrialState.FAIL)
+            study_mod.set_user_attrs(self.study, trial._trial_id, {"pruned_reason": reason})
+            self.study._storage.set_trial_system_attr(trial._trial_id, CLAIM_KEY, RELEASED)
+            (tell or self._tell)(trial, state=TrialState.PRUNED)
         except Exception as exc:  # noqa: BLE001 - already finished by a stale sweep: nothing to undo
             log.debug("discarding trial %d: %s", trial.number, exc)
+            return
+        console.trial_pruned(trial.number, f"not trained: {reason}")
         self.summary.discarded += 1
 
     def _tell(self, trial, values=None, state=None):
@@ -463,6 +529,14 @@ class TrialRunner:
             except Exception as exc:  # noqa: BLE001
                 log.warning("could not enqueue a retry of trial %d: %s", trial.number, exc)
 
+    def _check_breaker(self) -> None:
+        """After a failure of ours: trip the circuit breaker when the study's failures say the setup is
+        broken (see :mod:`nas_distill.breaker`); every worker stops before its next ask."""
+        try:
+            breaker.check(self.study, self.stop_after_failures, self.worker_label)
+        except Exception as exc:  # noqa: BLE001 - the breaker must never fail a trial of its own
+            log.warning("circuit breaker check failed: %s", exc)
+
     # ------------------------------------------------------------------ one trial
     def _run_trial(self, trial, arch: dict) -> None:
         from optuna.exceptions import UpdateFinishedTrialError
@@ -472,6 +546,7 @@ class TrialRunner:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         model = None
+        console.trial_started(number, arch)
         try:
             model, metrics, values = self._build_train_eval(arch, timings, number)
             attrs: dict[str, Any] = {}
@@ -480,6 +555,7 @@ class TrialRunner:
                 attrs["params"] = count
             for name, value in zip(self.ad.metrics, values):
                 attrs[name] = value
+            self.ad.arch_metrics.record_trained(arch, dict(zip(self.ad.metrics, values)))
             if self.artifact_store is not None:
                 t0 = time.perf_counter()
                 self._report("save", number)
@@ -496,6 +572,10 @@ class TrialRunner:
             self.summary.completed += 1
             self._done += 1
             self._trial_seconds.append(time.perf_counter() - started)
+            shown = dict(zip(self.ad.metrics, values))
+            if "params" in attrs and "params" not in shown:
+                shown["params"] = attrs["params"]
+            console.trial_finished(number, shown, time.perf_counter() - started)
             self._report("complete", number, **dict(zip(self.ad.metrics, values)))
         except UpdateFinishedTrialError:
             log.warning("trial %d was finished by another worker (stale?); its result is dropped", number)
@@ -516,7 +596,7 @@ class TrialRunner:
                 # The machine failed, not the architecture: the arch is retried, never answered from
                 # the store as failed.
                 kind, message = "Environment", f"environment: {environment}: {message}"
-            log.warning("trial %d failed: %s: %s", number, kind, message)
+            console.trial_failed(number, kind, message, time.perf_counter() - started)
             self._fail(
                 trial, kind, message, retry=isinstance(exc, ConfigError) or environment is not None,
                 extra={"timings": timings, "traceback": traceback.format_exc()[-4000:]},
@@ -533,6 +613,7 @@ class TrialRunner:
                                          f"a row ({message}); their architectures will be retried",
                                          exc) from exc
             self._last_environment = environment
+            self._check_breaker()
         finally:
             self.ad.student_model = None
             heavy = _is_torch_module(model) or _is_keras_model(model)
@@ -607,6 +688,10 @@ class TrialRunner:
                 dist.all_reduce(flag, op=dist.ReduceOp.MIN)
                 self.ad.student_model = None
                 gc.collect()
+        if rank == 0:
+            self._conclude()
+        else:
+            self.summary.budget_met = True  # rank 0 alone talks to the study, and says how it ended
         self._report("done")
         return self.summary
 
@@ -638,6 +723,19 @@ class TrialRunner:
 
 
 # --------------------------------------------------------------------------------------- helpers
+def check_setup(ad) -> None:
+    """The dry run (:mod:`nas_distill.dryrun`, then :mod:`nas_distill.rehearsal`): a data, model or
+    device problem is one ConfigError now, before the study is opened or any trial exists."""
+    from .dryrun import dry_run
+    from .rehearsal import rehearse
+
+    console.step_started("dry run", "the data, the models and a few students of the space")
+    t0 = time.perf_counter()
+    dry_run(ad)
+    rehearse(ad)
+    log.info("dry run passed in %.1f s", time.perf_counter() - t0)
+
+
 def _same_arch(params: dict, arch: dict) -> bool:
     # A plain loop, not all(<generator>): called for every trial of the study per trial (see _known).
     for key, value in arch.items():
@@ -817,11 +915,22 @@ def save_student_artifact(model: Any, arch: dict, store: Any, trial: Any, prepro
 
 
 def extract_student(archive: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Unpack a student archive written by :func:`save_student_artifact` into ``out_dir`` (safely)."""
+    """Unpack a student archive written by :func:`save_student_artifact` into ``out_dir`` (safely).
+
+    Only an uncompressed tar of plain files and folders inside ``out_dir`` is unpacked: the store holds
+    plain tars, and a compressed member (30 KB that inflate to gigabytes) or a sparse one could fill the
+    disk; without compression the files cannot add up to more than the archive itself.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "r") as tar:
+    try:
+        tar = tarfile.open(archive, "r:")
+    except tarfile.ReadError as exc:
+        raise ValueError(f"refusing to extract {Path(archive).name}: not an uncompressed tar ({exc})") from None
+    with tar:
         for member in tar.getmembers():
+            if member.issparse():
+                raise ValueError(f"refusing to extract {member.name!r}: a sparse member")
             target = (out / member.name).resolve()
             # is_relative_to, not a string prefix: "../out-evil/x" starts with "<...>/out" too
             if not (member.isfile() or member.isdir()) or not target.is_relative_to(out.resolve()):

@@ -7,7 +7,8 @@ Written here, in the seed's line formats (scripts that parse them keep working):
   Paras: <millions>M`` (keys sorted, metrics as the dict ``{name: value}`` in the config's order), then
   ``==== Best Search Results ====`` and the Pareto front, numbered ``1. ...``;
 * ``lastest_results.json`` (the seed's spelling): the results as :func:`nas_distill.results.study_results`
-  writes them. The seed's pickled ``lastest_results.npy`` is never written.
+  gives them, and ``lastest_results.txt``, the same as a readable table. The seed's pickled
+  ``lastest_results.npy`` is never written.
 
 Read back by :func:`read_results_folder` for a resume: ``lastest_results.json``; else an old
 ``lastest_results.npy`` through :func:`load_old_npy`, a restricted unpickler that rebuilds only dicts,
@@ -19,7 +20,6 @@ built (nothing in the file is ever called except numpy's own array and scalar co
 from __future__ import annotations
 
 import ast
-import json
 import logging
 import math
 import os
@@ -74,15 +74,19 @@ def results_text(data: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(study, text_path: str | os.PathLike) -> Path:
-    """``text_path`` in the seed's format, and ``lastest_results.json`` beside it (both replaced
-    atomically: a reader never sees half a file)."""
-    from .results import study_results
+def write_results(study, text_path: str | os.PathLike, *, table: bool = True) -> Path:
+    """``text_path`` in the seed's format (replaced atomically: a script polling it never reads half a
+    file), and beside it ``lastest_results.json`` with, when ``table``, its readable table
+    ``lastest_results.txt`` (:func:`nas_distill.results.dump_results`)."""
+    from .results import dump_results, study_results, write_json
 
     data = study_results(study)
     text_path = Path(text_path)
     text_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(text_path.parent / LATEST_JSON, json.dumps(data, indent=2, default=repr))
+    if table:
+        dump_results(study, text_path.parent / LATEST_JSON, data=data)
+    else:
+        write_json(data, text_path.parent / LATEST_JSON)
     _write_atomic(text_path, results_text(data))
     return text_path
 

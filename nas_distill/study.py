@@ -63,6 +63,8 @@ DEFAULT_STUDY_NAME = "nas-distill"
 UNCOUNTED_ATTRS = ("duplicate_of", "imported_from")
 # error types of failures that say nothing about the architecture: the arch is tried again
 RETRYABLE_ERRORS = ("WorkerLost", "Interrupted", "ConfigError", "Environment")
+#: ``last_beat`` of :func:`finish_trial` meaning "whatever the trial's heartbeat".
+ANY_BEAT = "any-beat"
 #: Age (s, at least the grace period) after which a RUNNING trial that never beat is an orphan: no worker
 #: runs it (every worker's first beat follows its ask within the sampler's time, far less than this).
 ORPHAN_AGE_S = 60.0
@@ -80,6 +82,8 @@ __all__ = [
     "RetryStaleTrial",
     "budget_position",
     "counted_complete",
+    "record_budget",
+    "recorded_budget",
     "set_user_attrs",
     "worker_identity",
 ]
@@ -154,6 +158,16 @@ def resolve_storage_url(storage: str | None, run_dir: str | os.PathLike | None =
     return storage
 
 
+def require_shared_storage(url: str) -> None:
+    """A ConfigError for an in-memory SQLite URL: such a study lives and dies with one process, so the
+    workers of a command-line search would each search alone and nothing would be saved."""
+    from .errors import ConfigError
+
+    if url in ("sqlite://", "sqlite:///:memory:") or (url.startswith("sqlite") and "mode=memory" in url):
+        raise ConfigError("study.storage", f"{url} is private to one process and lost when it exits; use a "
+                                           f"file (sqlite:///runs/<name>/study.db) or PostgreSQL")
+
+
 def _journal_path(url: str) -> str:
     if url.startswith("journal://"):
         rest = url[len("journal://") :]
@@ -193,8 +207,13 @@ def make_storage(
     heartbeat_interval: float | None = 10,
     grace_period: float | None = 30,
     max_retry: int | None = 2,
+    create: bool = True,
 ):
-    """An Optuna storage for ``url`` with heartbeats and the stale-trial retry wired in."""
+    """An Optuna storage for ``url`` with heartbeats and the stale-trial retry wired in.
+
+    ``create=False`` (the commands that only read): a missing journal file is a ConfigError instead of
+    being created, and an SQL database's tables are not created.
+    """
     import optuna
 
     url = resolve_storage_url(url)
@@ -204,7 +223,13 @@ def make_storage(
 
         path = _journal_path(url)
         _require_folder(path)
-        storage = optuna.storages.JournalStorage(JournalFileBackend(path))
+        if not create and not Path(path).is_file():
+            from .errors import ConfigError
+
+            raise ConfigError("study.storage", f"no journal file at {path}")
+        from .journal_lock import HolderJournalLock
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=HolderJournalLock(path)))
     else:
         interval = None if heartbeat_interval is None else max(1, int(math.ceil(heartbeat_interval)))
         grace = None if grace_period is None else max(1, int(math.ceil(grace_period)))
@@ -219,11 +244,16 @@ def make_storage(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             try:
-                storage = _open_rdb(url, engine_kwargs, interval, grace, callback)
+                storage = _open_rdb(url, engine_kwargs, interval, grace, callback, create)
             except Exception as exc:  # noqa: BLE001 - one line naming the storage, not a stack
                 from .errors import ConfigError
+                from .storage_retry import storage_error_text
 
-                raise ConfigError("study.storage", mask_url(f"cannot open {url}: {exc}")) from exc
+                cause = storage_error_text(exc) or str(exc)
+                if not create and ("no such table" in cause or "does not exist" in cause):
+                    raise ConfigError("study.storage", mask_url(f"{url} holds no study (no Optuna tables)")) \
+                        from None
+                raise ConfigError("study.storage", mask_url(f"cannot open {url}: {cause}")) from exc
     if url.startswith("sqlite:///") and _sqlite_path(url):
         _tune_sqlite(storage)
     # What our own sweep and heartbeat thread read (any storage).
@@ -235,7 +265,7 @@ def make_storage(
 _SCHEMA_RACE_ATTEMPTS = 8
 
 
-def _open_rdb(url: str, engine_kwargs: dict[str, Any], interval, grace, callback):
+def _open_rdb(url: str, engine_kwargs: dict[str, Any], interval, grace, callback, create: bool = True):
     """``RDBStorage(url, ...)``, retried while other workers create the schema of a fresh database.
 
     Why: workers started together on an empty PostgreSQL database (``docker compose up --scale
@@ -257,6 +287,7 @@ def _open_rdb(url: str, engine_kwargs: dict[str, Any], interval, grace, callback
                 heartbeat_interval=interval,
                 grace_period=grace,
                 heartbeat_stale_trial_callback=callback,
+                skip_table_creation=not create,
             )
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
             text = str(exc).lower()
@@ -409,16 +440,21 @@ def load_study(storage: Any, study_name: str | None = None):
     from .errors import ConfigError
 
     if isinstance(storage, (str, os.PathLike)):
-        storage = make_storage(resolve_storage_url(str(storage)))
-    if study_name is None:
+        storage = make_storage(resolve_storage_url(str(storage)), create=False)
+    try:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    except Exception as exc:  # noqa: BLE001 - read without creating tables: an empty database has none
+        text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None).lower()
+        if "no such table" in text or "does not exist" in text:
+            raise ConfigError("study.storage", "the storage holds no study (no Optuna tables)") from None
+        raise
+    if study_name is None:
         if len(names) != 1:
             raise ConfigError("study.study_name", f"the storage holds studies {names}; name one")
         study_name = names[0]
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
         raise ConfigError("study.study_name", f"no study {study_name!r} in the storage (has {names})") from None
 
 
@@ -571,9 +607,11 @@ def _orphan_age(grace_period: float) -> float:
     return max(float(ORPHAN_AGE_S), float(grace_period))
 
 
-def _rdb_stale_trial_ids(rdb, study_id: int, grace_period: float) -> list[int]:
+def _rdb_stale_trial_beats(rdb, study_id: int, grace_period: float) -> dict[int, Any]:
     """RUNNING trials whose last heartbeat (server time) is older than the grace period, and orphans:
-    RUNNING trials with no heartbeat at all, started (client time) more than :func:`_orphan_age` ago.
+    RUNNING trials with no heartbeat at all, started (client time) more than :func:`_orphan_age` ago;
+    each with the heartbeat read (None for an orphan), which the sweep's FAIL requires to be still the
+    last one (see :meth:`~nas_distill.atomic_storage.AtomicRDBStorage.finish_trial`).
 
     One session, the same two statements as Optuna's ``RDBStorage._get_stale_trial_ids`` (which skips
     trials that never beat, so an orphan would stay RUNNING forever).
@@ -586,7 +624,7 @@ def _rdb_stale_trial_ids(rdb, study_id: int, grace_period: float) -> list[int]:
     from optuna.trial import TrialState
     from sqlalchemy import orm
 
-    stale: list[int] = []
+    stale: dict[int, Any] = {}
     orphan_limit = datetime.timedelta(seconds=_orphan_age(grace_period))
     grace = datetime.timedelta(seconds=grace_period)
     with _create_scoped_session(rdb.scoped_session, True) as session:
@@ -601,14 +639,17 @@ def _rdb_stale_trial_ids(rdb, study_id: int, grace_period: float) -> list[int]:
         )
         for trial in running:
             if trial.heartbeats:
-                if server_now - trial.heartbeats[0].heartbeat.replace(tzinfo=None) > grace:
-                    stale.append(trial.trial_id)
+                beat = trial.heartbeats[0].heartbeat
+                if server_now - beat.replace(tzinfo=None) > grace:
+                    stale[trial.trial_id] = beat
             elif trial.datetime_start is not None and client_now - trial.datetime_start > orphan_limit:
-                stale.append(trial.trial_id)
+                stale[trial.trial_id] = None
     return stale
 
 
-def _stale_trial_ids(study, grace_period: float) -> list[int]:
+def _stale_trial_beats(study, grace_period: float) -> dict[int, Any]:
+    """Stale RUNNING trials: ``{trial id: the heartbeat read}`` on SQL storages (see
+    :func:`_rdb_stale_trial_beats`), ``{trial id: ANY_BEAT}`` elsewhere."""
     from optuna.trial import TrialState
 
     from .storage_retry import call
@@ -617,20 +658,36 @@ def _stale_trial_ids(study, grace_period: float) -> list[int]:
     rdb = _rdb(storage)
     if rdb is not None:
         if not rdb.heartbeat_interval:
-            return []
+            return {}
         try:
-            return call(storage, _rdb_stale_trial_ids, rdb, study._study_id, grace_period)
+            return call(storage, _rdb_stale_trial_beats, rdb, study._study_id, grace_period)
         except (ImportError, AttributeError):  # pragma: no cover - a future Optuna: its own query
-            return list(call(storage, rdb._get_stale_trial_ids, study._study_id))
+            return dict.fromkeys(call(storage, rdb._get_stale_trial_ids, study._study_id), ANY_BEAT)
     now = time.time()
-    stale = []
+    stale = {}
     for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
         beat = trial.system_attrs.get(HEARTBEAT_ATTR)
         if beat is None and trial.datetime_start is not None:
             beat = trial.datetime_start.timestamp()
         if beat is not None and now - float(beat) > grace_period:
-            stale.append(trial._trial_id)
+            stale[trial._trial_id] = ANY_BEAT
     return stale
+
+
+def _stale_trial_ids(study, grace_period: float) -> list[int]:
+    return list(_stale_trial_beats(study, grace_period))
+
+
+def lost_running_trials(study) -> set[int]:
+    """Ids of RUNNING trials whose heartbeat is older than the study's grace period (as recorded in its
+    config, else the storage's): their workers are gone, and the next sweep of a live worker fails them.
+    What a reader of the study (``status``) shows instead of "running"."""
+    _, grace, _ = _heartbeat_settings(study._storage)
+    config = study.user_attrs.get("config")
+    stored = ((config or {}).get("auto_distillation", {}).get("study") or {}).get("grace_period") \
+        if isinstance(config, Mapping) else None
+    grace = stored if isinstance(stored, (int, float)) and stored > 0 else grace
+    return set(_stale_trial_ids(study, float(grace or 30)))
 
 
 def fail_stale_trials(study) -> list[int]:
@@ -655,16 +712,19 @@ def fail_stale_trials(study) -> list[int]:
     settle = grace + float(interval or 10)
     if retry is not None and retry.recovered_within(settle):
         return []
-    stale_ids = _stale_trial_ids(study, grace)
-    if stale_ids and retry is not None and retry.recovered_within(settle):
+    if _journal_stalled_within(storage, settle):
+        return []  # nobody could write a heartbeat while the journal's lock was stuck
+    stale = _stale_trial_beats(study, grace)
+    if stale and retry is not None and retry.recovered_within(settle):
         return []  # the read above was the first call to get through
     failed = []
     reason = {"error_type": "WorkerLost",
               "error": f"no heartbeat for more than {grace:g} s: the worker died or hung "
                        f"(or, never beating after {_orphan_age(grace):g} s, nobody ever ran it)"}
-    for trial_id in stale_ids:
+    for trial_id, beat in stale.items():
         try:
-            if finish_trial(study, trial_id, TrialState.FAIL, attrs=reason):
+            # Only if no beat came since the read above: an owner that proved alive meanwhile keeps it.
+            if finish_trial(study, trial_id, TrialState.FAIL, attrs=reason, last_beat=beat):
                 failed.append(trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker (or the owner) finished it first
@@ -681,8 +741,25 @@ def fail_stale_trials(study) -> list[int]:
     return numbers
 
 
-def finish_trial(study, trial_id: int, state, values=None, attrs: Mapping[str, Any] | None = None) -> bool:
-    """Finish a trial with ``attrs`` recorded on it, exactly once across every worker.
+def _journal_stalled_within(storage, seconds: float) -> bool:
+    """Whether ``storage`` is a journal whose lock was stuck (a wait longer than
+    :data:`~nas_distill.journal_lock.STALL_S`) less than ``seconds`` ago. Takes the lock once itself,
+    so a sweep that starts during a stall waits it out and sees it."""
+    from .journal_lock import HolderJournalLock
+
+    lock = getattr(getattr(storage, "_backend", None), "_lock", None)
+    if not isinstance(lock, HolderJournalLock):
+        return False
+    lock.acquire()
+    lock.release()
+    return lock.stall_ended is not None and time.monotonic() - lock.stall_ended < seconds
+
+
+def finish_trial(study, trial_id: int, state, values=None, attrs: Mapping[str, Any] | None = None,
+                 last_beat: Any = ANY_BEAT) -> bool:
+    """Finish a trial with ``attrs`` recorded on it, exactly once across every worker. ``last_beat``
+    (SQL storages): finish only if the trial's heartbeat is still the one read (None: it never beat);
+    :data:`ANY_BEAT`: whatever its heartbeat.
 
     On SQL storages the attrs and the state change are one transaction, so a loser (the trial was
     finished by someone else first: ``UpdateFinishedTrialError``) leaves no attrs behind on the
@@ -696,8 +773,8 @@ def finish_trial(study, trial_id: int, state, values=None, attrs: Mapping[str, A
     rdb = atomic_rdb(storage)
     values = None if values is None else [float(v) for v in values]
     if rdb is not None:
-        return call(storage, rdb.finish_trial, trial_id, state, values, {k: _jsonable(v) for k, v in
-                                                                           (attrs or {}).items()})
+        return call(storage, rdb.finish_trial, trial_id, state, values,
+                    {k: _jsonable(v) for k, v in (attrs or {}).items()}, last_beat)
     if attrs:
         set_user_attrs(study, trial_id, attrs)
     return storage.set_trial_state_values(trial_id, state=state, values=values)
@@ -744,6 +821,21 @@ def retry_trial(study, trial, max_retry: int | None = 2) -> None:
 
 
 # ---------------------------------------------------------------------------------------- budget
+BUDGET_ATTR = "max_trials"
+
+
+def record_budget(study, max_trials: int) -> None:
+    """Record the budget the workers run to (a ``--max-trials`` override included) in the study, so
+    ``status`` and the progress bar show the budget in force rather than the config's."""
+    if study.user_attrs.get(BUDGET_ATTR) != int(max_trials):
+        study.set_user_attr(BUDGET_ATTR, int(max_trials))
+
+
+def recorded_budget(study) -> int | None:
+    value = study.user_attrs.get(BUDGET_ATTR)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def is_counted(trial) -> bool:
     """Whether a trial occupies a budget slot (see the module docstring)."""
     return not any(k in trial.user_attrs for k in UNCOUNTED_ATTRS)

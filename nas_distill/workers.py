@@ -57,6 +57,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import study as study_mod
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 TASK_KEYS = ("model_builder", "train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset",
              "metric_fn", "model_cls", "preprocessor")
 EXIT_OK = 0
+#: The worker stopped before the study met its budget (circuit breaker, out of architectures).
+EXIT_INCOMPLETE = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -153,6 +156,8 @@ def build_autodistill(
         raise ConfigError("task", "the config names no task entry point ('task: package.module:function' "
                                   "at the top level, or --task)")
     cfg = load_config(data)
+    study_mod.require_shared_storage(study_mod.resolve_storage_url(storage or cfg.study.storage,
+                                                                   run_dir or cfg.study.run_dir))
     func, args = load_task_function(spec)
     pieces = call_task(func, args, cfg)
     ad = AutoDistillation(pieces["model_builder"], cfg, storage=storage, study_name=study_name,
@@ -244,8 +249,15 @@ def run_worker(
     threads: int | None = None,
     progress: Callable[[Any], None] | None = None,
     label: str | None = None,
+    new_run: bool = False,
+    check_setup: bool = True,
 ) -> int:
-    """One worker: run trials on the shared study until the budget is spent. Returns an exit code."""
+    """One worker: run trials on the shared study until the budget is spent. Returns an exit code:
+    :data:`EXIT_OK` when the study met its budget, :data:`EXIT_INCOMPLETE` when it stopped short.
+
+    ``new_run``: this worker starts a run (re-arms the circuit breaker); ``check_setup=False``: the
+    process that started this worker already ran the dry run.
+    """
     from .runner import Interrupted, TrialRunner
 
     if label:
@@ -266,22 +278,29 @@ def run_worker(
                                    run_dir=run_dir, max_trials=max_trials)
             set_threads(threads)  # the task may have imported torch
             runner = TrialRunner(ad, progress=progress, model_cls=getattr(ad, "model_cls", None),
-                                 worker_label=label)
+                                 worker_label=label, new_run=new_run, check_setup=check_setup)
             summary = runner.run()
         except Interrupted as exc:
             log.warning("worker %s interrupted (%s); its running trial is marked failed", label or os.getpid(),
                         exc.signal_name)
             return EXIT_INTERRUPTED if exc.signal_name == "SIGINT" else EXIT_OK
-    log.info("worker %s done: %s", label or os.getpid(), summary)
-    return EXIT_OK
+    line = (f"worker done: {summary.completed} trained, {summary.failed} failed, "
+            f"{summary.repeats + summary.discarded} pruned; the study has {summary.study_complete} of "
+            f"{runner.max_trials} trials complete ({summary.stop_reason or 'nothing left to run'})")
+    if summary.budget_met:
+        log.info(line)
+        return EXIT_OK
+    log.error(line)
+    return EXIT_INCOMPLETE
 
 
 def worker_command(config: str, *, study_name: str, run_dir: str | None, task: Any,
-                   max_trials: int | None, threads: int | None, label: str, debug: bool = False) -> list[str]:
+                   max_trials: int | None, threads: int | None, label: str, debug: bool = False,
+                   output: tuple[str, ...] = ()) -> list[str]:
     # The storage URL travels in the environment (NAS_DISTILL_STORAGE), not on the command line, where
     # any user of the machine could read a password in it (ps).
     cmd = [sys.executable, "-m", "nas_distill.cli", "worker", str(config), "--study", study_name,
-           "--label", label]
+           "--label", label, "--launched-by-run"]
     if run_dir:
         cmd += ["--run-dir", str(run_dir)]
     if isinstance(task, str):
@@ -292,7 +311,7 @@ def worker_command(config: str, *, study_name: str, run_dir: str | None, task: A
         cmd += ["--threads", str(threads)]
     if debug:
         cmd.append("--debug")
-    return cmd
+    return cmd + list(output)
 
 
 def prepare_study(config, *, task=None, storage=None, study_name=None, run_dir=None, max_trials=None):
@@ -302,12 +321,34 @@ def prepare_study(config, *, task=None, storage=None, study_name=None, run_dir=N
     data = read_config_file(config) if isinstance(config, (str, os.PathLike)) else dict(config)
     data, _ = split_task(data)
     cfg = load_config(data)
+    study_mod.require_shared_storage(study_mod.resolve_storage_url(storage or cfg.study.storage,
+                                                                   run_dir or cfg.study.run_dir))
     from .autodistill import AutoDistillation
 
     ad = AutoDistillation(lambda arch: arch, cfg, storage=storage, study_name=study_name,
                           run_dir=run_dir or cfg.study.run_dir, max_trials=max_trials)
-    ad.study  # noqa: B018 - creates the study and records the config once
+    from . import breaker
+    from .study import record_budget
+
+    study = ad.study  # creates the study and records the config once
+    breaker.rearm(study)  # a new run: an earlier circuit-breaker stop no longer holds
+    record_budget(study, ad.max_trials)
     return ad.storage_url, ad.study_name, str(Path(ad.run_dir).resolve()), ad.max_trials
+
+
+def preflight(config, *, task=None, storage=None, study_name=None, run_dir=None, max_trials=None) -> None:
+    """The dry run, in the launching process, before the study exists: a broken setup is one
+    ConfigError and no study is created (the workers then skip it). Trains the teacher here too, once,
+    when the task trains it on first use."""
+    from .runner import check_setup
+
+    ad = build_autodistill(config, task=task, storage=storage, study_name=study_name, run_dir=run_dir,
+                           max_trials=max_trials)
+    check_setup(ad)
+    del ad
+    import gc
+
+    gc.collect()
 
 
 def run_local(
@@ -322,16 +363,24 @@ def run_local(
     threads: int | None = None,
     debug: bool = False,
     env: Mapping[str, str] | None = None,
+    output: tuple[str, ...] = (),
+    relay: bool = False,
 ) -> int:
     """Start ``workers`` worker subprocesses on this machine and wait for them.
 
-    SIGINT / SIGTERM received here are forwarded to every worker (each fails its running trial and
-    exits cleanly). Returns 0 when every worker exited with 0, 130 when interrupted, else 1.
+    First the dry run, here (:func:`preflight`): a broken setup stops before the study exists. SIGINT /
+    SIGTERM received here are forwarded to every worker (each fails its running trial and exits
+    cleanly). ``output``: the log flags the workers get (``-q``, ``-v``, ``--log-format json``).
+    ``relay``: the workers' lines pass through this process's stdout (under a live progress bar) instead
+    of going to the terminal directly. Returns 0 when every worker exited with 0, 130 when interrupted,
+    :data:`EXIT_INCOMPLETE` when the study stopped short of its budget, else 1.
     """
+    preflight(config, task=task, storage=storage, study_name=study_name, run_dir=run_dir, max_trials=max_trials)
     url, name, folder, budget = prepare_study(config, task=task, storage=storage, study_name=study_name,
                                               run_dir=run_dir, max_trials=max_trials)
     threads = threads or default_threads(workers)
     procs: list[subprocess.Popen] = []
+    relays: list[Any] = []
     base_env = dict(os.environ if env is None else env)
     interrupted: list[str] = []
 
@@ -349,8 +398,14 @@ def run_local(
                              MKL_NUM_THREADS=str(threads), NAS_DISTILL_STORAGE=url,
                              **{PARENT_PID_ENV: str(os.getpid())})
             cmd = worker_command(str(config), study_name=name, run_dir=folder, task=task,
-                                 max_trials=budget, threads=threads, label=label, debug=debug)
-            procs.append(subprocess.Popen(cmd, env=child_env))
+                                 max_trials=budget, threads=threads, label=label, debug=debug, output=output)
+            if relay:
+                proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, bufsize=1)
+                relays.append(_relay_lines(proc.stdout))
+            else:
+                proc = subprocess.Popen(cmd, env=child_env)
+            procs.append(proc)
         codes = []
         for p in procs:
             while True:
@@ -369,9 +424,29 @@ def run_local(
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     p.kill()
+        for thread in relays:
+            thread.join(timeout=5)
     if interrupted:
         return EXIT_INTERRUPTED if interrupted[0] == "SIGINT" else EXIT_OK
-    return EXIT_OK if all(c == 0 for c in codes) else 1
+    if all(c == 0 for c in codes):
+        return EXIT_OK
+    return EXIT_INCOMPLETE if EXIT_INCOMPLETE in codes else 1
+
+
+def _relay_lines(pipe) -> Any:
+    """Copy a worker's output lines to this process's stdout (whatever it is at the time of each line:
+    a live progress bar redirects it), from a thread."""
+    import threading
+
+    def copy() -> None:
+        for line in pipe:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        pipe.close()
+
+    thread = threading.Thread(target=copy, name="relay", daemon=True)
+    thread.start()
+    return thread
 
 
 # ------------------------------------------------------------------------------------------ progress

@@ -150,7 +150,10 @@ def test_failures_are_recorded_and_the_search_goes_on(tmp_path):
             raise RuntimeError("boom in user code")
         return metrics_of(model)
 
-    agent = AutoDistillation(builder, seed_conf(tmp_path / "run", "Grid", max_trials=6))
+    conf = seed_conf(tmp_path / "run", "Grid", max_trials=6)
+    # The grid hands out the failing archs first; this test is about going on, not the circuit breaker.
+    conf["auto_distillation"]["study"]["stop_after_failures"] = 0
+    agent = AutoDistillation(builder, conf)
     agent.train_func = lambda m: None
     agent.eval_func = eval_func
     agent.search()

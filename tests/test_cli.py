@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -56,9 +57,14 @@ def test_errors_are_one_line_without_traceback(tmp_path):
 def test_run_then_read_the_study(tmp_path, task_module):
     run_dir = tmp_path / "run"
     cfg = write_config(tmp_path / "cfg.yaml", task_config(run_dir, study_name="cli", max_trials=5))
-    res = cli("run", cfg)
+    res = cli("run", cfg)  # stdout is a pipe here, as under nohup, CI or docker compose
     assert res.returncode == 0, res.stderr
-    assert res.stdout == ""  # quiet when stdout is not a terminal
+    assert_trial_lines_match_the_study(res.stdout, run_dir / "study.db", "cli", ["acc", "cost"])
+    lines = res.stdout.splitlines()
+    assert "search started: study 'cli'" in lines[0] and "budget 5 trials, workers 1" in lines[0]
+    summary = [line for line in lines if " search finished after " in line]
+    assert len(summary) == 1 and "5 of 5 trials complete, 0 failed, 0 pruned (exit 0)" in summary[0]
+    assert lines[-1].split(" ", 3)[3].startswith(f"next: nas-distill status {cfg}")
 
     res = cli("status", cfg)
     assert res.returncode == 0, res.stderr
@@ -86,14 +92,51 @@ def test_run_then_read_the_study(tmp_path, task_module):
     # the rich report (nas_distill.report): plotly inlined, no external scripts or CDN
     assert "<table" in page and "Pareto" in page and "<script src=" not in page
 
-    # running the same command again continues the same study (here with a budget one larger)
-    res = cli("run", cfg, "--max-trials", "6")
+    # running the same command again continues the same study (here with a budget one larger), and the
+    # override is the budget status shows from then on
+    res = cli("run", cfg, "--max-trials", "6", "--log-format", "json")
     assert res.returncode == 0, res.stderr
     import optuna
 
     study = optuna.load_study(study_name="cli", storage=f"sqlite:///{run_dir / 'study.db'}")
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 6 and len({json.dumps(t.params, sort_keys=True) for t in complete}) == 6
+    records = [json.loads(line) for line in res.stdout.splitlines()]  # every line is one JSON object
+    new_trial = max(complete, key=lambda t: t.number)
+    finished = [r for r in records if r.get("event") == "trial_finished"]
+    assert [(r["trial"], r["metrics"]) for r in finished] == \
+        [(new_trial.number, dict(zip(["acc", "cost"], new_trial.values)))]
+    assert records[0]["event"] == "search_started" and records[0]["budget"] == 6
+    assert [r for r in records if r.get("event") == "search_finished"][0]["complete"] == 6
+    assert "6 of 6 trials complete" in cli("status", cfg).stdout
+    status = json.loads(cli("status", cfg, "--json").stdout)
+    assert (status["max_trials"], status["complete"], status["budget_met"]) == (6, 6, True)
+    assert status["counts"] == {"COMPLETE": 6} and status["stopped"] is None
+    assert sorted(t["number"] for t in status["pareto"]) == sorted(t.number for t in study.best_trials)
+
+
+LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (\S+) trial (\d+) (started|finished in [0-9.]+ s): (.*)$")
+
+
+def assert_trial_lines_match_the_study(stdout: str, db, name: str, metrics: list[str]) -> None:
+    """Every COMPLETE trial of the study has a 'started' line with its arch and a 'finished' line with
+    its metrics, and no other trial has any."""
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    expected = {}
+    for t in study.trials:
+        if t.state.name == "COMPLETE":
+            arch = " ".join(f"{k}={t.params[k]}" for k in sorted(t.params))
+            values = " ".join(f"{m}={v:.4g}" for m, v in zip(metrics, t.values))
+            expected[t.number] = {"started": arch, "finished": values}
+    seen: dict[int, dict[str, str]] = {}
+    for line in stdout.splitlines():
+        match = LINE.match(line)
+        if match:
+            kind = "started" if match.group(3) == "started" else "finished"
+            seen.setdefault(int(match.group(2)), {})[kind] = match.group(4)
+    assert seen == expected and len(expected) == study.user_attrs.get("max_trials", len(expected))
 
 
 EXPORT_TASK = '''

@@ -379,6 +379,8 @@ VALIDATION_CASES = [
     ("evaluation", [1], "evaluation", "got [1]"),
     ("study.heartbeat_interval", 0, "study.heartbeat_interval", "got 0"),
     ("study.grace_period", -5, "study.grace_period", "got -5"),
+    ("study.stop_after_failures", -1, "study.stop_after_failures", "got -1"),
+    ("study.stop_after_failures", 2.5, "study.stop_after_failures", "got 2.5"),
     ("study.study_name", "", "study.study_name", "got ''"),
     ("study.storage", 5, "study.storage", "got 5"),
 ]

@@ -72,6 +72,7 @@ def finished_study(tmp_path):
     return run_dir
 
 
+@pytest.mark.slow
 def test_dashboard_on_a_missing_study_says_so_before_any_banner(finished_study):
     res = cli("dashboard", "--run-dir", finished_study, "--study-name", "nope", "--port", "1")
     assert res.returncode == 2 and res.stdout == ""
@@ -79,6 +80,7 @@ def test_dashboard_on_a_missing_study_says_so_before_any_banner(finished_study):
     assert "no study 'nope'" in res.stderr and "edges" in res.stderr  # names the studies that exist
 
 
+@pytest.mark.slow
 def test_dashboard_on_a_busy_port_suggests_another(finished_study):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -91,6 +93,32 @@ def test_dashboard_on_a_busy_port_suggests_another(finished_study):
     suggested = int(res.stderr.rsplit("--port", 1)[1].split()[0])
     with socket.socket() as probe:  # the suggested port is really free
         probe.bind(("127.0.0.1", suggested))
+
+
+@pytest.mark.slow
+def test_dashboard_wait_serves_once_the_study_exists(finished_study):
+    from helpers_common import free_port, get_json
+
+    port = free_port()
+    dashboard = subprocess.Popen([PY, "-m", "nas_distill.cli", "dashboard", "--run-dir", finished_study,
+                                  "--study", "later", "--port", str(port), "--wait"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        assert dashboard.stdout.readline().startswith("waiting for study 'later' to be created")
+        optuna.create_study(study_name="later", storage=f"sqlite:///{finished_study / 'study.db'}")
+        assert dashboard.stdout.readline().startswith(f"optuna-dashboard on http://127.0.0.1:{port}/")
+        deadline = time.time() + 60
+        while True:
+            try:
+                names = [s["study_name"] for s in get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]]
+                break
+            except OSError:
+                assert time.time() < deadline and dashboard.poll() is None
+                time.sleep(0.3)
+        assert "later" in names
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
 
 
 def test_study_name_is_an_alias_of_study(finished_study):

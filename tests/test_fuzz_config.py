@@ -218,6 +218,7 @@ LEAVES = [
     (_EVAL + ["threads"], "pos_int"), (_EVAL + ["device"], "device"),
     (_STUDY + ["storage"], "storage"), (_STUDY + ["study_name"], "str"), (_STUDY + ["run_dir"], "str"),
     (_STUDY + ["heartbeat_interval"], "pos_number"), (_STUDY + ["grace_period"], "pos_number"),
+    (_STUDY + ["stop_after_failures"], "nonneg_int"),
 ]
 SECTIONS = [["model"], ["auto_distillation"], _SEARCH, _FLASH, _KT, _RD, _EVAL, _STUDY,
             _FLASH + ["teacher_cache"], _SEARCH + ["search_space"]]
@@ -231,7 +232,8 @@ ALLOWED_KEYS = {
     tuple(_FLASH + ["teacher_cache"]): ["enabled", "dir", "feature_budget_mb", "dtype"],
     tuple(_KT): list(KT), tuple(_RD): list(KT),
     tuple(_EVAL): ["batch_size", "latency_batch_size", "latency_warmup", "latency_repeats", "threads", "device"],
-    tuple(_STUDY): ["storage", "study_name", "run_dir", "heartbeat_interval", "grace_period"],
+    tuple(_STUDY): ["storage", "study_name", "run_dir", "heartbeat_interval", "grace_period",
+                    "stop_after_failures"],
 }
 
 

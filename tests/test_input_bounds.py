@@ -130,3 +130,36 @@ def test_cli_run_with_a_too_long_study_name_says_so(tmp_path, task_module):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "at most 512 characters" in res.stderr, res.stderr
     assert "invalid data in the commit" not in res.stderr
+
+
+# ------------------------------------------------------------------------------------ huge spaces
+def test_spaces_past_64_bit_indices_are_refused_for_grid_and_random():
+    space = {f"k{i}": list(range(100)) for i in range(10)}  # 10^20 points > 2^63
+    for algorithm in ("grid", "random"):
+        with pytest.raises(ConfigError, match=r"search\.search_space: 1e\+20 points.*2\*\*63") as info:
+            AutoDistillationConfig({"auto_distillation": {"search": {"search_space": space,
+                                                                     "search_algorithm": algorithm}}})
+        assert algorithm in str(info.value)
+    cfg = AutoDistillationConfig({"auto_distillation": {"search": {"search_space": space,
+                                                                   "search_algorithm": "tpe"}}})
+    assert cfg.search_algorithm == "tpe"
+
+
+# ------------------------------------------------------------------------------------ imported results
+def test_an_imported_infinity_is_refused_and_nothing_is_half_imported(tmp_path):
+    import json as json_mod
+
+    from nas_distill import study as sm
+    from nas_distill.results import import_results, read_results
+
+    path = tmp_path / "results.json"
+    path.write_text('{"metrics": ["acc"], "trials": [{"arch": {"a": 1}, "values": [0.5]},'
+                    ' {"arch": {"a": 2}, "values": [Infinity]}]}')  # JSON as Python writes inf
+    results = read_results(path)
+    assert json_mod.loads(path.read_text())["trials"][1]["values"] == [float("inf")]
+    study = sm.open_study(f"sqlite:///{tmp_path / 's.db'}", "imp", metrics=["acc"], higher_is_better=[True])
+    with pytest.raises(ValueError, match=r"trials\[1\]\.values must be finite.*nothing was imported"):
+        import_results(study, results, metrics=["acc"], search_space={"a": [1, 2]}, source=str(path))
+    assert study.get_trials() == []
+    results["trials"].pop()
+    assert import_results(study, results, metrics=["acc"], search_space={"a": [1, 2]}, source=str(path)) == 1

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 from helpers_report import make_study
 
 from nas_distill.reporting.data import MetricInfo, TrialRow, collect
@@ -98,6 +99,7 @@ def _cli(*args, width: int):
                           text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_status_pareto_and_report_show_the_same_table(tmp_path):
     study, url, _ = make_study(tmp_path, n_complete=12, n_fail=2, n_running=0, artifact=False,
                                metrics=(("accuracy", "maximize"), ("latency", "minimize"), ("params", "minimize")))

@@ -10,7 +10,10 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -222,6 +225,7 @@ def _shrink(data: dict, run_dir: Path, train_steps: int = 3) -> dict:
     return data
 
 
+@pytest.mark.slow
 def test_text_classification_example_runs_a_search(bert_teacher, data_files, tmp_path):
     import optuna
 
@@ -246,6 +250,33 @@ def test_text_classification_example_runs_a_search(bert_teacher, data_files, tmp
         accuracy = t.values[0]
         assert 0.0 <= accuracy <= 1.0
         assert t.values[1] > 0  # latency
+
+    # The exported student carries the teacher's tokenizer: a text-classification pipeline runs from its
+    # folder alone (offline, nas_distill not importable) and agrees with the student fed by the teacher's
+    # own tokenizer here.
+    from nas_distill import cli
+
+    out = tmp_path / "student"
+    assert cli.main(["export", "--run-dir", str(tmp_path / "run"), "--study", "text-test", "-o", str(out)]) == 0
+    assert {"tokenizer.json", "tokenizer_config.json", "config.json", "README.md"} <= {p.name for p in out.iterdir()}
+    texts = [row["text"] for row in _rows(6, seed=3)]
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    script = (
+        "import json, sys\nsys.modules['nas_distill'] = None\nfrom transformers import pipeline\n"
+        "run = pipeline('text-classification', model=sys.argv[1])\n"
+        "json.dump([r['label'] for r in run(json.load(open(sys.argv[2])))], open(sys.argv[3], 'w'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "texts.json"),
+                          str(tmp_path / "labels.json")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    student = transformers.AutoModelForSequenceClassification.from_pretrained(out, use_safetensors=True).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(bert_teacher)
+    with torch.no_grad():
+        logits = student(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    expected = [student.config.id2label[int(i)] for i in logits.argmax(-1)]
+    assert json.loads((tmp_path / "labels.json").read_text()) == expected
 
 
 # ------------------------------------------------------------------------------------- MobileBERT

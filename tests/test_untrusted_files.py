@@ -283,6 +283,21 @@ def test_student_archives_with_escaping_members_are_refused(tmp_path, member):
     assert not Path("/tmp/nas-distill-abs-escape.txt").exists()
 
 
+def test_compressed_student_archives_are_refused(tmp_path):
+    """A few KB that would inflate a thousandfold: the artifact store holds plain tars only."""
+    import io
+
+    archive = tmp_path / "student.tar"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("model.safetensors")
+        info.size = 16 * 2**20
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    assert archive.stat().st_size * 500 < 16 * 2**20
+    with pytest.raises(ValueError, match="not an uncompressed tar"):
+        extract_student(archive, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_a_plain_student_archive_extracts(tmp_path):
     archive = tar_with(tmp_path / "student.tar", [file_member("config.json", b"{}"),
                                                   file_member("sub/arch.json", b"[]")])

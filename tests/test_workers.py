@@ -56,6 +56,16 @@ def _assert_exact_budget(study, max_trials):
     assert len(complete) == max_trials
     archs = {json.dumps(t.params, sort_keys=True) for t in complete}
     assert len(archs) == max_trials  # all distinct
+    # A normal search ends with no FAIL trial: a trial that lost the race for the last slot is PRUNED
+    # with its reason, and holds no point of the space.
+    from nas_distill.search.samplers import CLAIM_KEY, RELEASED
+
+    trials = study.get_trials(deepcopy=False)
+    assert not [t for t in trials if t.state == TrialState.FAIL], [t.user_attrs for t in trials]
+    for t in trials:
+        if t.state == TrialState.PRUNED:
+            assert "budget" in t.user_attrs["pruned_reason"] or "retry" in t.user_attrs["pruned_reason"]
+            assert t.system_attrs[CLAIM_KEY] == RELEASED
     workers = {t.user_attrs["worker"]["pid"] for t in complete}
     return complete, workers
 

@@ -273,6 +273,7 @@ def load_or_build(
             for name in os.listdir(root):
                 if name.startswith(f".tmp-{fp[:16]}-"):
                     shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        logger.info("teacher cache fill started: the teacher's outputs on the training data (entry %s)", fp[:16])
         arrays, keys = build()
         write_entry(root, fp, arrays, keys, dtype)
     entry = read_entry(root, fp)
@@ -320,6 +321,7 @@ def obtain_entry(
     dtype = str(cache_settings.dtype)
     budget = cache_settings.feature_budget_mb
     if not cache_dir:
+        logger.info("teacher cache fill started: the teacher's outputs on the training data (in memory)")
         arrays, keys = build(budget, dtype)
         return in_memory_entry(arrays, keys, dtype), "memory"
     fp = fingerprint_of({"device": device_type, "budget_mb": float(budget), "dtype": dtype})

@@ -117,6 +117,8 @@ class StudyData:
     #: ``importance_note``). Evaluator: ``optuna.importance.get_param_importances``' default.
     importances: dict[str, dict[str, float]] = field(default_factory=dict)
     importance_note: str | None = None
+    #: :func:`nas_distill.arch_metrics.summary` (students measured untrained, predictor errors) or None.
+    architecture_metrics: dict[str, Any] | None = None
 
     @property
     def complete(self) -> list[TrialRow]:
@@ -144,6 +146,7 @@ class StudyData:
             "importances": self.importances,
             "importance_note": self.importance_note,
             "state_counts": self.state_counts,
+            "architecture_metrics": self.architecture_metrics,
             "trials": [t.to_json() for t in self.trials],
         }
 

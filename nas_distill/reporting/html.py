@@ -15,6 +15,7 @@ import json
 import math
 from typing import Any
 
+from nas_distill.arch_metrics import summary_lines
 from nas_distill.reporting.data import StudyData
 from nas_distill.reporting.table import table_columns
 
@@ -150,6 +151,10 @@ def render_page(data: StudyData, figures: dict[str, Any], pngs: dict[str, str]) 
         f"<h1>nas-distill report: {_esc(data.study_name)}</h1>",
         f'<p class="summary">{len(data.trials)} trials ({_esc(counts_desc)}). Objectives: {metric_desc}.</p>',
     ]
+    arch_lines = summary_lines(data.architecture_metrics)
+    if arch_lines:
+        parts.append('<p class="summary" id="architecture-metrics">'
+                     + "<br>".join(_esc(line.strip()) for line in arch_lines) + "</p>")
     if n_complete == 0:
         parts.append(
             '<p class="empty" id="no-complete-trials">No complete trials yet: there is no Pareto front, '

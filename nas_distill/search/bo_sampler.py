@@ -180,6 +180,8 @@ class SpaceBOSampler(_ClaimingSampler):
         slices = np.array_split(order, self._n_startup)
         visit = _spread_order(self._n_startup)
         chosen = slices[visit[position]]
+        if len(chosen) == 0:  # fewer free candidates than start-up slices (a small space nearly full)
+            return int(candidates[pick])
         return int(candidates[int(chosen[int(rng.integers(len(chosen)))])])
 
     # ------------------------------------------------------------------ candidates

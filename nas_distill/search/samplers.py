@@ -10,7 +10,8 @@ Which point a trial *holds*
     A trial in state COMPLETE, RUNNING, WAITING or PRUNED holds the point named by its claim (the system
     attr ``nas_distill:claim``), or else by its params (or, for a WAITING enqueued trial, its
     ``fixed_params``) when they name a point of the space. A FAILED trial holds nothing, so its
-    architecture is handed out again.
+    architecture is handed out again; neither does a trial whose claim is :data:`RELEASED` (one the
+    orchestrator gave up before training it, recorded PRUNED).
 
 Claim protocol (Optuna has no atomic "claim a point"; trial numbers, however, are unique)
     1. Read the points held by the other trials; choose a free index (grid: the smallest; random: a
@@ -50,6 +51,7 @@ from .space import SearchSpace
 __all__ = [
     "CLAIM_KEY",
     "HOLDING_STATES",
+    "RELEASED",
     "HeldIndices",
     "SpaceGridSampler",
     "SpaceRandomSampler",
@@ -60,6 +62,8 @@ __all__ = [
 
 #: System attr holding the flat index a trial claimed.
 CLAIM_KEY = "nas_distill:claim"
+#: The claim of a trial given up before it trained: it holds no point, whatever its params.
+RELEASED = -1
 #: Trial states whose point counts as taken. FAIL is left out on purpose: a failed point is retried.
 HOLDING_STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
 # What the claim's re-read reads: the holding states, plus FAIL for the orchestrator (take_snapshot).
@@ -76,7 +80,7 @@ def trial_index(trial: FrozenTrial, space: SearchSpace) -> int | None:
     """The flat index of the point ``trial`` holds, or ``None`` (no claim, params not a point)."""
     claim = trial.system_attrs.get(CLAIM_KEY)
     if claim is not None:
-        return int(claim)
+        return None if claim == RELEASED else int(claim)
     for params in (trial.params, trial.system_attrs.get("fixed_params")):
         if params and all(key in params for key in space.keys):
             try:

@@ -163,6 +163,8 @@ def train_teacher(
     import torch
     from transformers import ViTForImageClassification
 
+    log.info("teacher training started: a ViT on the digits, %d steps (about %d s on 2 cores), into %s",
+             steps, max(1, round(steps / 30)), out_dir)
     out_dir = Path(out_dir)
     if threads:
         torch.set_num_threads(threads)

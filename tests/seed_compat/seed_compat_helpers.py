@@ -7,7 +7,6 @@ Uniquely named (not ``conftest``) so ``from seed_compat_helpers import ...`` res
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import transformers
 
@@ -110,6 +109,30 @@ def brute_force_front(points, higher):
     return front
 
 
-def state_dict_equal(a: torch.nn.Module, b: dict) -> bool:
-    sa = a.state_dict()
-    return set(sa) <= set(b) and all(np.allclose(sa[k].numpy(), b[k].numpy()) for k in sa)
+# ------------------------------------------------------------- a plain torch classifier and its data
+N_IN, N_CLASSES = 4, 3
+
+
+class Data(torch.utils.data.Dataset):
+    """Labels are the argmax of the first three inputs: a linear model can get all of them right."""
+
+    def __init__(self, n=30, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, N_IN, generator=g)
+        self.y = self.x[:, :N_CLASSES].argmax(-1)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+class Net(torch.nn.Module):
+    def __init__(self, hidden=None):
+        super().__init__()
+        self.body = torch.nn.Linear(N_IN, N_CLASSES) if hidden is None else torch.nn.Sequential(
+            torch.nn.Linear(N_IN, hidden), torch.nn.Linear(hidden, N_CLASSES))
+
+    def forward(self, x):
+        return self.body(x)

@@ -22,7 +22,9 @@ def conf(run_dir, **search):
 
 # ------------------------------------------------------------------------------- item 3: SearchFailed
 def test_every_trial_failing_raises_naming_the_first_failure(tmp_path):
-    agent = AutoDistillation(lambda arch: dict(arch), conf(tmp_path / "run", max_trials=4))
+    config = conf(tmp_path / "run", max_trials=4)
+    config["study"]["stop_after_failures"] = 0  # every arch tried: the circuit breaker is tests/test_breaker.py's
+    agent = AutoDistillation(lambda arch: dict(arch), config)
     agent.train_func = lambda model: None
 
     def eval_func(model):

@@ -14,8 +14,7 @@ from sklearn.metrics import f1_score
 from nas_distill import AutoDistillation, ConfigError
 from nas_distill.config import EvaluationSettings
 from nas_distill.evaluate import evaluate
-from seed_compat_helpers import MaskedLMData, make_teacher
-from test_train_func import Data, Net
+from seed_compat_helpers import VOCAB, Data, MaskedLMData, Net
 
 SPACE = {"width": [1, 2, 3]}
 
@@ -46,19 +45,34 @@ def test_eval_loss_and_accuracy_whatever_the_batch_size():
         assert got["eval_accuracy"] == pytest.approx(expected_acc)
 
 
-def test_eval_loss_of_token_labels_counts_every_labelled_position(tmp_path):
+class TokenTagger(torch.nn.Module):
+    """Per-token logits over the vocabulary, like a masked-LM head (plain torch: no model download)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.embed = torch.nn.Embedding(VOCAB, 8)
+        self.head = torch.nn.Linear(8, VOCAB)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, next_sentence_label=None):
+        return self.head(self.embed(input_ids))
+
+
+def test_eval_loss_of_token_labels_counts_every_labelled_position():
     """Masked-LM labels (-100 = ignored): the mean over labelled positions of the whole set, not a mean of
     per-batch means (batches hold different numbers of labelled positions)."""
-    teacher = make_teacher(tmp_path / "t")
+    model = TokenTagger()
     data = MaskedLMData(9, seed=3)
     data.labels[0, :] = data.ids[0, :]  # example 0: every position labelled, the others two
     with torch.no_grad():
-        logits = teacher(input_ids=data.ids, attention_mask=torch.ones_like(data.ids),
-                         token_type_ids=torch.zeros_like(data.ids)).prediction_logits
-    expected = float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), data.labels.reshape(-1),
-                                     ignore_index=-100))
+        logits = model(data.ids)
+    expected = float(F.cross_entropy(logits.reshape(-1, VOCAB), data.labels.reshape(-1), ignore_index=-100))
+    per_batch_means = np.mean([float(F.cross_entropy(logits[i:i + 2].reshape(-1, VOCAB),
+                                                     data.labels[i:i + 2].reshape(-1), ignore_index=-100))
+                               for i in range(0, 9, 2)])
+    assert abs(per_batch_means - expected) > 1e-3  # the data tells the two apart
     for batch in (2, 4, 9):
-        got = evaluate(teacher, data, ["eval_loss"], EvaluationSettings(batch_size=batch))["eval_loss"]
+        got = evaluate(model, data, ["eval_loss"], EvaluationSettings(batch_size=batch))["eval_loss"]
         assert got == pytest.approx(expected, rel=1e-5)
 
 
@@ -86,8 +100,9 @@ def test_compute_metrics_gives_other_eval_metrics_in_a_search(tmp_path):
         assert trial.values[0] == pytest.approx(f1)
         assert trial.values[1] == pytest.approx(float(F.cross_entropy(logits, data.y)), rel=1e-5)
         assert trial.values[2] == 0.123  # compute_metrics' own value wins, as in the Trainer
-    # the whole set's logits, as the Trainer hands them over (the dry run asks once on one batch first)
-    assert seen[0] == (7, 3) and seen[1:] == [(40, 3)] * 3
+    # the whole set's logits, as the Trainer hands them over (the dry run asks once on one batch first,
+    # then evaluates its few students on one evaluation batch)
+    assert seen[0] == (7, 3) and seen[-3:] == [(40, 3)] * 3
 
 
 @pytest.mark.parametrize("compute", [None, lambda p: {"f1": 1.0}])

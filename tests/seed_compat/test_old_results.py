@@ -71,6 +71,19 @@ def test_search_resumes_from_an_old_npy_without_retraining(tmp_path):
     assert len(complete) == 5
 
 
+def test_results_loaded_by_hand_follow_the_study_into_the_search_folder(tmp_path):
+    old = write_old_folder(tmp_path / "old")
+    trained = []
+    agent = agent_for(2, trained)  # no storage named: the study goes where search() puts it
+    assert agent.load_search_results(old) == 3
+    agent.search(res_save_path=tmp_path / "new")
+    assert agent.storage_url == f"sqlite:///{tmp_path / 'new' / 'AutoDistillationResults' / 'study.db'}"
+    imported = {(t.params["hidden_size"], t.params["num_layers"]) for t in agent.study.trials
+                if "imported_from" in t.user_attrs}
+    assert imported == set(old_results())
+    assert len(trained) == 2 and not {(m["hidden_size"], m["num_layers"]) for m in trained} & imported
+
+
 def test_load_search_results_reads_npy_json_and_texts(tmp_path):
     folder = write_old_folder(tmp_path / "old")
     agent = agent_for(1, [])

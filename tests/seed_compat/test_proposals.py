@@ -10,6 +10,7 @@ import textwrap
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from nas_distill import AutoDistillation
@@ -74,12 +75,13 @@ def test_a_collected_agent_fails_its_proposal(tmp_path):
     assert states(url) == [(TrialState.FAIL, "Abandoned")]
 
 
+@pytest.mark.slow
 def test_a_dead_process_proposal_is_failed_when_its_heartbeat_lapses(tmp_path):
     url = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     script = textwrap.dedent(f"""
         import os
         from nas_distill import AutoDistillation
-        conf = {conf(tmp_path / "run", heartbeat_interval=0.2, grace_period=1)!r}
+        conf = {conf(tmp_path / "run", heartbeat_interval=1, grace_period=2)!r}
         agent = AutoDistillation(lambda arch: arch, conf)
         agent.model_arch_proposition()
         os._exit(0)  # dies without closing: no finalizer runs
@@ -87,7 +89,7 @@ def test_a_dead_process_proposal_is_failed_when_its_heartbeat_lapses(tmp_path):
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
     assert states(url) == [(TrialState.RUNNING, None)]
     study = optuna.load_study(study_name="nas-distill", storage=study_mod.make_storage(
-        url, heartbeat_interval=0.2, grace_period=1))
+        url, heartbeat_interval=1, grace_period=2))
     deadline = time.monotonic() + 30  # a loaded machine may delay the sweep's view; the rule is the grace
     while states(url)[0][0] == TrialState.RUNNING and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -49,7 +49,7 @@ def test_without_res_save_path_everything_lives_in_the_current_folder(tmp_path, 
     assert agent.storage_url == f"sqlite:///{folder / 'study.db'}"
     assert sorted(p.name for p in folder.iterdir() if p.is_file() and "-" not in p.name) == [  # not WAL files
         "Final_results.txt", "Trial_1_results.txt", "Trial_2_results.txt", "Trial_3_results.txt",
-        "lastest_results.json", "study.db"]
+        "lastest_results.json", "lastest_results.txt", "study.db"]
     assert [p.name for p in tmp_path.iterdir()] == ["AutoDistillationResults"]
 
 
@@ -78,6 +78,10 @@ def test_a_configured_run_dir_or_storage_wins(tmp_path):
     assert agent.storage_url == f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     folder = tmp_path / "res" / "AutoDistillationResults"
     assert (folder / "Final_results.txt").is_file() and not (folder / "study.db").exists()
+    # a named run folder and no res_save_path: the files go to the run folder, none to the current one
+    quiet = agent_for(conf(study={"run_dir": str(tmp_path / "run3")}))
+    quiet.search()
+    assert (tmp_path / "run3" / "Final_results.txt").is_file() and not (tmp_path / "AutoDistillationResults").exists()
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     other = agent_for(conf(study={"storage": url}))
     other.search(res_save_path=tmp_path / "res2")
@@ -107,3 +111,6 @@ def test_result_files_in_the_old_line_formats(tmp_path):
     assert sorted(map(json.dumps, best)) == sorted(map(json.dumps, expected_front))
     latest = json.loads((folder / "lastest_results.json").read_text())
     assert [t["arch"] for t in latest["trials"]] == archs and latest["metrics"] == ["acc", "size"]
+    table = (folder / "lastest_results.txt").read_text()  # the same results as a readable table
+    assert "Pareto front" in table and all(str(metrics_of(a)["size"]) in table or
+                                           f"{metrics_of(a)['size']:g}" in table for a in archs)

@@ -14,34 +14,7 @@ from safetensors.torch import load_file
 
 from nas_distill import AutoDistillation
 from nas_distill.study import artifact_store
-
-N_IN, N_CLASSES = 4, 3
-
-
-class Data(torch.utils.data.Dataset):
-    """Labels are the argmax of the first three inputs: a linear model can get all of them right."""
-
-    def __init__(self, n=30, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, N_IN, generator=g)
-        self.y = self.x[:, :N_CLASSES].argmax(-1)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "labels": self.y[i]}
-
-
-class Net(torch.nn.Module):
-    def __init__(self, hidden=None):
-        super().__init__()
-        self.body = torch.nn.Linear(N_IN, N_CLASSES) if hidden is None else torch.nn.Sequential(
-            torch.nn.Linear(N_IN, hidden), torch.nn.Linear(hidden, N_CLASSES))
-
-    def forward(self, x):
-        return self.body(x)
-
+from seed_compat_helpers import N_CLASSES, N_IN, Data, Net
 
 def oracle() -> Net:
     """A different, bigger model that gets every label right: what a train_func may hand back."""

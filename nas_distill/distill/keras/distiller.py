@@ -33,7 +33,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import keras
 import numpy as np
@@ -174,6 +174,9 @@ class KerasFlashDistiller:
             settings = FlashSettings()
         self.settings = settings
         self.device_type, self.device_name = resolve_device(settings.device)
+        #: Called before every training step when set (the pipeline pauses there while a latency is
+        #: being measured on the machine).
+        self.before_step: Optional[Callable[[], None]] = None
         if jit_compile not in ("auto", True, False):
             raise ConfigError("jit_compile", f"{jit_compile!r}: expected 'auto', True or False")
         self.jit_compile = (self.device_type == "gpu") if jit_compile == "auto" else bool(jit_compile)
@@ -479,6 +482,8 @@ class KerasFlashDistiller:
             concrete = None
             for step, idx in enumerate(batch_indices(len(self.data), int(s.batch_size), plan.train_steps,
                                                      order_seed)):
+                if self.before_step is not None:
+                    self.before_step()
                 if resident:
                     args = [tf.constant(idx, tf.int32)]
                 else:

@@ -23,7 +23,7 @@ import inspect
 import logging
 import math
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -138,6 +138,9 @@ class FlashDistiller:
             settings = FlashSettings()
         self.settings = settings
         self.device = resolve_device(device if device is not None else settings.device)
+        #: Called before every training step when set (the pipeline pauses there while a latency is
+        #: being measured on the machine).
+        self.before_step: Optional[Callable[[], None]] = None
         self.teacher = teacher.eval().requires_grad_(False).to(self.device)
         cache_cfg = settings.teacher_cache
         self.cache_dir = cache_dir if cache_dir is not None else cache_cfg.dir
@@ -334,6 +337,8 @@ class FlashDistiller:
         try:
             for step, idx in enumerate(batch_indices(len(self.data), int(s.batch_size), plan.train_steps,
                                                      order_seed)):
+                if self.before_step is not None:
+                    self.before_step()
                 batch = self.data.batch(idx.to(self.device) if not self.data.live else idx)
                 # -- teacher targets: cache first, live teacher only for what the cache lacks
                 targets = {k: self._gather_cached(k, idx) for k in plan.teacher_keys if k in self._cached}
