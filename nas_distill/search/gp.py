@@ -6,15 +6,20 @@ enters only as "same value or not" (a Hamming distance), since its order means n
 distance of two architectures is ``sum_d w_d delta_d^2`` with one inverse squared length scale ``w_d`` per
 key (ARD), and the kernel is ``s * matern52(distance) + noise * I`` on standardised targets.
 
-A linear kernel on the centred ordinal inputs, ``linear * (x - 0.5) . (x' - 0.5)``, is added: accuracy
-mostly grows with size, and the trend lets the model extrapolate to the large students it has not tried
-(a stationary kernel alone falls back to the mean there).
+A degree-2 polynomial kernel on the centred ordinal inputs, ``poly * phi(x) . phi(x')`` with ``phi(x)`` =
+(1, every ``x_d - 0.5``, every product of two of them), is added: accuracy mostly grows with size, and
+its trade-offs between keys (width against depth, heads against width, FFN ratio) act like products of
+log sizes. With the polynomial the model extrapolates such trends to students it has not tried, where a
+stationary kernel alone falls back to the mean, and 20 points pin down the shape of the trade-offs
+better than length scales alone do.
 
-Hyperparameters (``log w``, ``log s``, ``log linear``, ``log noise``) are fitted by maximum a posteriori estimation:
+Hyperparameters (``log w``, ``log s``, ``log poly``, ``log noise``) are fitted by maximum a posteriori estimation:
 the log marginal likelihood plus weak log-normal priors, maximised by L-BFGS-B with the analytic gradient,
 from the previous optimum and from the prior's mode (the better one wins). The priors keep a fit on a few
 points from collapsing onto length scales that interpolate noise: length scales centred on the width of
-the unit cube, signal variance on the standardised targets' variance, noise on 1% of it.
+the unit cube and somewhat longer (a smooth surface is the better guess from few points), signal and
+polynomial variance on the standardised targets' variance (the polynomial's tightly: with one weight per
+product of keys it would otherwise absorb the noise), noise on 1% of it.
 
 numpy and scipy only, so a TensorFlow process can use it without importing torch.
 """
@@ -35,13 +40,13 @@ _RESTART_EVERY = 10
 _PREDICT_ELEMENTS = 1 << 22
 _MIN_NOISE = 1e-6
 # Log-normal priors: (mean, standard deviation) of log w, log s, log noise.
-_PRIOR_LOG_W = (0.0, 2.0)
+_PRIOR_LOG_W = (-1.0, 1.0)
 _PRIOR_LOG_S = (0.0, 1.0)
-_PRIOR_LOG_LINEAR = (math.log(0.1), 2.0)
+_PRIOR_LOG_POLY = (0.0, 0.3)
 _PRIOR_LOG_NOISE = (math.log(1e-2), 2.0)
 _BOUNDS_LOG_W = (-8.0, 6.0)
 _BOUNDS_LOG_S = (-5.0, 4.0)
-_BOUNDS_LOG_LINEAR = (-12.0, 4.0)
+_BOUNDS_LOG_POLY = (-12.0, 4.0)
 _BOUNDS_LOG_NOISE = (math.log(1e-7), 1.0)
 
 
@@ -94,13 +99,13 @@ class ArchGP:
     # ------------------------------------------------------------------ distances
     def _pairs(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-column squared differences ``(len(a), len(b), dim)`` (categorical: mismatch 0 / 1), and the
-        linear kernel's products of the centred ordinal columns ``(len(a), len(b))``."""
+        polynomial kernel's ``phi(a) . phi(b)`` ``(len(a), len(b))``."""
         diff = a[:, None, :] - b[None, :, :]
         sq = diff * diff
         if self.categorical.any():
             sq[..., self.categorical] = (sq[..., self.categorical] > 0).astype(float)
         ordinal = ~self.categorical
-        return sq, (a[:, ordinal] - 0.5) @ (b[:, ordinal] - 0.5).T
+        return sq, _poly_features(a[:, ordinal]) @ _poly_features(b[:, ordinal]).T
 
     # ------------------------------------------------------------------ fitting
     def fit(self, x: np.ndarray, y: np.ndarray) -> "ArchGP":
@@ -112,7 +117,7 @@ class ArchGP:
         z = (y - self._mean) / self._scale
         pairs = self._pairs(x, x)
         dim = x.shape[1]
-        bounds = [_BOUNDS_LOG_W] * dim + [_BOUNDS_LOG_S, _BOUNDS_LOG_LINEAR, _BOUNDS_LOG_NOISE]
+        bounds = [_BOUNDS_LOG_W] * dim + [_BOUNDS_LOG_S, _BOUNDS_LOG_POLY, _BOUNDS_LOG_NOISE]
         prior_mode = _prior_mode(dim)
         warm = self._x is not None and len(self.params) == len(prior_mode)
         # The previous optimum moves little as points arrive; the prior's mode is tried too while data are
@@ -140,23 +145,30 @@ class ArchGP:
         if len(x_new) > step:  # bounded temporaries: (rows, n_train, dim) per block
             parts = [self.predict(x_new[start:start + step]) for start in range(0, len(x_new), step)]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        w, s, linear, _ = _unpack(self.params)
+        w, s, poly, _ = _unpack(self.params)
         sq, products = self._pairs(x_new, self._x)
-        k_star = s * _matern52(sq @ w)[0] + linear * products
+        k_star = s * _matern52(sq @ w)[0] + poly * products
         mean = k_star @ self._alpha
         v = solve_triangular(self._chol, k_star.T, lower=True, check_finite=False)
-        centred = x_new[:, ~self.categorical] - 0.5
-        prior_var = s + linear * np.einsum("ij,ij->i", centred, centred)
+        features = _poly_features(x_new[:, ~self.categorical])
+        prior_var = s + poly * np.einsum("ij,ij->i", features, features)
         var = np.maximum(prior_var - np.einsum("ij,ij->j", v, v), 1e-12)
         return self._mean + self._scale * mean, self._scale * np.sqrt(var)
 
 
+def _poly_features(x: np.ndarray) -> np.ndarray:
+    """``phi(x)``: 1, each centred input, and each product of two centred inputs (squares included)."""
+    centred = x - 0.5
+    rows, cols = np.triu_indices(centred.shape[1])
+    return np.column_stack([np.ones(len(x)), centred, centred[:, rows] * centred[:, cols]])
+
+
 def _prior_mode(dim: int) -> np.ndarray:
-    return np.array([_PRIOR_LOG_W[0]] * dim + [_PRIOR_LOG_S[0], _PRIOR_LOG_LINEAR[0], _PRIOR_LOG_NOISE[0]])
+    return np.array([_PRIOR_LOG_W[0]] * dim + [_PRIOR_LOG_S[0], _PRIOR_LOG_POLY[0], _PRIOR_LOG_NOISE[0]])
 
 
 def _unpack(params: np.ndarray) -> tuple[np.ndarray, float, float, float]:
-    """Inverse squared length scales, Matern variance, linear variance, noise variance."""
+    """Inverse squared length scales, Matern variance, polynomial variance, noise variance."""
     return (np.exp(params[:-3]), float(np.exp(params[-3])), float(np.exp(params[-2])),
             _MIN_NOISE + float(np.exp(params[-1])))
 
@@ -164,9 +176,9 @@ def _unpack(params: np.ndarray) -> tuple[np.ndarray, float, float, float]:
 def _kernel(params: np.ndarray, pairs: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Covariance matrix with noise, the Matern values and their derivatives."""
     sq, products = pairs
-    w, s, linear, noise = _unpack(params)
+    w, s, poly, noise = _unpack(params)
     value, derivative = _matern52(sq @ w)
-    cov = s * value + linear * products
+    cov = s * value + poly * products
     cov[np.diag_indices_from(cov)] += noise
     return cov, value, derivative
 
@@ -195,7 +207,7 @@ def _log_normal_prior(x: np.ndarray, mean: float, sd: float) -> tuple[float, np.
 def _neg_log_posterior(params: np.ndarray, pairs, z: np.ndarray) -> tuple[float, np.ndarray]:
     """Minus (log marginal likelihood + log prior) and its gradient in the log parameters."""
     sq, products = pairs
-    w, s, linear, noise = _unpack(params)
+    w, s, poly, noise = _unpack(params)
     cov, value, derivative = _kernel(params, pairs)
     try:
         chol = np.linalg.cholesky(cov)
@@ -210,11 +222,11 @@ def _neg_log_posterior(params: np.ndarray, pairs, z: np.ndarray) -> tuple[float,
     grad = np.empty_like(params)
     grad[:-3] = 0.5 * np.einsum("ij,ijd->d", inner * (s * derivative), sq) * w
     grad[-3] = 0.5 * (inner * (s * value)).sum()
-    grad[-2] = 0.5 * (inner * (linear * products)).sum()
+    grad[-2] = 0.5 * (inner * (poly * products)).sum()
     grad[-1] = 0.5 * np.trace(inner) * (noise - _MIN_NOISE)
     prior = 0.0
     for part, (mean, sd) in ((slice(0, -3), _PRIOR_LOG_W), (slice(-3, -2), _PRIOR_LOG_S),
-                             (slice(-2, -1), _PRIOR_LOG_LINEAR), (slice(-1, None), _PRIOR_LOG_NOISE)):
+                             (slice(-2, -1), _PRIOR_LOG_POLY), (slice(-1, None), _PRIOR_LOG_NOISE)):
         log_p, grad_p = _log_normal_prior(params[part], mean, sd)
         prior += log_p
         grad[part] += grad_p
