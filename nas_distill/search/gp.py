@@ -18,8 +18,8 @@ the log marginal likelihood plus weak log-normal priors, maximised by L-BFGS-B w
 from the previous optimum and from the prior's mode (the better one wins). The priors keep a fit on a few
 points from collapsing onto length scales that interpolate noise: length scales centred on the width of
 the unit cube and somewhat longer (a smooth surface is the better guess from few points), signal and
-polynomial variance on the standardised targets' variance (the polynomial's tightly: with one weight per
-product of keys it would otherwise absorb the noise), noise on 1% of it.
+polynomial variance on the standardised targets' variance (the polynomial's tightly: fitted freely from
+a few points it predicted held-out students worse), noise on 1% of it.
 
 numpy and scipy only, so a TensorFlow process can use it without importing torch.
 """
@@ -39,7 +39,7 @@ _RESTART_EVERY = 10
 # Elements of the (rows, n_train, dim) difference array per prediction block (~32 MB of floats).
 _PREDICT_ELEMENTS = 1 << 22
 _MIN_NOISE = 1e-6
-# Log-normal priors: (mean, standard deviation) of log w, log s, log noise.
+# Log-normal priors: (mean, standard deviation) of log w, log s, log poly, log noise.
 _PRIOR_LOG_W = (-1.0, 1.0)
 _PRIOR_LOG_S = (0.0, 1.0)
 _PRIOR_LOG_POLY = (0.0, 0.3)
