@@ -28,6 +28,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from .study import ANY_BEAT
+
 __all__ = ["AtomicRDBStorage", "atomic_rdb", "leavable_states"]
 
 
@@ -53,10 +55,15 @@ class AtomicRDBStorage(RDBStorage):
         return self.finish_trial(trial_id, state, values)
 
     def finish_trial(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None,
-                     user_attrs: dict[str, Any] | None = None) -> bool:
+                     user_attrs: dict[str, Any] | None = None, last_beat: Any = ANY_BEAT) -> bool:
         """Move the trial to ``state`` (with ``values`` and, in the same transaction, ``user_attrs``)
         if nobody else did first. True: this call won. False: a claim (``RUNNING``) that another worker
-        won. Raises ``UpdateFinishedTrialError`` when the trial is already finished."""
+        won, or a ``last_beat`` condition that failed. Raises ``UpdateFinishedTrialError`` when the trial
+        is already finished.
+
+        ``last_beat`` (the stale sweep's FAIL): the heartbeat the sweep read (None: no heartbeat row);
+        the change happens only if no newer beat exists, in the same statement, so an owner that beat
+        after the sweep's read (alive after all) keeps its trial."""
         import sqlalchemy.exc
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
@@ -66,17 +73,23 @@ class AtomicRDBStorage(RDBStorage):
             return super().set_trial_state_values(trial_id, state, values)
         try:
             with _create_scoped_session(self.scoped_session) as session:
-                won = (
+                change = (
                     session.query(models.TrialModel)
                     .filter(models.TrialModel.trial_id == trial_id)
                     .filter(models.TrialModel.state.in_(sources))
-                    .update({models.TrialModel.state: state}, synchronize_session=False)
                 )
+                if last_beat is not ANY_BEAT:
+                    beats = models.TrialHeartbeatModel
+                    newer = session.query(beats.trial_id).filter(beats.trial_id == trial_id)
+                    if last_beat is not None:
+                        newer = newer.filter(beats.heartbeat > last_beat)
+                    change = change.filter(~newer.exists())
+                won = change.update({models.TrialModel.state: state}, synchronize_session=False)
                 trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
                 if not won:
                     if trial.state.is_finished():
                         raise UpdateFinishedTrialError(_finished_message(trial.number))
-                    return False  # a claim of a trial another worker is already running
+                    return False  # claimed by another worker, or the owner beat again
                 now = datetime.datetime.now()
                 if state == TrialState.RUNNING:
                     trial.datetime_start = now

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import textwrap
 from pathlib import Path
@@ -219,7 +220,9 @@ def import_results(study, results: Mapping[str, Any], *, metrics, search_space, 
     """Add the results' trials to ``study`` as COMPLETE trials marked ``imported_from``.
 
     Archs already COMPLETE in the study, archs outside the search space and results with other metrics
-    are skipped. Returns the number imported.
+    are skipped. Every trial is checked before the first is added (a bad record imports nothing), and a
+    value that is not a finite number (``Infinity``, ``NaN``) is refused: it would dominate the front.
+    Returns the number imported.
     """
     import optuna
     from optuna.trial import TrialState
@@ -232,20 +235,23 @@ def import_results(study, results: Mapping[str, Any], *, metrics, search_space, 
     distributions = space.distributions()
     have = {json.dumps(t.params, sort_keys=True)
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    n = 0
-    for rec in results["trials"]:
+    trials = []
+    for i, rec in enumerate(results["trials"]):
         arch = rec["arch"]
         if arch not in space:
             continue
         key = json.dumps({k: arch[k] for k in space.keys}, sort_keys=True)
         if key in have:
             continue
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in rec["values"]):
+            raise ValueError(f"{source}: trials[{i}].values must be finite numbers, got {rec['values']!r:.200}; "
+                             f"nothing was imported")
         attrs = {"arch": arch, "imported_from": source, "imported_number": rec.get("number")}
         for name, value in zip(metrics, rec["values"]):
             attrs[name] = value
         if "params" in rec:
             attrs["params"] = rec["params"]
-        study.add_trial(optuna.trial.create_trial(
+        trials.append(optuna.trial.create_trial(
             state=TrialState.COMPLETE,
             params={k: arch[k] for k in space.keys},
             distributions=distributions,
@@ -254,8 +260,8 @@ def import_results(study, results: Mapping[str, Any], *, metrics, search_space, 
             system_attrs={"nas_distill:claim": space.index_of(arch)},
         ))
         have.add(key)
-        n += 1
-    return n
+    study.add_trials(trials)
+    return len(trials)
 
 
 # ---------------------------------------------------------------------------------------- text

@@ -63,6 +63,8 @@ DEFAULT_STUDY_NAME = "nas-distill"
 UNCOUNTED_ATTRS = ("duplicate_of", "imported_from")
 # error types of failures that say nothing about the architecture: the arch is tried again
 RETRYABLE_ERRORS = ("WorkerLost", "Interrupted", "ConfigError", "Environment")
+#: ``last_beat`` of :func:`finish_trial` meaning "whatever the trial's heartbeat".
+ANY_BEAT = "any-beat"
 #: Age (s, at least the grace period) after which a RUNNING trial that never beat is an orphan: no worker
 #: runs it (every worker's first beat follows its ask within the sampler's time, far less than this).
 ORPHAN_AGE_S = 60.0
@@ -605,9 +607,11 @@ def _orphan_age(grace_period: float) -> float:
     return max(float(ORPHAN_AGE_S), float(grace_period))
 
 
-def _rdb_stale_trial_ids(rdb, study_id: int, grace_period: float) -> list[int]:
+def _rdb_stale_trial_beats(rdb, study_id: int, grace_period: float) -> dict[int, Any]:
     """RUNNING trials whose last heartbeat (server time) is older than the grace period, and orphans:
-    RUNNING trials with no heartbeat at all, started (client time) more than :func:`_orphan_age` ago.
+    RUNNING trials with no heartbeat at all, started (client time) more than :func:`_orphan_age` ago;
+    each with the heartbeat read (None for an orphan), which the sweep's FAIL requires to be still the
+    last one (see :meth:`~nas_distill.atomic_storage.AtomicRDBStorage.finish_trial`).
 
     One session, the same two statements as Optuna's ``RDBStorage._get_stale_trial_ids`` (which skips
     trials that never beat, so an orphan would stay RUNNING forever).
@@ -620,7 +624,7 @@ def _rdb_stale_trial_ids(rdb, study_id: int, grace_period: float) -> list[int]:
     from optuna.trial import TrialState
     from sqlalchemy import orm
 
-    stale: list[int] = []
+    stale: dict[int, Any] = {}
     orphan_limit = datetime.timedelta(seconds=_orphan_age(grace_period))
     grace = datetime.timedelta(seconds=grace_period)
     with _create_scoped_session(rdb.scoped_session, True) as session:
@@ -635,14 +639,17 @@ def _rdb_stale_trial_ids(rdb, study_id: int, grace_period: float) -> list[int]:
         )
         for trial in running:
             if trial.heartbeats:
-                if server_now - trial.heartbeats[0].heartbeat.replace(tzinfo=None) > grace:
-                    stale.append(trial.trial_id)
+                beat = trial.heartbeats[0].heartbeat
+                if server_now - beat.replace(tzinfo=None) > grace:
+                    stale[trial.trial_id] = beat
             elif trial.datetime_start is not None and client_now - trial.datetime_start > orphan_limit:
-                stale.append(trial.trial_id)
+                stale[trial.trial_id] = None
     return stale
 
 
-def _stale_trial_ids(study, grace_period: float) -> list[int]:
+def _stale_trial_beats(study, grace_period: float) -> dict[int, Any]:
+    """Stale RUNNING trials: ``{trial id: the heartbeat read}`` on SQL storages (see
+    :func:`_rdb_stale_trial_beats`), ``{trial id: ANY_BEAT}`` elsewhere."""
     from optuna.trial import TrialState
 
     from .storage_retry import call
@@ -651,20 +658,24 @@ def _stale_trial_ids(study, grace_period: float) -> list[int]:
     rdb = _rdb(storage)
     if rdb is not None:
         if not rdb.heartbeat_interval:
-            return []
+            return {}
         try:
-            return call(storage, _rdb_stale_trial_ids, rdb, study._study_id, grace_period)
+            return call(storage, _rdb_stale_trial_beats, rdb, study._study_id, grace_period)
         except (ImportError, AttributeError):  # pragma: no cover - a future Optuna: its own query
-            return list(call(storage, rdb._get_stale_trial_ids, study._study_id))
+            return dict.fromkeys(call(storage, rdb._get_stale_trial_ids, study._study_id), ANY_BEAT)
     now = time.time()
-    stale = []
+    stale = {}
     for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
         beat = trial.system_attrs.get(HEARTBEAT_ATTR)
         if beat is None and trial.datetime_start is not None:
             beat = trial.datetime_start.timestamp()
         if beat is not None and now - float(beat) > grace_period:
-            stale.append(trial._trial_id)
+            stale[trial._trial_id] = ANY_BEAT
     return stale
+
+
+def _stale_trial_ids(study, grace_period: float) -> list[int]:
+    return list(_stale_trial_beats(study, grace_period))
 
 
 def lost_running_trials(study) -> set[int]:
@@ -703,16 +714,17 @@ def fail_stale_trials(study) -> list[int]:
         return []
     if _journal_stalled_within(storage, settle):
         return []  # nobody could write a heartbeat while the journal's lock was stuck
-    stale_ids = _stale_trial_ids(study, grace)
-    if stale_ids and retry is not None and retry.recovered_within(settle):
+    stale = _stale_trial_beats(study, grace)
+    if stale and retry is not None and retry.recovered_within(settle):
         return []  # the read above was the first call to get through
     failed = []
     reason = {"error_type": "WorkerLost",
               "error": f"no heartbeat for more than {grace:g} s: the worker died or hung "
                        f"(or, never beating after {_orphan_age(grace):g} s, nobody ever ran it)"}
-    for trial_id in stale_ids:
+    for trial_id, beat in stale.items():
         try:
-            if finish_trial(study, trial_id, TrialState.FAIL, attrs=reason):
+            # Only if no beat came since the read above: an owner that proved alive meanwhile keeps it.
+            if finish_trial(study, trial_id, TrialState.FAIL, attrs=reason, last_beat=beat):
                 failed.append(trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker (or the owner) finished it first
@@ -743,8 +755,11 @@ def _journal_stalled_within(storage, seconds: float) -> bool:
     return lock.stall_ended is not None and time.monotonic() - lock.stall_ended < seconds
 
 
-def finish_trial(study, trial_id: int, state, values=None, attrs: Mapping[str, Any] | None = None) -> bool:
-    """Finish a trial with ``attrs`` recorded on it, exactly once across every worker.
+def finish_trial(study, trial_id: int, state, values=None, attrs: Mapping[str, Any] | None = None,
+                 last_beat: Any = ANY_BEAT) -> bool:
+    """Finish a trial with ``attrs`` recorded on it, exactly once across every worker. ``last_beat``
+    (SQL storages): finish only if the trial's heartbeat is still the one read (None: it never beat);
+    :data:`ANY_BEAT`: whatever its heartbeat.
 
     On SQL storages the attrs and the state change are one transaction, so a loser (the trial was
     finished by someone else first: ``UpdateFinishedTrialError``) leaves no attrs behind on the
@@ -758,8 +773,8 @@ def finish_trial(study, trial_id: int, state, values=None, attrs: Mapping[str, A
     rdb = atomic_rdb(storage)
     values = None if values is None else [float(v) for v in values]
     if rdb is not None:
-        return call(storage, rdb.finish_trial, trial_id, state, values, {k: _jsonable(v) for k, v in
-                                                                           (attrs or {}).items()})
+        return call(storage, rdb.finish_trial, trial_id, state, values,
+                    {k: _jsonable(v) for k, v in (attrs or {}).items()}, last_beat)
     if attrs:
         set_user_attrs(study, trial_id, attrs)
     return storage.set_trial_state_values(trial_id, state=state, values=values)

@@ -162,3 +162,33 @@ def test_eight_workers_racing_for_three_retries_claim_each_once(tmp_path, kind):
 def test_eight_workers_racing_for_three_retries_claim_each_once_postgres(postgres_url, fresh_pg_study_name):
     per_round = _race_claims(postgres_url, fresh_pg_study_name, workers=8, retries=3, rounds=20)
     _assert_each_retry_claimed_once("postgresql", per_round)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_the_sweep_never_fails_a_trial_whose_owner_beat_after_its_read(tmp_path, kind, request):
+    """A heartbeat late past the grace period (a long step, a paused process): the sweep reads the trial
+    as stale, then the owner beats and finishes. The sweep's FAIL must lose, the owner's COMPLETE win."""
+    import time
+
+    if kind == "postgres":
+        url, name = request.getfixturevalue("postgres_url"), request.getfixturevalue("fresh_pg_study_name")
+    else:
+        url, name = _url("sqlite", tmp_path), "late"
+    study = sm.open_study(sm.make_storage(url, heartbeat_interval=1, grace_period=1), name, metrics=["acc"],
+                          higher_is_better=[True])
+    owner, dead = study.ask(DIST), study.ask(DIST)
+    for trial in (owner, dead):
+        sm.Heartbeat(study, trial._trial_id).beat()
+    time.sleep(2.2)
+    stale = sm._stale_trial_beats(study, 1.0)  # what a sweep reads: both late
+    assert set(stale) == {owner._trial_id, dead._trial_id}
+    sm.Heartbeat(study, owner._trial_id).beat()  # the owner was alive after all
+    reason = {"error_type": "WorkerLost"}
+    assert sm.finish_trial(study, owner._trial_id, TrialState.FAIL, attrs=reason,
+                           last_beat=stale[owner._trial_id]) is False
+    assert sm.finish_trial(study, dead._trial_id, TrialState.FAIL, attrs=reason,
+                           last_beat=stale[dead._trial_id]) is True
+    study.tell(owner, [1.0])
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert trials[owner.number].state == TrialState.COMPLETE and "error_type" not in trials[owner.number].user_attrs
+    assert trials[dead.number].state == TrialState.FAIL and trials[dead.number].user_attrs["error_type"] == "WorkerLost"

@@ -143,3 +143,23 @@ def test_spaces_past_64_bit_indices_are_refused_for_grid_and_random():
     cfg = AutoDistillationConfig({"auto_distillation": {"search": {"search_space": space,
                                                                    "search_algorithm": "tpe"}}})
     assert cfg.search_algorithm == "tpe"
+
+
+# ------------------------------------------------------------------------------------ imported results
+def test_an_imported_infinity_is_refused_and_nothing_is_half_imported(tmp_path):
+    import json as json_mod
+
+    from nas_distill import study as sm
+    from nas_distill.results import import_results, read_results
+
+    path = tmp_path / "results.json"
+    path.write_text('{"metrics": ["acc"], "trials": [{"arch": {"a": 1}, "values": [0.5]},'
+                    ' {"arch": {"a": 2}, "values": [Infinity]}]}')  # JSON as Python writes inf
+    results = read_results(path)
+    assert json_mod.loads(path.read_text())["trials"][1]["values"] == [float("inf")]
+    study = sm.open_study(f"sqlite:///{tmp_path / 's.db'}", "imp", metrics=["acc"], higher_is_better=[True])
+    with pytest.raises(ValueError, match=r"trials\[1\]\.values must be finite.*nothing was imported"):
+        import_results(study, results, metrics=["acc"], search_space={"a": [1, 2]}, source=str(path))
+    assert study.get_trials() == []
+    results["trials"].pop()
+    assert import_results(study, results, metrics=["acc"], search_space={"a": [1, 2]}, source=str(path)) == 1
