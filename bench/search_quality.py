@@ -23,8 +23,8 @@ Spaces
     latency_ms = FLOPs / 50 GFLOP/s + L (0.08 + 0.01 heads) + 0.3, FLOPs = 2 S L (4 h^2 + 2 h i) +
     4 L S^2 h at sequence length S = 128.
 
-    ``digits``: 144 real ViT students of the demo task (4 hidden sizes x 4 depths x 3 head counts x 3 MLP
-    widths), each flash-distilled from the demo's teacher and measured once by
+    ``digits``: 108 real ViT students of the demo task (hidden size 32 / 64 / 96 x 4 depths x 3 head counts
+    x 3 MLP widths), each flash-distilled from the demo's teacher and measured once by
     ``bench/measure_digits_students.py`` (its docstring says how); the table is
     ``bench/data/digits_students.csv``: validation accuracy and latency in ms at batch 1.
 

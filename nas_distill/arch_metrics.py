@@ -151,9 +151,10 @@ class ArchMetrics:
         self.measure_untrained = measure_untrained
         self.measured_here = 0  # students this worker measured (untrained)
         self._entries: dict[str, dict[str, Any]] = {}
+        self._by_arch: dict[tuple, dict[str, Any]] = {}  # the same entries, by a key cheaper than a digest
         self._predictors: dict[str, MetricPredictor] = {}
         self._fitted_on = -1
-        self._predicted: dict[str, dict[int, float]] = {}
+        self._predicted: dict[tuple, dict[int, float]] = {}
         self._prepared = False
         self._index = {name: ad.metrics.index(name) for name in self.names}
         self._sign = {name: 1.0 if ad.higher_is_better[i] else -1.0 for name, i in self._index.items()}
@@ -167,8 +168,16 @@ class ArchMetrics:
             self._prepared = True
             self.measure(self.initial_candidates())
             return
-        self._entries = read_entries(self.ad.study)
+        self._take(read_entries(self.ad.study))
         self._refit()
+
+    def _take(self, entries: Mapping[str, dict[str, Any]]) -> None:
+        self._entries = dict(entries)
+        self._by_arch = {_arch_tuple(e["arch"]): e for e in entries.values() if isinstance(e.get("arch"), dict)}
+
+    def _remember(self, key: str, entry: dict[str, Any]) -> None:
+        self._entries[key] = entry
+        self._by_arch[_arch_tuple(entry["arch"])] = entry
 
     def _refit(self) -> None:
         measured = [e for e in self._entries.values() if isinstance(e.get("metrics"), dict)]
@@ -180,14 +189,14 @@ class ArchMetrics:
 
     def values(self, arch: Mapping[str, Any]) -> dict[str, float] | None:
         """The stored measurements of ``arch`` (None: not measured, or it failed)."""
-        entry = self._entries.get(arch_key(arch))
+        entry = self._by_arch.get(_arch_tuple(arch))
         return dict(entry["metrics"]) if entry and isinstance(entry.get("metrics"), dict) else None
 
     def known_objectives(self, arch: Mapping[str, Any]) -> dict[int, float]:
         """``{objective index: value}``, higher-is-better (minimised metrics negated): measured values,
         else predicted ones; ``{}`` for an arch whose student could not be built."""
-        key = arch_key(arch)
-        entry = self._entries.get(key)
+        key = _arch_tuple(arch)
+        entry = self._by_arch.get(key)
         if entry is not None:
             stored = entry.get("metrics")
             if not isinstance(stored, dict):
@@ -196,8 +205,10 @@ class ArchMetrics:
         if not self._predictors:
             return {}
         if key not in self._predicted:
-            self._predicted[key] = {
-                self._index[n]: self._sign[n] * float(p.predict([arch])[0]) for n, p in self._predictors.items()}
+            # every predictor of the study has the same features: compute them once
+            features = next(iter(self._predictors.values())).features([arch])
+            self._predicted[key] = {self._index[n]: self._sign[n] * float(p.predict_features(features)[0])
+                                    for n, p in self._predictors.items()}
         return dict(self._predicted[key])
 
     # ------------------------------------------------------------------ measuring
@@ -218,19 +229,26 @@ class ArchMetrics:
         measurement lock (held for the whole batch); returns how many this call measured."""
         from .machine_lock import measurement_lock
 
-        todo = [dict(a) for a in archs]
+        self._take(read_entries(self.ad.study))
+        todo = [dict(a) for a in archs if arch_key(a) not in self._entries]
         started = time.perf_counter()
         count = 0
+        if not todo:  # all measured already: no need to queue for the lock
+            self._refit()
+            return 0
         with measurement_lock():
-            self._entries = read_entries(self.ad.study)  # what others measured while we waited
+            self._take(read_entries(self.ad.study))  # what others measured while we waited
             todo = [a for a in todo if arch_key(a) not in self._entries]
             if todo:
-                log.info("measuring %s of %d untrained students", ", ".join(self.names), len(todo))
+                from .console import step_started
+
+                step_started("architecture metrics", f"measuring {', '.join(self.names)} of {len(todo)} "
+                                                     "untrained students")
             for arch in todo:
                 key = arch_key(arch)
                 entry = self._measure_one(arch)
                 self.ad.study._storage.set_study_system_attr(self.ad.study._study_id, key, entry)
-                self._entries[key] = entry
+                self._remember(key, entry)
                 count += 1
                 if count % GC_EVERY == 0:
                     gc.collect()
@@ -272,7 +290,7 @@ class ArchMetrics:
             return
         entry = {"arch": dict(arch), "metrics": values, "trained": True, **_who(), "ended": time.time()}
         self.ad.study._storage.set_study_system_attr(self.ad.study._study_id, arch_key(arch), entry)
-        self._entries[arch_key(arch)] = entry
+        self._remember(arch_key(arch), entry)
 
 
 def _who() -> dict[str, Any]:
@@ -280,3 +298,7 @@ def _who() -> dict[str, Any]:
 
     ident = worker_identity()
     return {"host": ident["host"], "worker": ident.get("worker") or f"pid{ident['pid']}"}
+
+
+def _arch_tuple(arch: Mapping[str, Any]) -> tuple:
+    return tuple(sorted((k, type(v).__name__, v) for k, v in arch.items()))

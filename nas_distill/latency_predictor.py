@@ -56,6 +56,8 @@ class MetricPredictor:
         # value with few measured students borrows the others' shape.
         self.levels = {k: list(search_space[k]) for k in self.keys if k not in self.numeric}
         self.exponents = self._exponents(degree)
+        self._powers = np.array(self.exponents, dtype=float).reshape(len(self.exponents), len(self.numeric))
+        self._scales = np.array([self.scale[k] for k in self.numeric], dtype=float)
         self.coef: np.ndarray | None = None
         self.floor = 0.0
         self.loo_relative_errors = np.zeros(0)
@@ -73,14 +75,14 @@ class MetricPredictor:
         """One row per arch: the monomials of the scaled numeric keys, then the same monomials times
         the indicator of each value of each non-numeric key (an activation or a layer type changes the
         cost of every layer: a factor, not an offset)."""
-        x = np.array([[float(a[k]) / self.scale[k] for k in self.numeric] for a in archs], dtype=float)
-        x = x.reshape(len(archs), len(self.numeric))
-        monomials = np.stack([np.prod(x ** np.array(e, dtype=float), axis=1) if e else np.ones(len(archs))
-                              for e in self.exponents], axis=1)
+        n = len(archs)
+        x = np.array([[float(a[k]) for k in self.numeric] for a in archs], dtype=float).reshape(n, -1)
+        # every monomial at once: (n, 1, k) ** (m, k) -> product over k
+        monomials = np.prod((x / self._scales)[:, None, :] ** self._powers[None, :, :], axis=2)
         blocks = [monomials]
         for key, levels in self.levels.items():
             for level in levels:
-                indicator = np.array([1.0 if _same(a[key], level) else 0.0 for a in archs])
+                indicator = np.fromiter((_same(a[key], level) for a in archs), dtype=float, count=n)
                 blocks.append(monomials * indicator[:, None])
         return np.concatenate(blocks, axis=1)
 
@@ -135,10 +137,14 @@ class MetricPredictor:
         return self.coef is not None
 
     def predict(self, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return self.predict_features(self.features(archs))
+
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        """:meth:`predict` from rows of :meth:`features` (of any predictor of the same space)."""
         if self.coef is None:
             raise RuntimeError("predict() before fit()")
         # A polynomial may dip below zero far from the data; no student is faster than half the fastest.
-        return np.maximum(self.features(archs) @ self.coef, self.floor)
+        return np.maximum(features @ self.coef, self.floor)
 
     def summary(self) -> dict[str, Any]:
         """``{n, mean_abs_pct, median_abs_pct, max_abs_pct, within_10pct}`` of the leave-one-out errors."""

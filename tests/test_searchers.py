@@ -424,7 +424,7 @@ def test_argument_validation_names_parameter_and_value():
     assert searcher.study.trials[0].value == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("cls", [GridSearcher, RandomSearcher])
+@pytest.mark.parametrize("cls", [GridSearcher, RandomSearcher, BayesianOptimizationSearcher])
 def test_polling_a_full_space_creates_no_trial_per_poll(cls):
     """ask() reads the study up front only when the space may be full; a worker polling a space that
     another worker filled leaves at most one FAILED trial behind (the ask that found it full)."""

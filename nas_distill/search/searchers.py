@@ -37,7 +37,7 @@ from optuna.trial import Trial, TrialState
 from .algorithms import ALGORITHM_ALIASES
 from ..errors import SearchSpaceExhausted
 from .bo_sampler import SpaceBOSampler
-from .samplers import SpaceGridSampler, SpaceRandomSampler, space_exhausted
+from .samplers import SpaceGridSampler, SpaceRandomSampler, _ClaimingSampler, space_exhausted
 from .space import SearchSpace
 
 __all__ = [
@@ -202,10 +202,10 @@ class Searcher:
     def ask(self) -> Trial:
         """Ask the study for a trial whose params are one architecture; it becomes ``current_trial``.
 
-        Raises :class:`SearchSpaceExhausted` (grid / random) when every point is taken.
+        Raises :class:`SearchSpaceExhausted` (grid, random, bo) when every point is taken.
         """
         study = self.study
-        if isinstance(self.sampler, (SpaceGridSampler, SpaceRandomSampler)) and self._may_be_exhausted():
+        if isinstance(self.sampler, _ClaimingSampler) and self._may_be_exhausted():
             # Refuse without creating a trial (a wait-for-others loop would otherwise leave one FAILED
             # trial per poll). The sampler's claim detects exhaustion by itself; this read only spares
             # the study those trials, so it is done only when the space can be full: once the study is

@@ -202,8 +202,11 @@ def test_exported_keras_student_reloads_with_the_same_predictions(in_process_sea
     assert main(["export", "--run-dir", str(run_dir), "--study", "keras-digits", "-o", str(out)]) == 0
     number = int(re.search(r"trial (\d+) ->", capsys.readouterr().out).group(1))
     trial = agent.study.trials[number]
-    assert sorted(p.name for p in out.iterdir()) == ["arch.json", "model.keras"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "arch.json", "model.keras", "nas_distill.json"]
     assert json.loads((out / "arch.json").read_text()) == trial.params
+    summary = json.loads((out / "nas_distill.json").read_text())
+    assert (summary["trial"], summary["architecture"]) == (number, trial.params)
+    assert summary["metrics"] == dict(zip(agent.study.metric_names, trial.values))
     reloaded = keras.saving.load_model(out / "model.keras", safe_mode=True)
     logits = np.asarray(reloaded.predict(x_val, verbose=0))
     np.testing.assert_allclose(logits, agent.logits[number], rtol=1e-5, atol=1e-6)
