@@ -86,3 +86,33 @@ def test_no_trial_is_asked_while_every_slot_is_held_by_a_running_trial(tmp_path)
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.COMPLETE]  # nothing asked, nothing discarded
     assert trained == [] and waited >= 1.5
+
+
+SHORT_TASK = """
+from nas_distill.errors import InvalidArchitecture
+
+def make_task(config):
+    def build(arch):
+        if arch == {"a": 2, "b": 2}:
+            raise InvalidArchitecture("a=2 with b=2 cannot be built")
+        return dict(arch)
+
+    return {"model_builder": build, "train_func": lambda model: None,
+            "eval_func": lambda model: {"acc": float(model["a"] * 10 + model["b"])}}
+"""
+
+
+def test_a_search_that_runs_out_of_architectures_short_of_its_budget_exits_3(tmp_path, monkeypatch):
+    """4 points, one of which cannot be built, and a budget of 4: 3 complete, the worker says 3 of 4."""
+    from nas_distill.workers import EXIT_INCOMPLETE, run_worker
+
+    (tmp_path / "nd_short_task.py").write_text(SHORT_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("NAS_DISTILL_WORKER", "s0")  # run_worker sets it; restored afterwards
+    data = {"task": "nd_short_task:make_task",
+            "auto_distillation": conf(tmp_path / "run", 4)}
+    data["auto_distillation"]["search"]["search_space"] = {"a": [1, 2], "b": [1, 2]}
+    assert run_worker(data, label="s0") == EXIT_INCOMPLETE
+    study = optuna.load_study(study_name="gate", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted((t.params["a"], t.params["b"]) for t in complete) == [(1, 1), (1, 2), (2, 1)]

@@ -39,10 +39,12 @@ def _read_all(fd, proc, timeout=180) -> str:
 
 @pytest.mark.slow
 def test_on_a_terminal_a_live_bar_counts_done_running_failed(tmp_path, task_module):
-    cfg = write_config(tmp_path / "cfg.yaml", task_config(tmp_path / "run", study_name="tty", max_trials=3))
+    cfg = write_config(tmp_path / "cfg.yaml", task_config(tmp_path / "run", study_name="tty", max_trials=5))
     main, child = pty.openpty()
     env = dict(os.environ, ND_TEST_TRAIN_SECONDS="1.2", COLUMNS="150")
-    proc = subprocess.Popen([sys.executable, "-m", "nas_distill.cli", "run", cfg], stdin=child, stdout=child,
+    # --max-trials overrides the config's 5: the bar counts to 3
+    proc = subprocess.Popen([sys.executable, "-m", "nas_distill.cli", "run", cfg, "--max-trials", "3"],
+                            stdin=child, stdout=child,
                             stderr=child, env=env, close_fds=True)
     os.close(child)
     try:
