@@ -72,3 +72,16 @@ def test_quiet_prints_warnings_and_errors_only(tmp_path, task_module, capsys, mo
     assert cli.main(["run", cfg, "-v", "--max-trials", "3"]) == 0
     out, _ = capsys.readouterr()
     assert re.search(r" w0 trial 2 finished in ", out) and "search finished after" in out
+
+
+@pytest.mark.slow
+def test_teacher_training_says_it_started(tmp_path, caplog):
+    """The long step a first run takes (the digits teacher, here 2 steps) is announced before it runs."""
+    from nas_distill.tasks import digits
+
+    with caplog.at_level("INFO", logger="nas_distill"):
+        digits.train_teacher(tmp_path / "teacher", steps=2, threads=1)
+    messages = [r.getMessage() for r in caplog.records]
+    started = [i for i, m in enumerate(messages) if m.startswith("teacher training started: a ViT")]
+    finished = [i for i, m in enumerate(messages) if m.startswith("teacher trained in")]
+    assert started and finished and started[0] < finished[0], messages
