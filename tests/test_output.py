@@ -85,3 +85,16 @@ def test_teacher_training_says_it_started(tmp_path, caplog):
     started = [i for i, m in enumerate(messages) if m.startswith("teacher training started: a ViT")]
     finished = [i for i, m in enumerate(messages) if m.startswith("teacher trained in")]
     assert started and finished and started[0] < finished[0], messages
+
+
+def test_the_banner_masks_the_storage_password(caplog):
+    from nas_distill import cli
+
+    target = {"url": "postgresql+psycopg://ann:s3cret-pw@db.example:5432/nas", "name": "s", "budget": 7,
+              "algorithm": "bo", "space": 12, "metrics": ["accuracy"], "stop_after_failures": 3}
+    with caplog.at_level("INFO", logger="nas_distill"):
+        cli._banner(target, 4)
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "search_started"]
+    assert "s3cret-pw" not in record.getMessage() and "s3cret-pw" not in str(record.fields)
+    assert "postgresql+psycopg://ann:***@db.example:5432/nas" in record.getMessage()
+    assert record.fields["budget"] == 7 and record.fields["workers"] == 4
