@@ -36,12 +36,19 @@ def points(space):
     return [s.point(i) for i in range(len(s))]
 
 
-def test_second_worker_measures_nothing_already_measured(tmp_path):
-    first = ArchMetrics(make_ad(tmp_path))
+@pytest.mark.parametrize("storage", ["sqlite", "journal", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_second_worker_measures_nothing_already_measured(tmp_path, storage, request):
+    where = {"storage": None, "study_name": "am"}
+    if storage == "journal":
+        where["storage"] = f"journal:///{tmp_path / 'study.journal'}"
+    elif storage == "postgres":
+        where = {"storage": request.getfixturevalue("postgres_url"),
+                 "study_name": request.getfixturevalue("fresh_pg_study_name")}
+    first = ArchMetrics(make_ad(tmp_path, **where))
     first.refresh()
     assert first.measured_here == len(points(SPACE)) == 12
 
-    second_ad = make_ad(tmp_path)
+    second_ad = make_ad(tmp_path, **where)
     second = ArchMetrics(second_ad)
     second.refresh()
     assert second.measured_here == 0
