@@ -10,7 +10,8 @@ and failed. After :func:`nas_distill.dryrun.dry_run` has checked the data and th
   fails, the largest with it.
 
 Each is built with ``model_builder``; with the built-in engines it is also trained one step per
-distillation stage on one batch (teacher cache off) and evaluated on one batch (one latency run), and
+distillation stage on one batch (the teacher's outputs cached in memory) and evaluated on one batch (one
+latency run), and
 the configured metrics must come out. With a user's ``train_func`` / ``eval_func`` only building is
 tried: those functions may take as long as a trial.
 
@@ -107,8 +108,9 @@ class _Trial:
             _check_torch_device(self.ad.conf.evaluation.device, "evaluation.device", self.evaluate)
         if self.train:
             flash = self.ad.conf.flash
-            settings = dataclasses.replace(
-                flash, teacher_cache=dataclasses.replace(flash.teacher_cache, enabled=False))
+            # The teacher's outputs on the one batch are cached in memory (never on disk: the dry run
+            # writes nothing), so the teacher runs once for all the students, not once per step.
+            settings = dataclasses.replace(flash, teacher_cache=dataclasses.replace(flash.teacher_cache, dir=None))
             stages = [_one_step(s) for s in (getattr(flash, "stages", None) or [])] or [_one_step(_default())]
             data = _first_rows(self.ad.train_dataset, int(flash.batch_size), self.keras)
             try:

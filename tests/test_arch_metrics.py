@@ -36,12 +36,19 @@ def points(space):
     return [s.point(i) for i in range(len(s))]
 
 
-def test_second_worker_measures_nothing_already_measured(tmp_path):
-    first = ArchMetrics(make_ad(tmp_path))
+@pytest.mark.parametrize("storage", ["sqlite", "journal", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_second_worker_measures_nothing_already_measured(tmp_path, storage, request):
+    where = {"storage": None, "study_name": "am"}
+    if storage == "journal":
+        where["storage"] = f"journal:///{tmp_path / 'study.journal'}"
+    elif storage == "postgres":
+        where = {"storage": request.getfixturevalue("postgres_url"),
+                 "study_name": request.getfixturevalue("fresh_pg_study_name")}
+    first = ArchMetrics(make_ad(tmp_path, **where))
     first.refresh()
     assert first.measured_here == len(points(SPACE)) == 12
 
-    second_ad = make_ad(tmp_path)
+    second_ad = make_ad(tmp_path, **where)
     second = ArchMetrics(second_ad)
     second.refresh()
     assert second.measured_here == 0
@@ -222,6 +229,7 @@ def test_architecture_metrics_config_key(tmp_path):
     assert ArchMetrics(ad).names == ["flops"]
 
 
+@pytest.mark.slow
 def test_params_predictor_on_held_out_text_students():
     """The text example's 72 BERT students (bert-base vocabulary): their parameter counts, built on the
     meta device, predicted from 60% of them to within 0.1% on the rest."""
@@ -243,17 +251,17 @@ def test_params_predictor_on_held_out_text_students():
     assert np.abs(errors).max() < 1e-3
 
 
-#: Held-out bound for the latency predictor on demo students, from runs on a 2-core machine under heavy
-#: load (load average ~20): medians of 13-25% over held-out students, with the same students'
-#: re-measurements differing by 15-22% (bench/latency_predictor.py prints both).
+#: Held-out bound for the latency predictor on demo students, from runs on a 2-core machine under load
+#: (load average 7-20): medians of 12-21% over the 20 held-out students, with the same students'
+#: re-measurements differing by ~15% (bench/latency_predictor.py prints both).
 DEMO_LATENCY_MEDIAN_BOUND_PCT = 40.0
-#: ... and the order of the held-out students' latencies is mostly kept (Spearman 0.8-0.95 measured).
+#: ... and the order of the held-out students' latencies is mostly kept (Spearman 0.81-0.91 measured).
 DEMO_LATENCY_RANK_BOUND = 0.6
 
 
 @pytest.mark.slow
 def test_latency_predictor_on_held_out_demo_students(tmp_path):
-    """40 of the demo's ViT students measured untrained by the pipeline; 28 fit, 12 predicted: the median
+    """60 of the demo's ViT students measured untrained by the pipeline; 40 fit, 20 predicted: the median
     held-out error and the rank correlation of predicted and measured latencies are within the bounds."""
     from nas_distill.tasks import digits
 
@@ -267,10 +275,10 @@ def test_latency_predictor_on_held_out_demo_students(tmp_path):
     ad.eval_dataset = val
     metrics = ArchMetrics(ad)
     archs = points(digits.STUDENT_SPACE)
-    chosen = [archs[i] for i in np.random.default_rng(0).choice(len(archs), 40, replace=False)]
-    assert metrics.measure(chosen) == 40
+    chosen = [archs[i] for i in np.random.default_rng(0).choice(len(archs), 60, replace=False)]
+    assert metrics.measure(chosen) == 60
     latency = np.array([metrics.values(a)["latency"] for a in chosen])
-    train, test = np.arange(28), np.arange(28, 40)
+    train, test = np.arange(40), np.arange(40, 60)
     predictor = MetricPredictor(digits.STUDENT_SPACE).fit([chosen[i] for i in train], latency[train])
     errors = np.abs(relative_errors(predictor.predict([chosen[i] for i in test]), latency[test])) * 100
     ranks = np.corrcoef(np.argsort(np.argsort(predictor.predict([chosen[i] for i in test]))),
@@ -364,6 +372,7 @@ def test_built_in_training_pauses_at_every_step(tmp_path, monkeypatch):
     assert ad._distiller.before_step is None  # not left behind for other callers
 
 
+@pytest.mark.slow
 def test_search_measures_first_and_hands_the_values_to_the_searcher(tmp_path):
     """A bo search: the untrained students are measured before the first suggestion, the searcher is
     given ArchMetrics.known_objectives, and status reports the measurements."""
@@ -385,11 +394,11 @@ def test_search_measures_first_and_hands_the_values_to_the_searcher(tmp_path):
 
 def test_grid_search_measures_nothing_up_front(tmp_path):
     ad = make_ad(tmp_path, max_trials=2, algorithm="grid")
-    ad.train_func = lambda model: None
-    ad.search()
+    ad.arch_metrics.refresh()
     assert not ad.arch_metrics.enabled and read_entries(ad.study) == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("declared", [False, True])
 def test_eval_func_sees_untrained_students_only_when_metrics_are_declared(tmp_path, declared):
     calls = []

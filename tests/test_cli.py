@@ -92,9 +92,9 @@ def test_run_then_read_the_study(tmp_path, task_module):
     # the rich report (nas_distill.report): plotly inlined, no external scripts or CDN
     assert "<table" in page and "Pareto" in page and "<script src=" not in page
 
-    # running the same command again continues the same study (here with a budget one larger), and the
-    # override is the budget status shows from then on
-    res = cli("run", cfg, "--max-trials", "6", "--log-format", "json")
+    # a worker joining the same study continues it (here with a budget one larger), and the override is
+    # the budget status shows from then on
+    res = cli("worker", cfg, "--max-trials", "6", "--log-format", "json")
     assert res.returncode == 0, res.stderr
     import optuna
 

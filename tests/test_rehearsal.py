@@ -104,6 +104,11 @@ def test_each_bad_setup_is_one_config_error_line_before_any_study(rehearsal_task
     path = tmp_path / "good.yaml"
     path.write_text(yaml.safe_dump(config(run_dir)))
     assert cli.main(["run", str(path)]) == 0
+    out, _ = capsys.readouterr()
+    steps = [line.split(" ", 3)[3] for line in out.splitlines() if " started" in line]
+    assert [s.split(":")[0] for s in steps[:3]] == ["search started", "dry run started",
+                                                    "teacher cache fill started"], steps
+    assert any(s.startswith("teacher cache fill started") and "(entry " in s for s in steps)  # the shared one
     import optuna
 
     study = optuna.load_study(study_name="rehearsal", storage=f"sqlite:///{run_dir / 'study.db'}")

@@ -101,13 +101,29 @@ def _phase(phase_dir: Path, pid: int) -> dict | None:
         return None
 
 
-def _victim(workers: Workers, phase_dir: Path, phase: str, timeout: float) -> tuple[int, dict] | None:
-    """A live worker whose phase file names ``phase`` (polled), or None after ``timeout`` s."""
+def _running_trial_pids(db: Path) -> set[int]:
+    """Pids of the workers that hold a RUNNING trial (their ``worker`` user attr), read with sqlite3."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            rows = conn.execute("SELECT a.value_json FROM trial_user_attributes a JOIN trials t "
+                                "ON a.trial_id = t.trial_id WHERE t.state = 'RUNNING' AND a.key = 'worker'"
+                                ).fetchall()
+    except sqlite3.Error:
+        return set()
+    return {json.loads(value).get("pid") for (value,) in rows}
+
+
+def _victim(workers: Workers, phase_dir: Path, phase: str, timeout: float,
+            db: Path | None = None) -> tuple[int, dict] | None:
+    """A live worker whose phase file names ``phase`` (polled), or None after ``timeout`` s. With ``db``:
+    only a worker that holds a RUNNING trial (a student trains in the dry run too, before any trial)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid in workers.alive():
             state = _phase(phase_dir, pid)
-            if state and state["phase"] == phase:
+            if state and state["phase"] == phase and (db is None or pid in _running_trial_pids(db)):
                 return pid, state
         time.sleep(0.02)
     return None
@@ -145,7 +161,8 @@ def test_repeated_kill9_during_cache_fill_training_and_tell(tmp_path):
         for _ in range(4):
             workers.start()
         for phase in PLAN:
-            found = _victim(workers, phase_dir, phase, timeout=90)
+            found = _victim(workers, phase_dir, phase, timeout=90,
+                            db=run_dir / "study.db" if phase in ("train", "tell") else None)
             if found is None:
                 missed.append(phase)
                 continue

@@ -52,8 +52,9 @@ def test_postgres_outage_mid_search_workers_wait_and_finish(tmp_path, task_modul
     env = dict(os.environ, ND_TEST_TRAIN_SECONDS="0.3")
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "w") as err:
-        proc = subprocess.Popen(_cli("run", cfg, "--workers", str(workers)), env=env, stdout=subprocess.DEVNULL,
-                                stderr=err)
+        # Log lines go to stdout (plain lines off a terminal), errors to stderr: both into the file.
+        proc = subprocess.Popen(_cli("run", cfg, "--workers", str(workers)), env=env, stdout=err,
+                                stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         before: dict[int, tuple] = {}

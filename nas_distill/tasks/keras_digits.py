@@ -149,6 +149,7 @@ def train_teacher(out_dir: str | os.PathLike, *, epochs: int = 40, batch_size: i
     """Train the teacher and write ``model.keras`` + ``teacher_metrics.json`` to ``out_dir`` (atomically:
     into a temporary folder, renamed at the end, so a reader never sees half a teacher). A few seconds."""
     keras = _keras()
+    log.info("teacher training started: a Keras MLP on the digits, %d epochs, into %s", epochs, out_dir)
     out_dir = Path(out_dir)
     splits = load_splits()
     x_train, y_train = splits["train"]

@@ -270,7 +270,9 @@ def test_search_with_a_keras_model_cls_trains_the_reloaded_student(tmp_path):
     agent.search(model_cls=DigitsMLP)
     complete = complete_trials(agent.study)
     assert len(complete) == 2, [t.user_attrs.get("error") for t in agent.study.trials]
-    assert len(built) == 2
+    # the dry run's students (the smallest and the largest: every value of the space), then one per trial
+    assert built[:2] == [{"hidden_size": 16, "num_hidden_layers": 1}, {"hidden_size": 32, "num_hidden_layers": 1}]
+    assert sorted(built[2:], key=str) == sorted((t.params for t in complete), key=str)
     # what trained was a DigitsMLP reloaded from its .keras file, not the builder's object
     assert sorted(agent.trained.values(), key=str) == [(DigitsMLP, False), (DigitsMLP, False)]
     assert all(t.values[0] > 3 * CHANCE for t in complete)
