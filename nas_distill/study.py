@@ -270,7 +270,8 @@ def _open_rdb(url: str, engine_kwargs: dict[str, Any], interval, grace, callback
 
     Why: workers started together on an empty PostgreSQL database (``docker compose up --scale
     worker=N``) all run Optuna's ``CREATE TABLE``; PostgreSQL's catalog makes all but one fail with a
-    unique violation (``pg_type_typname_nsp_index``) or "already exists". Creating the schema is
+    unique violation (``pg_type_typname_nsp_index``) or "already exists" (SQLite: an OperationalError
+    "table ... already exists" when processes open a fresh file together). Creating the schema is
     idempotent once it exists, so the losers open the storage again after a short random pause.
     """
     import random
@@ -289,7 +290,7 @@ def _open_rdb(url: str, engine_kwargs: dict[str, Any], interval, grace, callback
                 heartbeat_stale_trial_callback=callback,
                 skip_table_creation=not create,
             )
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
             text = str(exc).lower()
             racing = "already exists" in text or "duplicate key" in text or "unique" in text
             if not racing or attempt == _SCHEMA_RACE_ATTEMPTS - 1:

@@ -70,18 +70,25 @@ def digits_run(tmp_path_factory):
     env = dict(os.environ, ND_TEACHER_TRAININGS=str(tmp / "trainings.txt"), OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(tmp / "tasks"), os.environ.get("PYTHONPATH", "")]))
     started = time.perf_counter()
-    res = subprocess.run([PY, "-m", "nas_distill.cli", "run", cfg, "--workers", "2", "--debug"], env=env,
-                         capture_output=True, text=True, timeout=600, preexec_fn=_private_umask)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return {"tmp": tmp, "run_dir": run_dir, "cfg": cfg, "env": env, "output": res.stdout + res.stderr,
-            "seconds": time.perf_counter() - started}
+    # Two `worker` commands started together (as on two machines or under docker compose): each runs the
+    # dry run, which needs the teacher, so they meet at the teacher lock. (`run --workers 2` would train
+    # the teacher once in its launcher, before any worker starts.)
+    procs = [subprocess.Popen([PY, "-m", "nas_distill.cli", "worker", cfg, "--debug"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=_private_umask) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-4000:]
+    return {"tmp": tmp, "run_dir": run_dir, "cfg": cfg, "env": env,
+            "output": "\n".join(out + err for out, err in outs), "seconds": time.perf_counter() - started}
 
 
 @pytest.mark.slow
 def test_two_workers_on_a_fresh_folder_train_the_teacher_once(digits_run):
     trainings = (digits_run["tmp"] / "trainings.txt").read_text().split()
     assert len(trainings) == 1, trainings
-    waiting = [line for line in digits_run["output"].splitlines() if "waiting while pid" in line]
+    waiting = [line for line in digits_run["output"].splitlines()
+               if "waiting while pid" in line and "training the teacher" in line]
     assert waiting and f"waiting while pid {trainings[0]} on " in waiting[0]
     assert "is training the teacher" in waiting[0]
     assert (digits_run["run_dir"] / "teacher" / "config.json").is_file()
