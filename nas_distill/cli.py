@@ -218,16 +218,17 @@ def cmd_run(args) -> int:
     target = _run_target(args, _storage_arg(args))
     _banner(target, args.workers)
     bar = wanted(_verbosity(args), args.log_format)
+    opened: dict[str, Any] = {}
     with LiveProgress(target["url"], target["name"], target["budget"], enabled=bar):
         if args.workers == 1:
             code = run_worker(args.config, task=args.task, storage=_storage_arg(args), study_name=args.study_name,
                               run_dir=args.run_dir, max_trials=args.max_trials, threads=args.threads,
-                              label="w0", new_run=True)
+                              label="w0", new_run=True, opened=opened)
         else:
             code = run_local(args.config, args.workers, task=args.task, storage=_storage_arg(args),
                              study_name=args.study_name, run_dir=args.run_dir, max_trials=args.max_trials,
                              threads=args.threads, debug=args.debug, output=_output_flags(args), relay=bar)
-    _final_summary(args, target, started, code)
+    _final_summary(args, target, started, code, study=opened.get("study"))
     if code in (0,):
         _print_status_after_run(args)
     return code
@@ -263,8 +264,13 @@ def _banner(target: dict[str, Any], workers: int | str) -> None:
         algorithm=target["algorithm"], space=target["space"], metrics=target["metrics"])
 
 
-def _final_summary(args, target: dict[str, Any], started: float, code: int) -> None:
-    """The last lines of a run: wall time, what the study holds, why it stopped, what to run next."""
+def _final_summary(args, target: dict[str, Any], started: float, code: int, study: Any = None) -> None:
+    """The last lines of a run: wall time, what the study holds, why it stopped, what to run next.
+
+    ``study``: the worker's own study, when this process ran one. Its storage cache already holds every
+    trial; opening the study afresh would build every trial again at once, a peak of tens of MiB per
+    worker on a study of thousands of trials.
+    """
     import logging
 
     from . import breaker, console
@@ -274,7 +280,7 @@ def _final_summary(args, target: dict[str, Any], started: float, code: int) -> N
 
     elapsed = format_seconds(time.monotonic() - started)
     try:
-        study = load_study(target["url"], target["name"])
+        study = study if study is not None else load_study(target["url"], target["name"])
         counts, budget, stopped = study_counts(study), recorded_budget(study) or target["budget"], \
             breaker.stopped(study)
     except Exception as exc:  # noqa: BLE001 - the study may not exist (a setup error before it)
@@ -318,12 +324,13 @@ def cmd_worker(args) -> int:
     started = time.monotonic()
     target = _run_target(args, storage)
     _banner(target, f"this one ({args.label})" if args.label else "this one")
+    opened: dict[str, Any] = {}
     with LiveProgress(target["url"], target["name"], target["budget"],
                       enabled=wanted(_verbosity(args), args.log_format)):
         code = run_worker(args.config, task=args.task, storage=storage, study_name=args.study_name,
                           run_dir=args.run_dir, max_trials=args.max_trials, threads=args.threads,
-                          label=args.label)
-    _final_summary(args, target, started, code)
+                          label=args.label, opened=opened)
+    _final_summary(args, target, started, code, study=opened.get("study"))
     return code
 
 

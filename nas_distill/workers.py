@@ -251,12 +251,15 @@ def run_worker(
     label: str | None = None,
     new_run: bool = False,
     check_setup: bool = True,
+    opened: dict[str, Any] | None = None,
 ) -> int:
     """One worker: run trials on the shared study until the budget is spent. Returns an exit code:
     :data:`EXIT_OK` when the study met its budget, :data:`EXIT_INCOMPLETE` when it stopped short.
 
     ``new_run``: this worker starts a run (re-arms the circuit breaker); ``check_setup=False``: the
-    process that started this worker already ran the dry run.
+    process that started this worker already ran the dry run. ``opened``: a dict that receives the
+    study the worker ran on (key ``"study"``), so a caller can read the end state from a storage whose
+    cache already holds every trial instead of loading the whole study again.
     """
     from .runner import Interrupted, TrialRunner
 
@@ -279,6 +282,8 @@ def run_worker(
             set_threads(threads)  # the task may have imported torch
             runner = TrialRunner(ad, progress=progress, model_cls=getattr(ad, "model_cls", None),
                                  worker_label=label, new_run=new_run, check_setup=check_setup)
+            if opened is not None:
+                opened["study"] = runner.study
             summary = runner.run()
         except Interrupted as exc:
             log.warning("worker %s interrupted (%s); its running trial is marked failed", label or os.getpid(),
