@@ -282,9 +282,9 @@ def run_worker(
             set_threads(threads)  # the task may have imported torch
             runner = TrialRunner(ad, progress=progress, model_cls=getattr(ad, "model_cls", None),
                                  worker_label=label, new_run=new_run, check_setup=check_setup)
-            if opened is not None:
-                opened["study"] = runner.study
             summary = runner.run()
+            if opened is not None:  # only now: reading runner.study before the dry run would create it
+                opened["study"] = runner.study
         except Interrupted as exc:
             log.warning("worker %s interrupted (%s); its running trial is marked failed", label or os.getpid(),
                         exc.signal_name)
