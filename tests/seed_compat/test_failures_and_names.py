@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from nas_distill import (AutoDistillation, AutoDistillationConfig, FlashDistillationConfig, Metric,
                          SearchFailed)
-from seed_compat_helpers import old_test_config
+from _support.seed_compat import old_test_config
 
 SPACE = {"a": [1, 2, 3], "b": ["x", "y"]}
 

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from nas_distill import AutoDistillation, Metric
 from nas_distill.study import artifact_store
-from seed_compat_helpers import (
+from _support.seed_compat import (
     SPACE,
     MaskedLMData,
     arch_key,
