@@ -1,6 +1,6 @@
 """optuna-dashboard launched by nas-distill on a finished study, read back through its HTTP API.
 
-The real server runs in a subprocess (``python -m dashboards.launch``) on 127.0.0.1 and a free port; the
+The real server runs in a subprocess (``nas-distill dashboard``) on 127.0.0.1 and a free port; the
 test reads ``/api/studies`` and ``/api/studies/<id>`` with urllib, downloads the uploaded student
 checkpoint, checks the pushed hypervolume figure, checks the socket is bound to 127.0.0.1 only, and
 stops the server.
@@ -35,8 +35,8 @@ def server(tmp_path_factory):
     port = free_port()
     log = open(tmp / "dashboard.log", "w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dashboards.launch", "--storage", url, "--artifact-dir", str(artifact_dir),
-         "--port", str(port), "--refresh-s", "0"],
+        [sys.executable, "-m", "nas_distill.cli", "dashboard", "--storage", url, "--study", study.study_name,
+         "--run-dir", str(artifact_dir.parent), "--port", str(port)],
         cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     base = f"http://127.0.0.1:{port}"
@@ -213,7 +213,7 @@ def test_no_complete_trial_pushes_nothing(tmp_path):
 
 def test_importable_without_torch():
     code = (
-        "import sys; import dashboards.launch, nas_distill.reporting.dashboard, nas_distill.report; "
+        "import sys; import nas_distill.cli, nas_distill.reporting.dashboard, nas_distill.report; "
         "bad = [m for m in ('torch', 'tensorflow', 'transformers') if m in sys.modules]; "
         "assert not bad, bad"
     )

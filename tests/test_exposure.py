@@ -43,14 +43,12 @@ def cli(*args, env=None, cwd=None, timeout=180):
 
 # ---------------------------------------------------------------------------------------- loopback
 def test_every_server_entry_point_defaults_to_loopback():
-    from dashboards import launch
     from nas_distill.cli import build_parser
     from nas_distill.reporting.dashboard import launch_dashboard
 
     assert inspect.signature(launch_dashboard).parameters["host"].default == "127.0.0.1"
     args = build_parser().parse_args(["dashboard", "--storage", "sqlite:///x.db"])
     assert args.host == "127.0.0.1"
-    assert "parser.add_argument(\"--host\", default=\"127.0.0.1\")" in inspect.getsource(launch.main)
 
 
 @pytest.mark.slow
