@@ -138,7 +138,7 @@ def _version() -> str:
 def _config_data(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
-    from .workers import read_config_file, split_task
+    from .config_file import read_config_file, split_task
 
     return split_task(read_config_file(path))[0]
 
