@@ -18,6 +18,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from . import study as study_mod
+from .records import N_PARAMS, parameter_count
 
 #: ``Budget.gate`` verdicts: stop, wait for a slot, ask.
 SPENT, FULL, OPEN = "spent", "full", "open"
@@ -129,10 +130,11 @@ def same_arch(params: dict, arch: dict) -> bool:
 
 def answer_attrs(known: Any, arch: dict, metric_names: Sequence[str], worker: dict) -> dict[str, Any]:
     """The user attributes of a trial answered from ``known`` instead of trained: ``duplicate_of``, and
-    the known trial's figures (COMPLETE), a ``note`` (COMPLETE, RUNNING) or its error (FAIL)."""
+    the known trial's figures (COMPLETE: its metrics and ``n_params``), a ``note`` (COMPLETE, RUNNING) or its error (FAIL)."""
     attrs: dict[str, Any] = {"arch": arch, "duplicate_of": known.number, "worker": worker}
     if known.state == TrialState.COMPLETE:
-        attrs.update({k: known.user_attrs[k] for k in ("params",) if k in known.user_attrs})
+        if parameter_count(known.user_attrs) is not None:
+            attrs[N_PARAMS] = parameter_count(known.user_attrs)
         for name, value in zip(metric_names, known.values or []):
             attrs[name] = value
         attrs["note"] = f"same architecture as COMPLETE trial {known.number}: not trained again"

@@ -20,7 +20,7 @@ Per trial, in order:
    trial is told PRUNED with ``duplicate_of`` (it holds the point, costs no slot).
 4. Train: build (``model_builder(arch)``; with ``model_cls``: ``save_pretrained`` + ``from_pretrained``),
    train, evaluate, save the student to the artifact store.
-5. Tell: record ``arch``, ``params``, every metric, ``timings``, ``worker``, ``artifact_id``
+5. Tell: record ``arch``, ``n_params``, every metric, ``timings``, ``worker``, ``artifact_id``
    (:mod:`nas_distill.trial_record`); tell COMPLETE with the raw metric values. Any exception -> FAIL
    with ``error_type`` / ``error``, and the search goes on. ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM as
    turned into one by :mod:`nas_distill.workers`) -> FAIL with ``error_type='Interrupted'``,

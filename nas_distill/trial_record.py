@@ -1,6 +1,6 @@
 """What one trial records: its timings, the attributes of a trained trial, the kind of a failure.
 
-Trained: ``params`` (the parameter count, when known), every metric by name, ``artifact_id`` (when
+Trained: ``n_params`` (the parameter count, when known), every metric by name, ``artifact_id`` (when
 the student was saved) and ``timings`` (seconds per phase: build, estimate or train + eval, save,
 total). Failed: ``error_type`` / ``error`` (an environmental failure, such as a full disk or a lost
 device, is kind ``Environment``: the machine failed, not the architecture).
@@ -14,6 +14,7 @@ from typing import Any
 
 from . import study as study_mod
 from .errors import environment_cause
+from .records import N_PARAMS
 
 
 class Clock:
@@ -37,8 +38,8 @@ class Clock:
 
 
 def trained_attrs(metric_names: Sequence[str], values: Sequence[float], params: int | None) -> dict[str, Any]:
-    """A trained trial's ``params`` (when known) and metric values by name."""
-    attrs: dict[str, Any] = {} if params is None else {"params": params}
+    """A trained trial's ``n_params`` (when known) and metric values by name."""
+    attrs: dict[str, Any] = {} if params is None else {N_PARAMS: params}
     attrs.update(zip(metric_names, values))
     return attrs
 
@@ -46,8 +47,8 @@ def trained_attrs(metric_names: Sequence[str], values: Sequence[float], params: 
 def shown_metrics(metric_names: Sequence[str], values: Sequence[float], attrs: dict[str, Any]) -> dict[str, Any]:
     """What the ``finished`` line shows: the metrics, and the parameter count unless it is one of them."""
     shown = dict(zip(metric_names, values))
-    if "params" in attrs and "params" not in shown:
-        shown["params"] = attrs["params"]
+    if N_PARAMS in attrs and "params" not in shown:
+        shown["params"] = attrs[N_PARAMS]
     return shown
 
 
