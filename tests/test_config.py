@@ -26,6 +26,11 @@ from nas_distill.config import (
     TeacherCacheSettings,
 )
 from nas_distill.distill.mappings import LayerMapping
+from nas_distill.search.algorithms import ALGORITHM_ALIASES
+from nas_distill.search_section import SEARCH_KEYS
+from nas_distill.settings import keys_of
+from nas_distill.stages import STAGE_KEYS
+from nas_distill.vocabulary import LOSS_ALIASES, OPTIMIZERS
 from helpers_config import KT, RD, SEARCH, SPACE
 from nas_distill.errors import ConfigError
 
@@ -519,15 +524,15 @@ positive_number_paths = [
 ]
 bool_paths = [f"{KTP}.add_origin_loss[0]", f"{RDP}.add_origin_loss[0]", "search.higher_is_better[1]"]
 choice_paths = [
-    ("search.search_algorithm", config_module._ALGORITHM_ALIASES),
-    (f"{KTP}.loss_types[1][0]", config_module._LOSS_ALIASES),
-    (f"{RDP}.loss_types[0][0]", config_module._LOSS_ALIASES),
-    ("flash_distillation.optimizer", {o: o for o in config_module.OPTIMIZERS}),
+    ("search.search_algorithm", ALGORITHM_ALIASES),
+    (f"{KTP}.loss_types[1][0]", LOSS_ALIASES),
+    (f"{RDP}.loss_types[0][0]", LOSS_ALIASES),
+    ("flash_distillation.optimizer", {o: o for o in OPTIMIZERS}),
 ]
 section_keys = {
-    "search": config_module._SEARCH_KEYS, "flash_distillation": config_module._FLASH_KEYS,
-    "evaluation": config_module._EVAL_KEYS, "study": config_module._STUDY_KEYS,
-    KTP: config_module._STAGE_KEYS, RDP: config_module._STAGE_KEYS,
+    "search": SEARCH_KEYS, "flash_distillation": config_module._FLASH_KEYS,
+    "evaluation": keys_of(EvaluationSettings), "study": keys_of(StudySettings),
+    KTP: STAGE_KEYS, RDP: STAGE_KEYS,
 }
 list_paths = [f"{KTP}.{k}" for k in ("train_steps", "loss_types", "loss_weights", "add_origin_loss", "temperature",
                                      "layer_mappings_for_knowledge_transfer")]
