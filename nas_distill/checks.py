@@ -21,6 +21,8 @@ from .errors import ConfigError
 
 DEVICE_PATTERN = r"(auto|cpu|mps|cuda|gpu|xpu)(:\d+)?"
 STORAGE_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".log", ".journal", ".jsonl")
+#: Optuna stores a study name in an indexed column of this many characters.
+MAX_STUDY_NAME_LENGTH = 512
 
 
 def short(value: Any, limit: int = 120) -> str:
@@ -134,6 +136,15 @@ def storage_value(value: Any, path: str) -> str:
 
     raise ConfigError(path, "expected a storage URL (sqlite:///..., postgresql+psycopg://..., journal:///...) "
                             f"or a .db / .log file path, got {short(mask_url(text))}")
+
+
+def study_name_error(name: str) -> str | None:
+    """Why ``name`` cannot be a study name (the storage would refuse it mid-run), or None."""
+    if len(name) > MAX_STUDY_NAME_LENGTH:
+        return f"at most {MAX_STUDY_NAME_LENGTH} characters, got {len(name)}"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"no control characters (NUL, newline, ...), got {short(name)}"
+    return None
 
 
 def join(path: str, key: Any) -> str:

@@ -140,7 +140,8 @@ def _version() -> str:
 def _config_data(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
-    from .workers import read_config_file, split_task
+    from .workers import split_task
+    from .yamlio import read_config_file
 
     return split_task(read_config_file(path))[0]
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 from pydantic import model_validator
 
 from . import checks
+from .checks import MAX_STUDY_NAME_LENGTH, study_name_error
 from .distill.mappings import LayerMapping
 from .errors import ConfigError
 from .vocabulary import (CACHE_DTYPES, DEFAULT_MAX_TRIALS, DEFAULT_RUN_DIR, DEFAULT_SEED, DEFAULT_STUDY_NAME,
@@ -39,23 +40,12 @@ __all__ = [
     "config_json_schema", "reference_table", "study_name_error",
 ]
 
-#: Optuna stores a study name in an indexed column of this many characters.
-MAX_STUDY_NAME_LENGTH = 512
 #: Heartbeat bounds (seconds): SQL storages beat in whole seconds, and a beat is a storage write, so a
 #: shorter interval only loads the storage; a day between beats would make a dead worker invisible.
 MIN_HEARTBEAT_S, MAX_HEARTBEAT_S = 1, 86_400
 #: A trial is declared dead after missing this many beats at least: one late beat (a long step holding
 #: the interpreter, a slow storage write) must not get a live trial failed and trained again.
 MIN_BEATS_PER_GRACE = 2
-
-
-def study_name_error(name: str) -> str | None:
-    """Why ``name`` cannot be a study name (the storage would refuse it mid-run), or None."""
-    if len(name) > MAX_STUDY_NAME_LENGTH:
-        return f"at most {MAX_STUDY_NAME_LENGTH} characters, got {len(name)}"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return f"no control characters (NUL, newline, ...), got {checks.short(name)}"
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -637,3 +637,21 @@ def test_fuzz_flash_stage_objects(stages):
         assert err.field.startswith("flash_distillation"), str(err)
         return
     assert AutoDistillationConfig(cfg.to_dict()) == cfg
+
+
+def test_cli_run_reports_a_config_it_cannot_read_in_one_line(tmp_path, capsys, monkeypatch):
+    """A directory, a missing file and a non-UTF-8 file: one ``config error: <path>: ...`` line, exit 2."""
+    from nas_distill import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "latin1.yaml").write_bytes("search: {search_space: {caf\xe9: [1]}}\n".encode("latin-1"))
+    cases = {"folder": "expected a YAML file, got a directory", "missing.yaml": "config file not found",
+             "latin1.yaml": "the config file is not UTF-8 text"}
+    for name, words in cases.items():
+        assert cli.main(["run", name]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.splitlines() == [captured.err.strip()]
+        assert captured.err.startswith(f"nas-distill: config error: {name}: {words}"), captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "latin1.yaml"]  # nothing written
