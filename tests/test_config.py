@@ -31,7 +31,7 @@ from nas_distill.search_section import SEARCH_KEYS
 from nas_distill.settings import keys_of
 from nas_distill.stages import STAGE_KEYS
 from nas_distill.vocabulary import LOSS_ALIASES, OPTIMIZERS
-from helpers_config import KT, RD, SEARCH, SPACE
+from _support.config import KT, RD, SEARCH, SPACE
 from nas_distill.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
