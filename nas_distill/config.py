@@ -34,7 +34,7 @@ from typing import Any, Mapping, Optional
 
 from . import checks
 from .errors import ConfigError
-from .search_section import validate_search
+from .search_section import SEARCH_KEYS, validate_search
 from .settings import (DistillStage, EvaluationSettings, FlashDistillationConfig, FlashSettings, Metric,
                        ModelSection, StudySettings, TeacherCacheSettings, keys_of, settings_dict,
                        study_name_error, validate_section)
@@ -110,18 +110,13 @@ class AttrDict(dict):
 _NOT_GIVEN = object()
 _FRESH_SEED = object()
 
-_SEARCH_ATTRS = ("search_space", "search_algorithm", "metrics", "higher_is_better", "max_trials", "seed",
-                 "architecture_metrics")
-_STAGE_ATTRS = ("knowledge_transfer", "regular_distillation")
-_SETTINGS_ATTRS = ("flash", "evaluation", "study")
-_ATTRS = ("framework",) + _SEARCH_ATTRS + _STAGE_ATTRS + _SETTINGS_ATTRS
 
 
 def _apply_keywords(raw: dict[str, Any], values: Mapping[str, Any], *, clear_stages: bool = False) -> None:
     """Patch keyword values (``None`` = not given) into the inner layout ``raw``, in place."""
     if values.get("framework") is not None:
         _section_patch(raw, "model")["framework"] = values["framework"]
-    search_values = {k: values[k] for k in _SEARCH_ATTRS if values.get(k) is not None}
+    search_values = {k: values[k] for k in SEARCH_KEYS if values.get(k) is not None}
     if search_values.get("seed") is _FRESH_SEED:
         search_values["seed"] = None  # kept as an explicit null: a fresh seed, not the default
     if search_values:
@@ -129,7 +124,7 @@ def _apply_keywords(raw: dict[str, Any], values: Mapping[str, Any], *, clear_sta
         if "metrics" in search_values and "higher_is_better" not in search_values:
             search.pop("higher_is_better", None)  # the new metrics carry their own directions
         search.update(search_values)
-    for key in _STAGE_ATTRS:
+    for key in STAGE_KINDS:
         if key in values and (values[key] is not None or clear_stages):
             _section_patch(raw, "flash_distillation")[key] = stage_section(values[key])
     flash = values.get("flash")
@@ -137,9 +132,9 @@ def _apply_keywords(raw: dict[str, Any], values: Mapping[str, Any], *, clear_sta
         section = _section_patch(raw, "flash_distillation")
         if isinstance(flash, FlashSettings):
             section.update(settings_dict(flash))
-            if flash.stages and all(values.get(k) is None for k in _STAGE_ATTRS):
+            if flash.stages and all(values.get(k) is None for k in STAGE_KINDS):
                 from_stages = stages_from_objects(flash.stages, "flash_distillation.stages")
-                for key in _STAGE_ATTRS:
+                for key in STAGE_KINDS:
                     section[key] = from_stages.get(key)
         elif isinstance(flash, Mapping):
             section.update(flash)
@@ -320,7 +315,7 @@ class AutoDistillationConfig:
         """Patch attributes and validate the whole config again; on error nothing changes."""
         raw = _copy(self._raw)
         patch = {k: _copy(v) for k, v in values.items()}
-        for key in _STAGE_ATTRS:
+        for key in STAGE_KINDS:
             if key in patch and patch[key] is None:
                 patch[key] = {}  # setting a stage section to None removes it (seed semantics)
         if "seed" in patch and patch["seed"] is None:
@@ -390,7 +385,7 @@ class AutoDistillationConfig:
         if not isinstance(algorithm, str):
             algorithm = type(algorithm).__name__
         flash: dict[str, Any] = {}
-        for kind in _STAGE_ATTRS:
+        for kind in STAGE_KINDS:
             group = [s for s in v["flash"].stages if s.kind == kind]
             if group:
                 flash[kind] = plain(stages_to_section(group))

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import typing
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Mapping, Optional
 
@@ -37,7 +39,7 @@ from .vocabulary import (CACHE_DTYPES, DEFAULT_MAX_TRIALS, DEFAULT_RUN_DIR, DEFA
 __all__ = [
     "Metric", "FlashDistillationConfig", "DistillStage", "TeacherCacheSettings", "FlashSettings",
     "EvaluationSettings", "StudySettings", "ModelSection", "SearchSection", "validate_section", "keys_of",
-    "config_json_schema", "reference_table", "study_name_error",
+    "config_json_schema", "schema_text", "reference_table", "study_name_error",
 ]
 
 #: Heartbeat bounds (seconds): SQL storages beat in whole seconds, and a beat is a storage write, so a
@@ -104,7 +106,7 @@ PositiveNumberKept = _checked(checks.number_kept, {**_NUMBER, "exclusiveMinimum"
 Bool = _checked(checks.bool_value, {"type": "boolean"})
 NonEmptyStr = _checked(checks.str_value, {"type": "string", "minLength": 1})
 PathText = _checked(checks.path_value, {"type": "string", "minLength": 1})
-Device = _checked(checks.device_value, {"type": "string", "pattern": f"^(?i:{checks.DEVICE_PATTERN})$"})
+Device = _checked(checks.device_value, _choice_schema(("auto", "cpu", "cuda", "mps", "xpu")))
 Storage = _checked(checks.storage_value, {"type": "string", "minLength": 1})
 Optimizer = _checked(checks.choice, _choice_schema(OPTIMIZERS), aliases={o: o for o in OPTIMIZERS},
                      shown=OPTIMIZERS)
@@ -346,7 +348,7 @@ def keys_of(cls: type) -> tuple[str, ...]:
 
 def settings_dict(value: Any) -> Any:
     """A settings dataclass -> a dict of its config keys (nested ones too); other values unchanged."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if isinstance(value, (TeacherCacheSettings, FlashSettings, EvaluationSettings, StudySettings)):
         return {f.name: settings_dict(getattr(value, f.name)) for f in dataclasses.fields(value) if _is_key(f)}
     return value
 
@@ -429,7 +431,8 @@ def validate_section(cls: type, value: Any, path: str, **extra: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------
 # The config file: JSON Schema and the reference table
 # ---------------------------------------------------------------------------------------------------
-_TASK = {"description": "the CLI's entry point: 'package.module:function' or {entry, args}",
+_TASK = {"description": "`\"module:function\"` or `{entry, args}`: returns `model_builder` and `train_func`/"
+                        "`eval_func` or `teacher_model`/`train_dataset`/`eval_dataset`",
          "anyOf": [{"type": "string", "pattern": "^[^:]+:.+$"},
                    {"type": "object", "additionalProperties": False, "required": ["entry"],
                     "properties": {"entry": {"type": "string"}, "args": {"type": "object"}}}]}
@@ -458,8 +461,16 @@ def config_json_schema() -> dict[str, Any]:
     for definition in [schema, *schema.get("$defs", {}).values()]:
         for prop in definition.get("properties", {}).values():
             prop.pop("default_text", None)
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": "https://github.com/nas-distill/nas-distill/nas_distill/config.schema.json", **schema}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+#: The schema shipped with the package (regenerate: ``nas-distill schema -o nas_distill/config.schema.json``).
+SCHEMA_FILE = Path(__file__).with_name("config.schema.json")
+
+
+def schema_text() -> str:
+    """:func:`config_json_schema` as the text of ``config.schema.json``."""
+    return json.dumps(config_json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 def _default_text(info: Any) -> str:
@@ -480,7 +491,8 @@ def reference_table() -> str:
                 ("flash_distillation.knowledge_transfer", FlashDistillationConfig),
                 ("flash_distillation", FlashSettings), ("flash_distillation.teacher_cache", TeacherCacheSettings),
                 ("evaluation", EvaluationSettings), ("study", StudySettings)]
-    rows = ["| key | allowed | default |", "|---|---|---|"]
+    rows = ["| key | allowed | default |", "|---|---|---|",
+            f"| `task` | {_TASK['description']} | none (Python API sets them directly) |"]
     for prefix, cls in sections:
         for name, info in model_of(cls).model_fields.items():
             if info.description is None:
