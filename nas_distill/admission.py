@@ -130,7 +130,8 @@ def same_arch(params: dict, arch: dict) -> bool:
 
 def answer_attrs(known: Any, arch: dict, metric_names: Sequence[str], worker: dict) -> dict[str, Any]:
     """The user attributes of a trial answered from ``known`` instead of trained: ``duplicate_of``, and
-    the known trial's figures (COMPLETE: its metrics and ``n_params``), a ``note`` (COMPLETE, RUNNING) or its error (FAIL)."""
+    the known trial's figures (COMPLETE: its metrics and ``n_params``), a ``note`` (COMPLETE, RUNNING)
+    or its error (FAIL)."""
     attrs: dict[str, Any] = {"arch": arch, "duplicate_of": known.number, "worker": worker}
     if known.state == TrialState.COMPLETE:
         if parameter_count(known.user_attrs) is not None:

@@ -1,36 +1,22 @@
-"""A CLI config file read as a dict: the settings plus, at the top level, the ``task`` entry point
-(see :mod:`nas_distill.task_entry`)."""
+"""A CLI config file: the settings plus, at the top level, the ``task`` entry point (see
+:mod:`nas_distill.task_entry`), which the settings themselves do not know."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-
-
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The YAML config as a dict (the safe, bounded loader of :mod:`nas_distill.yamlio`)."""
-    import yaml
-
-    from .yamlio import load_yaml
-
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError("config", f"no such file: {p}")
-    try:
-        with open(p, encoding="utf-8") as handle:
-            data = load_yaml(handle, str(p))
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("config", f"{p}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
+from .yamlio import read_config_file
 
 
 def split_task(data: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
     """``(config without 'task', task spec or None)``."""
     data = dict(data)
     return data, data.pop("task", None)
+
+
+def config_and_task(config: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """``(settings dict, task spec or None)`` of a config file (:func:`~nas_distill.yamlio.read_config_file`)
+    or of a dict."""
+    return split_task(read_config_file(config) if isinstance(config, (str, os.PathLike)) else config)

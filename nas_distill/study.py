@@ -348,7 +348,7 @@ def open_study(
     """
     import optuna
 
-    from .config import study_name_error
+    from .checks import study_name_error
     from .errors import ConfigError
 
     problem = study_name_error(study_name)

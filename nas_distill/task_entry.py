@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import study as study_mod
-from .config_file import read_config_file, split_task
+from .config_file import config_and_task
 from .errors import ConfigError
 
 TASK_KEYS = ("model_builder", "train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset",
@@ -110,11 +110,6 @@ def build_autodistill(
             setattr(ad, key, pieces[key])
     ad.model_cls = pieces.get("model_cls")
     return ad
-
-
-def config_and_task(config: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
-    """``(settings dict, task spec or None)`` of a config file or dict."""
-    return split_task(read_config_file(config) if isinstance(config, (str, os.PathLike)) else dict(config))
 
 
 def shared_settings(data: Mapping[str, Any], storage: str | None, run_dir: str | None):

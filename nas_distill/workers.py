@@ -15,9 +15,9 @@ SIGTERM and SIGINT (Ctrl-C) raise :class:`~nas_distill.runner.Interrupted` in th
 thread: the running trial is told FAIL with ``error_type='Interrupted'`` / ``error='interrupted
 (SIGTERM)'``, its architecture is enqueued again, and the worker exits with code 0 (SIGTERM) or 130
 (SIGINT), without a traceback. Workers started by ``run`` also stop that way when the launcher itself is
-killed outright (they notice they were re-parented: :func:`watch_parent`). A worker killed outright (``kill -9``, OOM killer, power loss) stops
-beating: after the grace period another worker's stale sweep marks its trial FAIL (``WorkerLost``)
-and retries the architecture.
+killed outright (they notice they were re-parented: :func:`watch_parent`). A worker killed outright
+(``kill -9``, OOM killer, power loss) stops beating: after the grace period another worker's stale
+sweep marks its trial FAIL (``WorkerLost``) and retries the architecture.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import Any
 
 from . import breaker
 from . import study as study_mod
-from .config_file import read_config_file, split_task  # noqa: F401 - their old home, still imported from here
-from .task_entry import build_autodistill, config_and_task, shared_settings
+from .config_file import config_and_task, read_config_file, split_task  # noqa: F401 - the last two: imported from here by tests
+from .task_entry import build_autodistill, shared_settings
 
 log = logging.getLogger(__name__)
 
