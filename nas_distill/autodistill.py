@@ -91,7 +91,7 @@ def _config_dict(conf: Any) -> dict:
 def _framework_name(value: Any) -> str:
     """``'pytorch'`` / ``'tensorflow'`` from the argument (same spellings as the config's
     ``model.framework``); ConfigError otherwise."""
-    from .config import _FRAMEWORK_ALIASES
+    from .vocabulary import FRAMEWORK_ALIASES as _FRAMEWORK_ALIASES
 
     key = value.strip().lower() if isinstance(value, str) else None
     if key not in _FRAMEWORK_ALIASES:

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers_common import REPO_ROOT, free_port, get_json, wait_for_server_json
+from _support.common import REPO_ROOT, free_port, get_json, wait_for_server_json
 from nas_distill.store import open_study, store_of
 from nas_distill.store import optuna_internals as internals
 from nas_distill.store.heartbeat import HEARTBEAT_ATTR

@@ -37,10 +37,11 @@ from optuna.trial import Trial, TrialState
 from .algorithms import ALGORITHM_ALIASES
 from ..errors import SearchSpaceExhausted
 from ..store import optuna_internals
-from ..store.open import DEFAULT_STUDY_NAME, open_storage
+from ..store.open import open_storage
 from .bo_sampler import SpaceBOSampler
 from .samplers import SpaceGridSampler, SpaceRandomSampler, _ClaimingSampler, space_exhausted
 from .space import SearchSpace
+from ..vocabulary import DEFAULT_STUDY_NAME
 
 __all__ = [
     "ALGORITHMS",

@@ -30,6 +30,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from ..config import study_name_error
 from ..errors import ConfigError
+from ..vocabulary import DEFAULT_STUDY_NAME
 from .atomic import AtomicRDBStorage
 from .attrs import rdb_of
 from .classify import storage_error_text
@@ -44,7 +45,6 @@ from .urls import is_journal, journal_path, require_folder, resolve_storage_url,
 
 __all__ = ["DEFAULT_STUDY_NAME", "make_storage", "open_storage", "open_study", "load_study"]
 
-DEFAULT_STUDY_NAME = "nas-distill"
 #: Attempts at opening an RDB storage while other workers create its schema at the same time.
 _SCHEMA_RACE_ATTEMPTS = 8
 

@@ -48,6 +48,7 @@ import tenacity
 from optuna.exceptions import UpdateFinishedTrialError
 
 from ..errors import ConfigError
+from ..vocabulary import DEFAULT_RETRY_SECONDS
 from . import optuna_internals as internals
 from .classify import BUSY, UNREACHABLE, classify, first_line
 from .secrets import mask_url
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 
 #: Environment variable: seconds a storage call keeps retrying before the error is raised.
 ENV_RETRY_SECONDS = "NAS_DISTILL_STORAGE_RETRY_S"
-DEFAULT_RETRY_SECONDS = 300.0
 
 
 def retry_seconds_from_env(default: float = DEFAULT_RETRY_SECONDS) -> float:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..vocabulary import DEFAULT_RUN_DIR
 
 __all__ = ["resolve_storage_url", "require_shared_storage", "is_journal", "journal_path", "sqlite_path",
            "storage_file", "require_folder"]
@@ -30,7 +31,7 @@ def resolve_storage_url(storage: str | None, run_dir: str | os.PathLike | None =
     absolute ``sqlite:///`` URL; a bare journal path -> ``journal:///<absolute path>``.
     """
     if storage is None or storage == "":
-        folder = Path(run_dir or "runs/default").resolve()
+        folder = Path(run_dir or DEFAULT_RUN_DIR).resolve()
         return f"sqlite:///{folder / 'study.db'}"
     storage = str(storage)
     if "://" not in storage:
