@@ -66,7 +66,7 @@ class Heartbeat:
         self._first_attrs = dict(attrs) if attrs else None
         self.interval = float(interval or heartbeat_settings(storage).interval or 10)
         self._stop = threading.Event()
-        self._beater: threading.Thread | None = None
+        self._thread: threading.Thread | None = None
 
     def beat(self) -> None:
         """One beat, one attempt: during an outage the next beat is the retry (the outage is logged
@@ -116,11 +116,11 @@ class Heartbeat:
             if attrs:
                 set_user_attrs(self.storage, self.trial_id, attrs)
             self.beat()
-        self._beater = threading.Thread(target=self._run, name=f"heartbeat-{self.trial_id}", daemon=True)
-        self._beater.start()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.trial_id}", daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        if self._beater is not None:
-            self._beater.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
