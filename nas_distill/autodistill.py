@@ -680,34 +680,29 @@ class AutoDistillation:
             failed=len(failed), first_error_type=kind, first_error=error,
         )
 
-    def _sync_results(self) -> None:
-        """Rebuild ``search_results`` (arch vector -> metrics) from the study's COMPLETE trials."""
-        from .results import complete_records
-
-        records = complete_records(self.study, self.metrics)
+    def _sync_results(self, complete) -> None:
+        """Rebuild ``search_results`` (arch vector -> metrics) and ``model_paras_num`` from the study's
+        COMPLETE trials (:class:`nas_distill.records.TrialRecord`)."""
         self.search_results = {
-            tuple(rec["arch"][k] for k in sorted(rec["arch"])): dict(zip(self.metrics, rec["values"]))
-            for rec in records
+            tuple(rec.arch[k] for k in sorted(rec.arch)): dict(zip(self.metrics, rec.values)) for rec in complete
         }
         self.model_paras_num = {
-            tuple(rec["arch"][k] for k in sorted(rec["arch"])): rec["params"]
-            for rec in records if isinstance(rec.get("params"), int)
+            tuple(rec.arch[k] for k in sorted(rec.arch)): rec.n_params for rec in complete if rec.n_params is not None
         }
 
     def find_best_model_archs(self) -> list[dict[str, Any]]:
         """Find the model architectures on the Pareto front of every COMPLETE trial of the study."""
-        from .results import pareto_records, complete_records
+        from .records import read_study
 
-        records = complete_records(self.study, self.metrics)
-        self._sync_results()
-        front = pareto_records(records, self.higher_is_better)
+        records = read_study(self.study)
+        self._sync_results(records.complete)
         seen = set()
         archs = []
-        for rec in front:
-            key = tuple(sorted(rec["arch"].items(), key=lambda kv: kv[0]))
+        for rec in records.pareto:
+            key = tuple(sorted(rec.arch.items(), key=lambda kv: kv[0]))
             if key not in seen:
                 seen.add(key)
-                archs.append(dict(rec["arch"]))
+                archs.append(dict(rec.arch))
         self.best_model_archs = archs
         return archs
 

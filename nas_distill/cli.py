@@ -338,36 +338,37 @@ def cmd_worker(args) -> int:
 
 
 def _status_text(args) -> str:
-    from .results import status_text, study_results
+    from .results import read_status, status_text
 
     study, _, max_trials = _open(args)
-    return status_text(study_results(study), max_trials=max_trials)
+    return status_text(read_status(study), max_trials=max_trials)
 
 
 def cmd_status(args) -> int:
     if args.json:
-        from .results import status_data, study_results
+        from .results import read_status, status_data
 
         study, _, max_trials = _open(args)
-        print(json.dumps(status_data(study_results(study), max_trials), indent=2, default=str))
+        print(json.dumps(status_data(read_status(study), max_trials), indent=2, default=str))
         return 0
     print(_status_text(args))
     return 0
 
 
 def cmd_pareto(args) -> int:
-    from .results import pareto_csv, pareto_table, study_results
+    from .records import read_study
+    from .results import pareto_csv, pareto_table
 
     study, _, _ = _open(args)
-    data = study_results(study)
+    records = read_study(study)
     if args.json:
-        front = [r for r in data["trials"] if r.get("pareto")]
-        print(json.dumps({"study_name": data["study_name"], "metrics": data["metrics"],
-                          "higher_is_better": data["higher_is_better"], "trials": front}, indent=2))
+        print(json.dumps({"study_name": records.study_name, "metrics": [m.name for m in records.metrics],
+                          "higher_is_better": [m.higher_is_better for m in records.metrics],
+                          "trials": [t.to_result() for t in records.pareto]}, indent=2))
     elif args.csv:
-        sys.stdout.write(pareto_csv(data))
+        sys.stdout.write(pareto_csv(records))
     else:
-        print(pareto_table(data))
+        print(pareto_table(records))
     return 0
 
 
@@ -430,16 +431,14 @@ def cmd_export(args) -> int:
     from optuna.trial import TrialState
 
     from .export import export_student
-    from .results import complete_records, pareto_records
+    from .records import read_study
 
     study, run_dir, _ = _open(args)
     if args.trial is None:
-        higher = [d.name.lower() == "maximize" for d in study.directions]
-        front = pareto_records(complete_records(study), higher)
-        if not front:
+        records = read_study(study)
+        if not records.pareto:
             raise CLIError("the study has no COMPLETE trial to export")
-        sign = 1 if higher[0] else -1
-        number = max(front, key=lambda r: sign * r["values"][0])["number"]
+        number = records.best_first(records.pareto)[0].number
     else:
         number = args.trial
     trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]

@@ -46,6 +46,7 @@ from typing import Any, Callable
 from . import breaker
 from . import console
 from . import study as study_mod
+from .records import N_PARAMS, parameter_count
 
 log = logging.getLogger(__name__)
 
@@ -475,7 +476,8 @@ class TrialRunner:
 
         attrs: dict[str, Any] = {"arch": arch, "duplicate_of": known.number, "worker": _worker(self)}
         if known.state == TrialState.COMPLETE:
-            attrs.update({k: known.user_attrs[k] for k in ("params",) if k in known.user_attrs})
+            if parameter_count(known.user_attrs) is not None:
+                attrs[N_PARAMS] = parameter_count(known.user_attrs)
             for name, value in zip(self.ad.metrics, known.values or []):
                 attrs[name] = value
             attrs["note"] = f"same architecture as COMPLETE trial {known.number}: not trained again"
@@ -552,7 +554,7 @@ class TrialRunner:
             attrs: dict[str, Any] = {}
             count = _parameter_count(model, metrics)
             if count is not None:
-                attrs["params"] = count
+                attrs[N_PARAMS] = count
             for name, value in zip(self.ad.metrics, values):
                 attrs[name] = value
             self.ad.arch_metrics.record_trained(arch, dict(zip(self.ad.metrics, values)))
@@ -573,8 +575,8 @@ class TrialRunner:
             self._done += 1
             self._trial_seconds.append(time.perf_counter() - started)
             shown = dict(zip(self.ad.metrics, values))
-            if "params" in attrs and "params" not in shown:
-                shown["params"] = attrs["params"]
+            if N_PARAMS in attrs and "params" not in shown:
+                shown["params"] = attrs[N_PARAMS]
             console.trial_finished(number, shown, time.perf_counter() - started)
             self._report("complete", number, **dict(zip(self.ad.metrics, values)))
         except UpdateFinishedTrialError:
