@@ -10,6 +10,7 @@ Commands::
     nas-distill dashboard [CONFIG]              optuna-dashboard on the study (127.0.0.1 by default)
     nas-distill export [CONFIG] [--trial N] -o DIR   a trained student (from_pretrained / model.keras)
     nas-distill demo                            the quickest real search there is
+    nas-distill schema [-o FILE]                the JSON Schema of config files
 
 Common flags: ``--storage URL``, ``--study NAME``, ``--run-dir DIR`` (override the config's ``study``
 section), ``--debug`` (tracebacks). Errors print one line and exit non-zero. ``--help`` imports
@@ -122,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True,
                    help="folder to write: from_pretrained-able (torch), or model.keras + arch.json (Keras)")
 
+    p = sub.add_parser("schema", help="print the JSON Schema of config files (editors complete and check with it)")
+    p.add_argument("-o", "--output", help="file to write instead of printing")
+
     p = sub.add_parser("demo", help="run the quickest real search there is")
     p.add_argument("--run-dir", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--max-trials", type=int, default=16, help="trials (default 16)")
@@ -140,7 +144,8 @@ def _version() -> str:
 def _config_data(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
-    from .workers import read_config_file, split_task
+    from .workers import split_task
+    from .yamlio import read_config_file
 
     return split_task(read_config_file(path))[0]
 
@@ -460,6 +465,16 @@ def cmd_demo(args) -> int:
     return demo.main(run_dir=args.run_dir, max_trials=args.max_trials, workers=args.workers, debug=args.debug)
 
 
+def cmd_schema(args) -> int:
+    from .settings import schema_text
+
+    if args.output:
+        Path(args.output).write_text(schema_text(), encoding="utf-8")
+    else:
+        sys.stdout.write(schema_text())
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "worker": cmd_worker,
@@ -469,6 +484,7 @@ COMMANDS = {
     "dashboard": cmd_dashboard,
     "export": cmd_export,
     "demo": cmd_demo,
+    "schema": cmd_schema,
 }
 
 

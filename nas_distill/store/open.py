@@ -28,7 +28,7 @@ import sqlalchemy
 import sqlalchemy.exc
 from optuna.storages.journal import JournalFileBackend
 
-from ..config import study_name_error
+from ..checks import study_name_error
 from ..errors import ConfigError
 from ..vocabulary import DEFAULT_STUDY_NAME
 from .atomic import AtomicRDBStorage
