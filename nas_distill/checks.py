@@ -132,7 +132,7 @@ def storage_value(value: Any, path: str) -> str:
         return text
     if not sep and text.strip().endswith(STORAGE_SUFFIXES):
         return text
-    from .study import mask_url  # a password in a URL never reaches the message
+    from .store.secrets import mask_url  # a password in a URL never reaches the message
 
     raise ConfigError(path, "expected a storage URL (sqlite:///..., postgresql+psycopg://..., journal:///...) "
                             f"or a .db / .log file path, got {short(mask_url(text))}")

@@ -179,10 +179,11 @@ def _study_target(args) -> tuple[str, str | None, str, int | None]:
 
 
 def _open(args):
-    from .study import load_study, recorded_budget
+    from .store import load_study
+    from .store.budget import recorded_budget
 
     url, name, run_dir, max_trials = _study_target(args)
-    study = load_study(url, name)
+    study = load_study(url, name).study
     # The budget the workers ran to (a --max-trials override included) wins over the config's.
     max_trials = recorded_budget(study) or max_trials
     if max_trials is None:
@@ -391,7 +392,7 @@ def cmd_dashboard(args) -> int:
     except ImportError:
         raise CLIError("optuna-dashboard is not installed (pip install 'nas-distill[dashboard]')") from None
     from .reporting.dashboard import check_port_free, launch_dashboard
-    from .study import make_storage, mask_url
+    from .store import make_storage, mask_url
 
     url, name, run_dir, _ = _study_target(args)
     # Reading creates nothing, unless --wait: then the workers started beside it may not have created
@@ -415,7 +416,7 @@ def _require_study(storage, name: str | None, url: str, wait: bool = False) -> N
 
     import optuna
 
-    from .study import mask_url
+    from .store import mask_url
 
     names = optuna.get_all_study_names(storage)
     if wait and not (name in names if name else names):
@@ -507,8 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         from .errors import ConfigError
 
-        from .storage_retry import storage_error_text
-        from .study import mask_url
+        from .store.classify import storage_error_text
+        from .store.secrets import mask_url
 
         kind = "config error" if isinstance(exc, ConfigError) else "error"
         message = None if isinstance(exc, ConfigError) else storage_error_text(exc)
