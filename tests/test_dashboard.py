@@ -18,9 +18,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+
 from _support.common import REPO_ROOT, free_port, get_json, listening_addresses, stop_server, wait_for_server_json
 from _support.report import make_study
-
 from nas_distill.reporting.dashboard import HYPERVOLUME_FIGURE_ID, push_figures
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -112,8 +112,9 @@ def test_student_checkpoint_is_downloadable(server):
     from nas_distill.runner import extract_student
 
     folder = extract_student(archive, server["tmp"] / "student")
-    assert json.loads((folder / "arch.json").read_text()) == complete[trial["number"]].params
-    assert json.loads((folder / "config.json").read_text())["hidden_size"] == complete[trial["number"]].params["hidden_size"]
+    arch = complete[trial["number"]].params
+    assert json.loads((folder / "arch.json").read_text()) == arch
+    assert json.loads((folder / "config.json").read_text())["hidden_size"] == arch["hidden_size"]
 
 
 @pytest.mark.slow

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from _support.report import make_study
 
-from nas_distill.report import write_report
+from _support.report import make_study
 from nas_distill.records import metric_unit
+from nas_distill.report import write_report
 from nas_distill.reporting.data import collect
 from nas_distill.reporting.html import DATA_BLOCK_ID
 from nas_distill.search.pareto import hypervolume

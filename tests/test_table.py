@@ -11,8 +11,8 @@ import sys
 
 import optuna
 import pytest
-from _support.report import make_study
 
+from _support.report import make_study
 from nas_distill.records import MetricInfo, TrialRecord
 from nas_distill.reporting.data import collect
 from nas_distill.reporting.table import trials_table
