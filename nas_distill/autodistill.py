@@ -10,10 +10,11 @@ Code written against the seed API runs unchanged::
 ``eval_func`` may return a dict keyed by metric name, a list / tuple in the config's ``metrics`` order,
 or a bare number when there is one metric. Without ``train_func`` / ``eval_func``, and with
 ``teacher_model``, ``train_dataset`` and ``eval_dataset`` set, the built-in flash distiller of the
-framework (settings from the config's ``flash_distillation`` section) trains and its evaluator measures:
+framework's engine (:mod:`nas_distill.engines`; settings from the config's ``flash_distillation``
+section) trains and its evaluator measures:
 
 * ``'pytorch'``: :class:`nas_distill.distill.torch.distiller.FlashDistiller` and
-  :func:`nas_distill.evaluate.evaluate` (torch modules, torch-style datasets);
+  :func:`nas_distill.distill.torch.evaluate.evaluate` (torch modules, torch-style datasets);
 * ``'tensorflow'``: :class:`nas_distill.distill.keras.distiller.KerasFlashDistiller` and
   :func:`nas_distill.distill.keras.evaluate.evaluate` (functional ``keras.Model`` students with named
   layers; data as a tuple ``(x, y)`` of numpy arrays). A Keras search never imports torch (its ``bo``

@@ -104,8 +104,7 @@ def measure_each(names: Sequence[str], measures: Mapping[str, Callable[[str], An
 
 
 # The torch measurements' old import path (``from nas_distill.evaluate import evaluate``).
-_TORCH_NAMES = ("evaluate", "latency", "accuracy", "eval_loss", "eval_pass", "predict", "count_params",
-                "model_size_mb", "torch_threads", "EvalPass")
+_TORCH_NAMES = ("evaluate", "latency", "eval_pass", "count_params", "model_size_mb", "torch_threads", "EvalPass")
 
 
 def __getattr__(name: str) -> Any:

@@ -31,7 +31,9 @@ class TorchEngine(Engine):
         return torch is not None and isinstance(model, torch.nn.Module)
 
     def count_parameters(self, model: Any) -> int:
-        return int(sum(p.numel() for p in model.parameters()))
+        from nas_distill.distill.torch.evaluate import count_params
+
+        return count_params(model)
 
     # ---- training and measuring
     def distiller_class(self) -> type:

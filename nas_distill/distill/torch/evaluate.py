@@ -20,8 +20,7 @@ from .data import CollatedData, prepare_data
 from .distiller import input_keys, model_logits
 from .losses import task_loss
 
-__all__ = ["METRICS", "evaluate", "latency", "accuracy", "eval_loss", "eval_pass", "predict", "count_params",
-           "model_size_mb"]
+__all__ = ["METRICS", "evaluate", "latency", "eval_pass", "count_params", "model_size_mb"]
 
 
 def _settings(settings: Any) -> Any:
@@ -134,35 +133,12 @@ def eval_pass(model: Any, data: Any, batch_size: int = 64, device: Any = "auto",
     )
 
 
-def predict(model: Any, data: Any, batch_size: int = 64, device: Any = "auto"):
-    """``(predictions, labels)`` as numpy arrays: argmax class ids (or squeezed values for a single
-    output, i.e. regression) over ``data`` in order; ``labels`` is ``None`` when the data has none."""
-    result = eval_pass(model, data, batch_size, device)
-    return result.predictions, result.labels
-
-
 def _accuracy_of(result: EvalPass, metric_fn: Optional[Callable[[Any, Any], float]] = None) -> float:
     if metric_fn is not None:
         return float(metric_fn(result.predictions, result.labels))
     if result.labels is None:
         raise ValueError("accuracy needs 'labels' in the evaluation data (or pass metric_fn)")
     return float((result.predictions.reshape(result.labels.shape) == result.labels).mean())
-
-
-def accuracy(model: Any, data: Any, settings: Any = None,
-             metric_fn: Optional[Callable[[Any, Any], float]] = None) -> float:
-    """Fraction of argmax predictions equal to the labels, or ``metric_fn(predictions, labels)``."""
-    s = _settings(settings)
-    return _accuracy_of(eval_pass(model, data, int(s.batch_size), s.device), metric_fn)
-
-
-def eval_loss(model: Any, data: Any, settings: Any = None) -> float:
-    """The task loss on ``data`` (see the module docstring)."""
-    s = _settings(settings)
-    result = eval_pass(model, data, int(s.batch_size), s.device, with_loss=True)
-    if result.loss is None:
-        raise ValueError("eval_loss needs 'labels' in the evaluation data")
-    return result.loss
 
 
 def latency(model: Any, data: Any, settings: Any = None) -> float:
