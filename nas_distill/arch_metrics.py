@@ -33,13 +33,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .evaluate import base_metric
+from .vocabulary import BUILTIN_ARCH_METRICS, base_metric
 from .latency_predictor import MIN_SAMPLES, MetricPredictor
 
 log = logging.getLogger(__name__)
 
-#: Metrics the built-in evaluators measure that depend on the architecture alone.
-BUILTIN_ARCH_METRICS = ("latency", "params", "model_size_mb")
 #: Prefix of the study system attrs holding one architecture's measurements.
 ATTR_PREFIX = "nas_distill:arch_metrics:"
 #: Spaces up to this many points are measured whole before the first suggestion.

@@ -92,7 +92,7 @@ def _config_dict(conf: Any) -> dict:
 def _framework_name(value: Any) -> str:
     """``'pytorch'`` / ``'tensorflow'`` from the argument (same spellings as the config's
     ``model.framework``); ConfigError otherwise."""
-    from .config import _FRAMEWORK_ALIASES
+    from .vocabulary import FRAMEWORK_ALIASES as _FRAMEWORK_ALIASES
 
     key = value.strip().lower() if isinstance(value, str) else None
     if key not in _FRAMEWORK_ALIASES:
@@ -505,7 +505,7 @@ class AutoDistillation:
                 return self.eval_func(model)
         if self.eval_dataset is None:
             raise ConfigError("eval_dataset", "set eval_dataset (or eval_func) to measure the students")
-        from .evaluate import base_metric
+        from .vocabulary import base_metric
 
         engine = self.engine
 

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .vocabulary import DEFAULT_RUN_DIR
+
 PROG = "nas-distill"
 
 
@@ -163,7 +165,7 @@ def _study_target(args) -> tuple[str, str | None, str, int | None]:
         name = name or cfg.study.study_name
         run_dir = run_dir or cfg.study.run_dir
         max_trials = cfg.max_trials
-    run_dir = run_dir or "runs/default"
+    run_dir = run_dir or DEFAULT_RUN_DIR
     url = resolve_storage_url(storage, run_dir)
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]

@@ -61,6 +61,10 @@ from typing import Any, Mapping, Optional, Sequence
 from .distill.mappings import LayerMapping, parse_layer_mapping
 from .errors import ConfigError
 from .search.space import SearchSpace
+from .vocabulary import (CACHE_DTYPES, DEFAULT_MAX_TRIALS, DEFAULT_RUN_DIR, DEFAULT_SEED, DEFAULT_STUDY_NAME,
+                         DEFAULT_TRAIN_STEPS, FRAMEWORK_ALIASES as _FRAMEWORK_ALIASES, FRAMEWORKS,
+                         KNOWLEDGE_TRANSFER, LOSS_ALIASES as _LOSS_ALIASES, LOSS_TYPES,
+                         LOWER_IS_BETTER_METRICS, OPTIMIZERS, REGULAR_DISTILLATION)
 
 __all__ = [
     "Metric",
@@ -182,8 +186,8 @@ class StudySettings:
     """The shared Optuna study. ``storage=None`` means ``sqlite:///<run_dir>/study.db``."""
 
     storage: Optional[str] = None
-    study_name: str = "nas-distill"
-    run_dir: str = "runs/default"
+    study_name: str = DEFAULT_STUDY_NAME
+    run_dir: str = DEFAULT_RUN_DIR
     heartbeat_interval: float = 10
     grace_period: float = 30
     stop_after_failures: int = 3
@@ -192,23 +196,9 @@ class StudySettings:
 # ---------------------------------------------------------------------------------------------------
 # Vocabulary
 # ---------------------------------------------------------------------------------------------------
-FRAMEWORKS = ("pytorch", "tensorflow")
-_FRAMEWORK_ALIASES = {"pytorch": "pytorch", "torch": "pytorch", "tensorflow": "tensorflow", "tf": "tensorflow"}
 
 from .search.algorithms import ALGORITHM_ALIASES as _ALGORITHM_ALIASES, SEARCH_ALGORITHMS  # noqa: E402
 
-LOSS_TYPES = ("MSE", "KL", "L1", "CE", "CosineSimilarity")
-_LOSS_ALIASES = {name.lower(): name for name in LOSS_TYPES}
-_LOSS_ALIASES.update(
-    {"cos": "CosineSimilarity", "cosine": "CosineSimilarity", "cosinesimilarity": "CosineSimilarity",
-     "kld": "KL", "kldiv": "KL"}
-)
-
-#: Metric names whose default direction is "lower is better" when only a name is given.
-LOWER_IS_BETTER_METRICS = frozenset({"latency", "params", "model_size_mb", "loss", "eval_loss"})
-
-OPTIMIZERS = ("adamw", "adam", "sgd")
-CACHE_DTYPES = ("float16", "bfloat16", "float32")
 _DEVICE_PATTERN = r"(auto|cpu|mps|cuda|gpu|xpu)(:\d+)?"
 
 _TOP_KEYS = ("model", "auto_distillation")
@@ -242,11 +232,6 @@ _CACHE_KEYS = ("enabled", "dir", "feature_budget_mb", "dtype")
 _EVAL_KEYS = ("batch_size", "latency_batch_size", "latency_warmup", "latency_repeats", "threads", "device")
 _STUDY_KEYS = ("storage", "study_name", "run_dir", "heartbeat_interval", "grace_period", "stop_after_failures")
 
-KNOWLEDGE_TRANSFER = "knowledge_transfer"
-REGULAR_DISTILLATION = "regular_distillation"
-DEFAULT_TRAIN_STEPS = 500  # the seed's default per stage
-DEFAULT_MAX_TRIALS = 3  # the seed's default
-DEFAULT_SEED = 42  # the seed searchers' default
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -821,7 +806,7 @@ def _study(value: Any, path: str) -> StudySettings:
     raw = _mapping(_settings_dict(value), path, _STUDY_KEYS)
     storage = raw.get("storage")
     name_path = _join(path, "study_name")
-    study_name = _str(_get(raw, "study_name", "nas-distill"), name_path)
+    study_name = _str(_get(raw, "study_name", DEFAULT_STUDY_NAME), name_path)
     problem = study_name_error(study_name)
     if problem:
         raise ConfigError(name_path, problem)
@@ -837,7 +822,7 @@ def _study(value: Any, path: str) -> StudySettings:
     return StudySettings(
         storage=None if storage is None else _storage(storage, _join(path, "storage")),
         study_name=study_name,
-        run_dir=_path_str(_get(raw, "run_dir", "runs/default"), _join(path, "run_dir")),
+        run_dir=_path_str(_get(raw, "run_dir", DEFAULT_RUN_DIR), _join(path, "run_dir")),
         heartbeat_interval=interval,
         grace_period=grace,
         stop_after_failures=_int(_get(raw, "stop_after_failures", 3), _join(path, "stop_after_failures"),

@@ -99,7 +99,7 @@ def check_metrics(ad: Any) -> None:
         return
     search_engine = _engine(ad)
     known = search_engine.metrics
-    from .evaluate import unknown_metrics
+    from .vocabulary import unknown_metrics
 
     names = list(getattr(ad, "metrics", []) or [])
     unknown = unknown_metrics(names, known)

@@ -20,41 +20,16 @@ the way the Trainer calls it: with an ``EvalPrediction(predictions=logits, label
 whole evaluation set, its keys read with or without the ``eval_`` prefix. When ``compute_metrics``
 returns a name the built-in evaluator also knows, its value wins (as in the Trainer).
 
-This module holds the metric names and what both engines' evaluators share (no framework import); the
-measurements are the engines': :mod:`nas_distill.distill.torch.evaluate` (PyTorch) and
-:mod:`nas_distill.distill.keras.evaluate` (Keras).
+The names are :mod:`nas_distill.vocabulary`'s; this module holds what both engines' evaluators share
+(no framework import). The measurements are the engines': :mod:`nas_distill.distill.torch.evaluate`
+(PyTorch) and :mod:`nas_distill.distill.keras.evaluate` (Keras).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-METRICS = ("accuracy", "latency", "params", "model_size_mb", "loss")
-
-
-def base_metric(name: str, known: Sequence[str] = METRICS) -> str:
-    """``'eval_accuracy'`` -> ``'accuracy'``: the seed's configs name metrics the way the Hugging Face
-    Trainer reports them (``eval_`` prefix). The result keeps the name the config used."""
-    if name not in known and name.startswith("eval_") and name[5:] in known:
-        return name[5:]
-    return name
-
-
-def unknown_metrics(names: Iterable[str], known: Sequence[str] = METRICS) -> list[str]:
-    """The names that none of ``known`` (with or without the ``eval_`` prefix) is."""
-    return [name for name in names if base_metric(name, known) not in known]
-
-
-def check_metric_names(names: Iterable[str], extra: Iterable[str] = (),
-                       known: Sequence[str] = METRICS) -> list[str]:
-    """The names, validated: an unknown one raises ``ValueError`` listing the known ones."""
-    known = list(known) + [n for n in extra if n not in known]
-    names = list(names)
-    bad = unknown_metrics(names, known)
-    if bad:
-        raise ValueError(f"unknown metric {bad[0]!r}; known metrics: {', '.join(known)} "
-                         f"(an 'eval_' prefix is accepted; other names need eval_func or compute_metrics)")
-    return names
+from .vocabulary import METRICS, base_metric, check_metric_names, unknown_metrics  # noqa: F401
 
 
 def metric_from(results: Mapping[str, Any], name: str) -> Any:

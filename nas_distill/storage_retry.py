@@ -46,11 +46,12 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
 
+from .vocabulary import DEFAULT_RETRY_SECONDS
+
 log = logging.getLogger(__name__)
 
 #: Environment variable: seconds a storage call keeps retrying before the error is raised.
 ENV_RETRY_SECONDS = "NAS_DISTILL_STORAGE_RETRY_S"
-DEFAULT_RETRY_SECONDS = 300.0
 UNREACHABLE, BUSY = "unreachable", "busy"
 
 _SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")

@@ -55,10 +55,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .vocabulary import DEFAULT_RUN_DIR, DEFAULT_STUDY_NAME
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_ATTR = "nas_distill:heartbeat"
-DEFAULT_STUDY_NAME = "nas-distill"
 # user attrs that mark a COMPLETE trial as not having cost a training slot
 UNCOUNTED_ATTRS = ("duplicate_of", "imported_from")
 # error types of failures that say nothing about the architecture: the arch is tried again
@@ -139,7 +140,7 @@ def resolve_storage_url(storage: str | None, run_dir: str | os.PathLike | None =
     absolute ``sqlite:///`` URL; a bare journal path -> ``journal:///<absolute path>``.
     """
     if storage is None or storage == "":
-        folder = Path(run_dir or "runs/default").resolve()
+        folder = Path(run_dir or DEFAULT_RUN_DIR).resolve()
         return f"sqlite:///{folder / 'study.db'}"
     storage = str(storage)
     if "://" not in storage:

@@ -2,7 +2,7 @@
 
 * Every test (and every subprocess a test starts) runs with the Hugging Face hubs offline and with the
   repository root on ``PYTHONPATH`` (so ``python -m nas_distill.cli`` works without an install).
-* ``postgres_url``: a throwaway PostgreSQL server for the whole session (:class:`helpers_postgres.
+* ``postgres_url``: a throwaway PostgreSQL server for the whole session (:class:`_support.postgres.
   PostgresServer`: ``initdb`` into a temporary folder, trust authentication on 127.0.0.1 only, ``pg_ctl``
   as an unprivileged user). Tests that use it are marked ``@pytest.mark.postgres``. When the binaries or
   the server are missing the tests are skipped, except under ``CI=true`` where that is a failure.
@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from helpers_common import REPO_ROOT, TASK_MODULE, free_port, task_config, write_config  # noqa: F401
-from helpers_postgres import start_or_skip
+from _support.common import REPO_ROOT, TASK_MODULE, free_port, task_config, write_config  # noqa: F401
+from _support.postgres import start_or_skip
 
 # Offline for every test and every child process (set at import so collection-time imports see it too).
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -44,7 +44,7 @@ def postgres_url():
 
 @pytest.fixture
 def own_postgres():
-    """A PostgreSQL server of the test's own (a started :class:`helpers_postgres.PostgresServer`), for
+    """A PostgreSQL server of the test's own (a started :class:`_support.postgres.PostgresServer`), for
     tests that stop and restart it; deleted afterwards."""
     server = start_or_skip("nas-distill-pg-own-")
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arch_metrics_task import LARGE_SPACE, SPACE, build, make_ad, mlp_params
+from _support.arch_metrics_task import LARGE_SPACE, SPACE, build, make_ad, mlp_params
 from nas_distill.arch_metrics import INITIAL_SAMPLE, ArchMetrics, arch_key, read_entries
 from nas_distill.config import AutoDistillationConfig
 from nas_distill.errors import ConfigError
@@ -162,7 +162,7 @@ def test_workers_measure_one_at_a_time_and_share_the_measurements(tmp_path):
     timings (batch or trained-student) of any two processes overlap."""
     intervals = tmp_path / "intervals.txt"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    procs = [subprocess.Popen([sys.executable, str(TESTS / "arch_metrics_task.py"), str(tmp_path / "run"),
+    procs = [subprocess.Popen([sys.executable, str(TESTS / "_support" / "arch_metrics_task.py"), str(tmp_path / "run"),
                                str(tmp_path / "barrier"), "3", f"w{i}", str(intervals)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for i in range(3)]
@@ -218,7 +218,7 @@ def test_lock_is_reentrant_in_one_process():
 
 
 def test_architecture_metrics_config_key(tmp_path):
-    from arch_metrics_task import config
+    from _support.arch_metrics_task import config
 
     cfg = AutoDistillationConfig(config(tmp_path, metrics=["accuracy", "flops"], architecture_metrics=["flops"]))
     assert cfg.architecture_metrics == ["flops"]
@@ -265,7 +265,7 @@ def test_latency_predictor_on_held_out_demo_students(tmp_path):
     held-out error and the rank correlation of predicted and measured latencies are within the bounds."""
     from nas_distill.tasks import digits
 
-    from arch_metrics_task import config as task_config
+    from _support.arch_metrics_task import config as task_config
     from nas_distill import AutoDistillation
 
     _, val, _ = digits.datasets()
@@ -349,7 +349,7 @@ def test_no_timing_overlaps_a_training_step_of_another_process(tmp_path):
 
 def test_built_in_training_pauses_at_every_step(tmp_path, monkeypatch):
     """AutoDistillation's built-in distiller calls the machine's pause point before each training step."""
-    from arch_metrics_task import Data
+    from _support.arch_metrics_task import Data
     from nas_distill import machine_lock
 
     calls = []
@@ -360,7 +360,7 @@ def test_built_in_training_pauses_at_every_step(tmp_path, monkeypatch):
         return real(self)
 
     monkeypatch.setattr(machine_lock.training_load, "pause_point", spy)
-    from arch_metrics_task import config as task_config
+    from _support.arch_metrics_task import config as task_config
     from nas_distill import AutoDistillation
 
     cfg = task_config(tmp_path)

@@ -15,7 +15,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from helpers_common import task_config, write_config
+from _support.common import task_config, write_config
 from nas_distill import breaker
 from nas_distill import study as sm
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from helpers_common import task_config, write_config
+from _support.common import task_config, write_config
 
 PY = sys.executable
 

@@ -26,7 +26,7 @@ from nas_distill.config import (
     TeacherCacheSettings,
 )
 from nas_distill.distill.mappings import LayerMapping
-from helpers_config import KT, RD, SEARCH, SPACE
+from _support.config import KT, RD, SEARCH, SPACE
 from nas_distill.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers_common import REPO_ROOT, free_port, get_json, listening_addresses, wait_for_server_json
-from helpers_report import make_study
+from _support.common import REPO_ROOT, free_port, get_json, listening_addresses, wait_for_server_json
+from _support.report import make_study
 
 from nas_distill.reporting.dashboard import HYPERVOLUME_FIGURE_ID, push_figures
 

@@ -20,7 +20,7 @@ import numpy as np
 import optuna
 import pytest
 
-from helpers_common import write_config
+from _support.common import write_config
 
 PY = sys.executable
 

@@ -19,8 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "torch"))
-from torch_helpers import (  # noqa: E402
+from _support.torch_models import (  # noqa: E402
     N_LABELS,
     ListDataset,
     bert_config,

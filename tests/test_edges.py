@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers_common import task_config, write_config
+from _support.common import task_config, write_config
 
 PY = sys.executable
 
@@ -97,7 +97,7 @@ def test_dashboard_on_a_busy_port_suggests_another(finished_study):
 
 @pytest.mark.slow
 def test_dashboard_wait_serves_once_the_study_exists(finished_study):
-    from helpers_common import free_port, get_json
+    from _support.common import free_port, get_json
 
     port = free_port()
     dashboard = subprocess.Popen([PY, "-m", "nas_distill.cli", "dashboard", "--run-dir", finished_study,

@@ -26,7 +26,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers_common import task_config, write_config
+from _support.common import task_config, write_config
 from nas_distill import AutoDistillation
 from nas_distill.errors import EnvironmentFailure, environment_cause
 

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import optuna
 import pytest
 import yaml
-from helpers_common import (REPO_ROOT, free_port, listening_addresses, task_config, wait_for_server_json,
+from _support.common import (REPO_ROOT, free_port, listening_addresses, task_config, wait_for_server_json,
                             write_config)
 
 from nas_distill.errors import ConfigError

@@ -48,7 +48,7 @@ from nas_distill.config import (
     StudySettings,
     TeacherCacheSettings,
 )
-from helpers_config import KT, RD, SEARCH
+from _support.config import KT, RD, SEARCH
 from nas_distill.errors import ConfigError
 
 # ----------------------------------------------------------------------------------- the valid base

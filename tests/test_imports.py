@@ -17,7 +17,7 @@ import textwrap
 
 import pytest
 
-from helpers_common import task_config, write_config
+from _support.common import task_config, write_config
 
 HEAVY = ("torch", "tensorflow", "keras", "transformers", "jax")
 TF_MODULES = ("tensorflow", "keras")
@@ -149,7 +149,7 @@ def test_keras_search_imports_no_torch(tmp_path):
     _needs("sklearn")
     import yaml
 
-    from helpers_common import REPO_ROOT
+    from _support.common import REPO_ROOT
 
     data = yaml.safe_load((REPO_ROOT / "examples" / "keras_digits.yaml").read_text())
     data["task"] = {"entry": data["task"], "args": {"teacher_epochs": 2}}

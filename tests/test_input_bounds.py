@@ -20,7 +20,7 @@ import tracemalloc
 import pytest
 import yaml
 
-from helpers_common import task_config, write_config
+from _support.common import task_config, write_config
 from nas_distill import AutoDistillationConfig, ConfigError
 from nas_distill.yamlio import MAX_CONFIG_BYTES, load_yaml
 

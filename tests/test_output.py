@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from helpers_common import task_config, write_config
+from _support.common import task_config, write_config
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 import yaml
 
-from helpers_common import REPO_ROOT
+from _support.common import REPO_ROOT
 
 pytest.importorskip("transformers")
 

@@ -2,7 +2,7 @@
 
 Real parts throughout: ``nas-distill worker`` processes on one SQLite study, a tiny BERT teacher saved and
 loaded back, BERT students flash-distilled by the built-in distiller with the on-disk teacher cache. The
-task module (tests/reliability_torch_task.py) reports each worker's phase in a file and stretches the
+task module (tests/_support/reliability_torch_task.py) reports each worker's phase in a file and stretches the
 phases a little (teacher forwards, student training forwards, the COMPLETE tell) so a kill lands inside
 the phase the test picks. Each kill is counted for a phase only when the victim's phase file, read again
 after its death, still names that phase (the process died before leaving it).
@@ -32,7 +32,7 @@ transformers = pytest.importorskip("transformers")
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from helpers_common import write_config  # noqa: E402
+from _support.common import write_config  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 MAX_TRIALS = 9
@@ -45,7 +45,7 @@ PLAN = ["cache", "cache", "train", "tell", "train", "tell"]
 
 def _config(run_dir: Path) -> dict:
     return {
-        "task": "reliability_torch_task:make_task",
+        "task": "_support.reliability_torch_task:make_task",
         "model": {"framework": "pytorch"},
         "auto_distillation": {
             "search": {"search_space": SPACE, "search_algorithm": "grid", "metrics": ["accuracy", "params"],
@@ -135,11 +135,7 @@ def test_repeated_kill9_during_cache_fill_training_and_tell(tmp_path):
     from nas_distill.workers import prepare_study
 
     teacher_dir = tmp_path / "teacher"
-    sys.path.insert(0, str(TESTS))
-    try:
-        import reliability_torch_task as task
-    finally:
-        sys.path.remove(str(TESTS))
+    from _support import reliability_torch_task as task
     torch.manual_seed(1)
     transformers.BertForSequenceClassification(task.bert_config(hidden_size=48)).save_pretrained(teacher_dir)
 

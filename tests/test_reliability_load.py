@@ -21,7 +21,7 @@ import sys
 import pytest
 from optuna.trial import TrialState
 
-from helpers_common import REPO_ROOT
+from _support.common import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

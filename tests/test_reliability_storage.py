@@ -23,7 +23,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers_common import free_port, task_config, write_config
+from _support.common import free_port, task_config, write_config
 from nas_distill import storage_retry
 from nas_distill import study as sm
 

@@ -1,6 +1,6 @@
 """The HTML / PNG report of a study (``nas_distill.report``).
 
-Studies are real SQLite studies built with ``create_trial`` (see ``helpers_report.make_study``): complete,
+Studies are real SQLite studies built with ``create_trial`` (see ``_support.report.make_study``): complete,
 failed and running trials, realistic user attrs, one uploaded artifact. The Pareto trials the page shows
 are read back from its embedded JSON block and its table and compared with ``study.best_trials``.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from helpers_report import make_study
+from _support.report import make_study
 
 from nas_distill.report import write_report
 from nas_distill.reporting.data import collect, metric_unit
@@ -200,7 +200,7 @@ def test_collect_agrees_with_best_trials_with_ties(tmp_path):
 # ----------------------------------------------------------------------------------------- browser
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(two_objective, tmp_path):
-    from helpers_browser import dump_dom, find_chromium, screenshot
+    from _support.browser import dump_dom, find_chromium, screenshot
 
     find_chromium()
     _, out = two_objective

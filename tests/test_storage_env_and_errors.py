@@ -18,7 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers_common import task_config, write_config
+from _support.common import task_config, write_config
 
 
 def cli(*args, env=None):

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers_common import free_port
+from _support.common import free_port
 from nas_distill import AutoDistillation, ConfigError
 from nas_distill import study as sm
 

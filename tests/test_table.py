@@ -11,7 +11,7 @@ import sys
 
 import optuna
 import pytest
-from helpers_report import make_study
+from _support.report import make_study
 
 from nas_distill.reporting.data import MetricInfo, TrialRow, collect
 from nas_distill.reporting.table import trials_table
@@ -133,7 +133,7 @@ def test_status_pareto_and_report_show_the_same_table(tmp_path):
 def test_the_readme_extra_for_trials_dataframe_installs_pandas(tmp_path):
     import tomllib
 
-    from helpers_common import REPO_ROOT
+    from _support.common import REPO_ROOT
 
     readme = (REPO_ROOT / "README.md").read_text()
     extra = re.search(r"trials_dataframe\(\)`\s+needs pandas, which the `(\w+)` extra installs", readme).group(1)

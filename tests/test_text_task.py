@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers_common import REPO_ROOT
+from _support.common import REPO_ROOT
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

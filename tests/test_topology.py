@@ -26,7 +26,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from helpers_common import REPO_ROOT, free_port, get_json, task_config, wait_for_server_json, write_config
+from _support.common import REPO_ROOT, free_port, get_json, task_config, wait_for_server_json, write_config
 
 WORKERS = 3
 MAX_TRIALS = 9

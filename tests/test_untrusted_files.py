@@ -158,8 +158,7 @@ def test_a_pickled_cache_array_is_refused_and_rebuilt(tmp_path, marker):
 @pytest.fixture(scope="module")
 def saved_student(tmp_path_factory):
     transformers = pytest.importorskip("transformers")
-    sys.path.insert(0, str(REPO_ROOT / "tests" / "torch"))
-    from torch_helpers import bert_config
+    from _support.torch_models import bert_config
 
     folder = tmp_path_factory.mktemp("student") / "good"
     transformers.BertForSequenceClassification(bert_config()).save_pretrained(folder)

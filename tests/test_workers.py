@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers_common import task_config, write_config
+from _support.common import task_config, write_config
 
 PY = sys.executable
 
@@ -230,7 +230,7 @@ if __name__ == "__main__":
 
 @pytest.mark.slow
 def test_gloo_two_ranks_complete_three_trials(tmp_path):
-    from helpers_common import free_port
+    from _support.common import free_port
 
     script = tmp_path / "ddp_search.py"
     script.write_text(GLOO_SCRIPT)

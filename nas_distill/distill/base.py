@@ -21,9 +21,7 @@ from nas_distill.distill import cache_store
 from nas_distill.distill.plans import StagePlan, default_stage, plan_stage
 from nas_distill.distill.results import DistillationDiverged, DistillResult, StageResult, stage_result
 from nas_distill.errors import ConfigError
-
-#: The optimizers both engines build, by their config name.
-OPTIMIZERS = ("adamw", "adam", "sgd")
+from nas_distill.vocabulary import OPTIMIZERS
 
 
 def optimizer_key(name: Any) -> str:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from nas_distill.errors import ConfigError
+from nas_distill.vocabulary import FRAMEWORKS
 
 from .base import Engine
 
 __all__ = ["Engine", "engine", "engine_of", "parameter_count"]
 
-FRAMEWORKS = ("pytorch", "tensorflow")
 _ENGINES: dict[str, Engine] = {}
 
 

@@ -11,6 +11,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from nas_distill.vocabulary import KERAS_METRICS
+
 from .base import Engine, loaded
 
 #: the file a Keras student is saved as (Keras 3's zip: config + weights)
@@ -20,11 +22,7 @@ KERAS_FILE = "model.keras"
 class KerasEngine(Engine):
     framework = "tensorflow"
 
-    @property
-    def metrics(self) -> Sequence[str]:
-        from nas_distill.distill.keras.evaluate import METRICS
-
-        return METRICS
+    metrics = KERAS_METRICS
 
     # ---- models
     def owns(self, model: Any) -> bool:

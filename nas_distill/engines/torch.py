@@ -11,6 +11,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from nas_distill.errors import ConfigError
+from nas_distill.vocabulary import METRICS
 
 from .base import Engine, first_tuple_rows, loaded, numpy_rows
 
@@ -19,11 +20,7 @@ class TorchEngine(Engine):
     framework = "pytorch"
     takes_compute_metrics = True
 
-    @property
-    def metrics(self) -> Sequence[str]:
-        from nas_distill.evaluate import METRICS
-
-        return METRICS
+    metrics = METRICS
 
     # ---- models
     def owns(self, model: Any) -> bool:

@@ -39,6 +39,7 @@ from ..errors import SearchSpaceExhausted
 from .bo_sampler import SpaceBOSampler
 from .samplers import SpaceGridSampler, SpaceRandomSampler, _ClaimingSampler, space_exhausted
 from .space import SearchSpace
+from ..vocabulary import DEFAULT_STUDY_NAME
 
 __all__ = [
     "ALGORITHMS",
@@ -53,7 +54,6 @@ __all__ = [
 
 #: Canonical algorithm names accepted by :func:`make_searcher` (and the config's ``search_algorithm``).
 ALGORITHMS = ("grid", "random", "bo", "tpe", "gp", "nsga2")
-DEFAULT_STUDY_NAME = "nas-distill"
 
 # The same spellings as config.py's search_algorithm, plus 'auto' (INTERNALS.md: sampler='auto').
 _ALIASES = {**ALGORITHM_ALIASES, "auto": "bo"}

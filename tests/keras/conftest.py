@@ -14,7 +14,7 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("keras")
 pytest.importorskip("sklearn")
 
-from keras_helpers import digits, mlp  # noqa: E402
+from _support.keras_models import digits, mlp  # noqa: E402
 
 
 @pytest.fixture(scope="session")

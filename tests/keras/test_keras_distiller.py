@@ -13,7 +13,7 @@ import pytest
 from nas_distill.distill.keras import DistillationDiverged, KerasFlashDistiller
 from nas_distill.errors import ConfigError, InvalidArchitecture
 
-from keras_helpers import digits, flash, mlp, stage, weights_of
+from _support.keras_models import digits, flash, mlp, stage, weights_of
 
 TEN = tuple([8] * 10)  # dense_1 ... dense_10: 'dense_1' is a prefix of 'dense_10'
 

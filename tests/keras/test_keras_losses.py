@@ -13,7 +13,7 @@ from nas_distill.distill.keras import KerasFlashDistiller
 from nas_distill.distill.keras.losses import distillation_loss, task_loss
 from nas_distill.distill.losses_common import canonical_loss_type
 
-from keras_helpers import digits, flash, mlp, stage
+from _support.keras_models import digits, flash, mlp, stage
 
 LN3, LN2 = math.log(3.0), math.log(2.0)
 # Teacher probabilities (0.75, 0.25) vs student (0.5, 0.5):

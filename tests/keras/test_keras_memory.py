@@ -16,7 +16,7 @@ import pytest
 
 from nas_distill.distill.keras import KerasFlashDistiller, evaluate
 
-from keras_helpers import flash, mlp, stage
+from _support.keras_models import flash, mlp, stage
 
 WARMUP, TRIALS = 5, 25
 

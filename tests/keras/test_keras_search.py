@@ -23,7 +23,7 @@ import optuna  # noqa: E402
 import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from helpers_common import REPO_ROOT, write_config  # noqa: E402
+from _support.common import REPO_ROOT, write_config  # noqa: E402
 from nas_distill import AutoDistillation  # noqa: E402
 from nas_distill.tasks import keras_digits  # noqa: E402
 

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from torch_helpers import (  # noqa: E402
+from _support.torch_models import (  # noqa: E402
     ListDataset,
     bert_config,
     make_image_examples,

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from nas_distill.distill.torch.data import CollatedData, LiveData, batch_indices, prepare_data
 
-from torch_helpers import ListDataset, NoisyDataset, make_image_examples, make_text_examples
+from _support.torch_models import ListDataset, NoisyDataset, make_image_examples, make_text_examples
 
 
 class FakeHFDataset:

@@ -12,7 +12,7 @@ from nas_distill.distill.torch.distiller import in_block
 from nas_distill.errors import ConfigError, InvalidArchitecture
 from nas_distill.distill.torch.evaluate import evaluate
 
-from torch_helpers import (
+from _support.torch_models import (
     ListDataset,
     bert_config,
     flash,

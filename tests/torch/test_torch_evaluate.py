@@ -6,7 +6,7 @@ import torch
 from nas_distill.config import EvaluationSettings
 from nas_distill.distill.torch.evaluate import METRICS, evaluate, latency
 
-from torch_helpers import ListDataset
+from _support.torch_models import ListDataset
 
 
 class FirstTokenClassifier(torch.nn.Module):

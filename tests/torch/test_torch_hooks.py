@@ -7,7 +7,7 @@ from nas_distill.distill.mappings import parse_layer_mapping
 from nas_distill.distill.torch.hooks import OutputCapture
 from nas_distill.errors import InvalidArchitecture
 
-from torch_helpers import VOCAB, SEQ
+from _support.torch_models import VOCAB, SEQ
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 from nas_distill.distill.torch.distiller import plan_stage
 from nas_distill.distill.torch.losses import canonical_loss_type, distillation_loss, task_loss
 
-from torch_helpers import stage
+from _support.torch_models import stage
 
 S = torch.tensor([[0.0, 0.0]])  # softmax = (1/2, 1/2)
 T = torch.tensor([[math.log(3.0), 0.0]])  # softmax = (3/4, 1/4)

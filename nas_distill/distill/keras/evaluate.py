@@ -31,15 +31,15 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from nas_distill.evaluate import base_metric, check_metric_names, measure_each
+from nas_distill.evaluate import measure_each
+from nas_distill.vocabulary import KERAS_METRICS as METRICS
+from nas_distill.vocabulary import base_metric, check_metric_names
 
 from .data import KerasData, ModelInputs
 from .distiller import resolve_device
 
 logger = logging.getLogger(__name__)
 _WARNED_THREADS: set = set()
-#: What this evaluator measures (the torch evaluator's ``loss`` and ``compute_metrics`` are torch-only).
-METRICS = ("accuracy", "latency", "params", "model_size_mb")
 
 
 def _settings(settings: Any) -> Any:

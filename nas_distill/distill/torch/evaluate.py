@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
-from nas_distill.evaluate import METRICS, base_metric, call_compute_metrics, check_metric_names, measure_each
+from nas_distill.evaluate import call_compute_metrics, measure_each
+from nas_distill.vocabulary import METRICS, base_metric, check_metric_names
 
 from .data import CollatedData, prepare_data
 from .distiller import input_keys, model_logits

@@ -2,7 +2,6 @@
 
 Generic on purpose (other Keras test files use it too): a functional MLP builder with named layers,
 scikit-learn's digits as numpy arrays, settings helpers, and a layer that counts how often a model ran.
-Uniquely named (not ``conftest``) so ``from keras_helpers import ...`` never resolves to another folder.
 """
 
 from __future__ import annotations

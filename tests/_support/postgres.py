@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from helpers_common import free_port
+from _support.common import free_port
 
 PG_BIN_GLOBS = ["/usr/lib/postgresql/*/bin", "/usr/local/pgsql/bin", "/opt/homebrew/opt/postgresql*/bin"]
 DB_USER = "nasdistill"

@@ -1,4 +1,4 @@
-"""Helpers shared by several test modules (imported by name: `from helpers_common import ...`).
+"""Ports, servers and task configs shared by several test modules.
 
 They live here, not in conftest.py, because tests/torch/ has a conftest.py of its own and
 `from conftest import ...` would then resolve to whichever conftest was imported first.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

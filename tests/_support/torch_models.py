@@ -1,8 +1,4 @@
-"""Tiny models, datasets and settings for the torch engine tests (imported by the tests and conftest).
-
-Uniquely named (not ``conftest``) so ``from torch_helpers import ...`` never resolves to another folder's
-conftest module.
-"""
+"""Tiny models, datasets and settings for the torch engine tests (imported by the tests and conftest)."""
 
 from __future__ import annotations
 
