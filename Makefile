@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= torch,tf,postgres,dashboard,dev
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast install browser clean
+.PHONY: demo test test-fast test-min lint install browser clean
 
 $(STAMP): pyproject.toml constraints-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,14 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# pyproject.toml's [tool.ruff] rules. The import contracts ([tool.importlinter]) and the import-cycle check
+# run in the suite: tests/test_layers.py.
+RUFF_PATHS ?= tests/test_layers.py tests/_support
+lint: install
+	$(VENV)/bin/ruff check --no-cache $(RUFF_PATHS)
+
 # The whole suite, slow tests and the throwaway PostgreSQL server included (tests/conftest.py starts it).
-test: install browser
+test: install browser lint
 	$(PY) -m pytest -q
 
 # Everything but the tests marked slow, for a quick local loop.

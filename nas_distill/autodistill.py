@@ -60,7 +60,7 @@ def load_config(conf: Any):
     if isinstance(conf, cls):
         return conf
     if isinstance(conf, (str, os.PathLike)) and os.path.isfile(conf):  # False for a NUL / over-long path
-        from .workers import read_config_file, split_task
+        from .config_file import read_config_file, split_task
 
         data, task = split_task(read_config_file(conf))
         if task is not None:  # a CLI config (with a task entry point) used from Python: fine
@@ -584,7 +584,8 @@ class AutoDistillation:
 
         Results folder (the seed's): ``<res_save_path or the current folder>/AutoDistillationResults/``;
         without ``res_save_path`` and with a named storage / run folder, the run folder. Unless the config
-        names ``study.storage`` or ``study.run_dir``, the study and the trained students live there too, so two searches with different ``res_save_path`` never share a study.
+        names ``study.storage`` or ``study.run_dir``, the study and the trained students live there too,
+        so two searches with different ``res_save_path`` never share a study.
         Results found there at the start (``lastest_results.json``, an old ``lastest_results.npy`` or
         the old texts) are imported first and answered from the store, never retrained. Each completed
         trial writes ``Trial_{k}_results.txt``; the end writes ``Final_results.txt`` and
@@ -596,8 +597,8 @@ class AutoDistillation:
         Raises:
             SearchFailed: no trial completed and trials failed; names the first failure.
         """
-        from .runner import TrialRunner
         from . import seed_results
+        from .runner import TrialRunner
 
         folder = Path(res_save_path if res_save_path is not None else os.getcwd()) / seed_results.FOLDER
         if not self._location_given():
@@ -677,34 +678,29 @@ class AutoDistillation:
             failed=len(failed), first_error_type=kind, first_error=error,
         )
 
-    def _sync_results(self) -> None:
-        """Rebuild ``search_results`` (arch vector -> metrics) from the study's COMPLETE trials."""
-        from .results import complete_records
-
-        records = complete_records(self.study, self.metrics)
+    def _sync_results(self, complete) -> None:
+        """Rebuild ``search_results`` (arch vector -> metrics) and ``model_paras_num`` from the study's
+        COMPLETE trials (:class:`nas_distill.records.TrialRecord`)."""
         self.search_results = {
-            tuple(rec["arch"][k] for k in sorted(rec["arch"])): dict(zip(self.metrics, rec["values"]))
-            for rec in records
+            tuple(rec.arch[k] for k in sorted(rec.arch)): dict(zip(self.metrics, rec.values)) for rec in complete
         }
         self.model_paras_num = {
-            tuple(rec["arch"][k] for k in sorted(rec["arch"])): rec["params"]
-            for rec in records if isinstance(rec.get("params"), int)
+            tuple(rec.arch[k] for k in sorted(rec.arch)): rec.n_params for rec in complete if rec.n_params is not None
         }
 
     def find_best_model_archs(self) -> list[dict[str, Any]]:
         """Find the model architectures on the Pareto front of every COMPLETE trial of the study."""
-        from .results import pareto_records, complete_records
+        from .records import read_study
 
-        records = complete_records(self.study, self.metrics)
-        self._sync_results()
-        front = pareto_records(records, self.higher_is_better)
+        records = read_study(self.study)
+        self._sync_results(records.complete)
         seen = set()
         archs = []
-        for rec in front:
-            key = tuple(sorted(rec["arch"].items(), key=lambda kv: kv[0]))
+        for rec in records.pareto:
+            key = tuple(sorted(rec.arch.items(), key=lambda kv: kv[0]))
             if key not in seen:
                 seen.add(key)
-                archs.append(dict(rec["arch"]))
+                archs.append(dict(rec.arch))
         self.best_model_archs = archs
         return archs
 

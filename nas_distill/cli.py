@@ -10,6 +10,7 @@ Commands::
     nas-distill dashboard [CONFIG]              optuna-dashboard on the study (127.0.0.1 by default)
     nas-distill export [CONFIG] [--trial N] -o DIR   a trained student (from_pretrained / model.keras)
     nas-distill demo                            the quickest real search there is
+    nas-distill schema [-o FILE]                the JSON Schema of config files
 
 Common flags: ``--storage URL``, ``--study NAME``, ``--run-dir DIR`` (override the config's ``study``
 section), ``--debug`` (tracebacks). Errors print one line and exit non-zero. ``--help`` imports
@@ -122,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True,
                    help="folder to write: from_pretrained-able (torch), or model.keras + arch.json (Keras)")
 
+    p = sub.add_parser("schema", help="print the JSON Schema of config files (editors complete and check with it)")
+    p.add_argument("-o", "--output", help="file to write instead of printing")
+
     p = sub.add_parser("demo", help="run the quickest real search there is")
     p.add_argument("--run-dir", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--max-trials", type=int, default=16, help="trials (default 16)")
@@ -140,9 +144,9 @@ def _version() -> str:
 def _config_data(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
-    from .workers import read_config_file, split_task
+    from .config_file import config_and_task
 
-    return split_task(read_config_file(path))[0]
+    return config_and_task(path)[0]
 
 
 def _storage_arg(args) -> str | None:
@@ -175,10 +179,11 @@ def _study_target(args) -> tuple[str, str | None, str, int | None]:
 
 
 def _open(args):
-    from .study import load_study, recorded_budget
+    from .store import load_study
+    from .store.budget import recorded_budget
 
     url, name, run_dir, max_trials = _study_target(args)
-    study = load_study(url, name)
+    study = load_study(url, name).study
     # The budget the workers ran to (a --max-trials override included) wins over the config's.
     max_trials = recorded_budget(study) or max_trials
     if max_trials is None:
@@ -337,36 +342,37 @@ def cmd_worker(args) -> int:
 
 
 def _status_text(args) -> str:
-    from .results import status_text, study_results
+    from .results import read_status, status_text
 
     study, _, max_trials = _open(args)
-    return status_text(study_results(study), max_trials=max_trials)
+    return status_text(read_status(study), max_trials=max_trials)
 
 
 def cmd_status(args) -> int:
     if args.json:
-        from .results import status_data, study_results
+        from .results import read_status, status_data
 
         study, _, max_trials = _open(args)
-        print(json.dumps(status_data(study_results(study), max_trials), indent=2, default=str))
+        print(json.dumps(status_data(read_status(study), max_trials), indent=2, default=str))
         return 0
     print(_status_text(args))
     return 0
 
 
 def cmd_pareto(args) -> int:
-    from .results import pareto_csv, pareto_table, study_results
+    from .records import read_study
+    from .results import pareto_csv, pareto_table
 
     study, _, _ = _open(args)
-    data = study_results(study)
+    records = read_study(study)
     if args.json:
-        front = [r for r in data["trials"] if r.get("pareto")]
-        print(json.dumps({"study_name": data["study_name"], "metrics": data["metrics"],
-                          "higher_is_better": data["higher_is_better"], "trials": front}, indent=2))
+        print(json.dumps({"study_name": records.study_name, "metrics": [m.name for m in records.metrics],
+                          "higher_is_better": [m.higher_is_better for m in records.metrics],
+                          "trials": [t.to_result() for t in records.pareto]}, indent=2))
     elif args.csv:
-        sys.stdout.write(pareto_csv(data))
+        sys.stdout.write(pareto_csv(records))
     else:
-        print(pareto_table(data))
+        print(pareto_table(records))
     return 0
 
 
@@ -386,7 +392,7 @@ def cmd_dashboard(args) -> int:
     except ImportError:
         raise CLIError("optuna-dashboard is not installed (pip install 'nas-distill[dashboard]')") from None
     from .reporting.dashboard import check_port_free, launch_dashboard
-    from .study import make_storage, mask_url
+    from .store import make_storage, mask_url
 
     url, name, run_dir, _ = _study_target(args)
     # Reading creates nothing, unless --wait: then the workers started beside it may not have created
@@ -410,7 +416,7 @@ def _require_study(storage, name: str | None, url: str, wait: bool = False) -> N
 
     import optuna
 
-    from .study import mask_url
+    from .store import mask_url
 
     names = optuna.get_all_study_names(storage)
     if wait and not (name in names if name else names):
@@ -429,16 +435,14 @@ def cmd_export(args) -> int:
     from optuna.trial import TrialState
 
     from .export import export_student
-    from .results import complete_records, pareto_records
+    from .records import read_study
 
     study, run_dir, _ = _open(args)
     if args.trial is None:
-        higher = [d.name.lower() == "maximize" for d in study.directions]
-        front = pareto_records(complete_records(study), higher)
-        if not front:
+        records = read_study(study)
+        if not records.pareto:
             raise CLIError("the study has no COMPLETE trial to export")
-        sign = 1 if higher[0] else -1
-        number = max(front, key=lambda r: sign * r["values"][0])["number"]
+        number = records.best_first(records.pareto)[0].number
     else:
         number = args.trial
     trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
@@ -460,6 +464,16 @@ def cmd_demo(args) -> int:
     return demo.main(run_dir=args.run_dir, max_trials=args.max_trials, workers=args.workers, debug=args.debug)
 
 
+def cmd_schema(args) -> int:
+    from .settings import schema_text
+
+    if args.output:
+        Path(args.output).write_text(schema_text(), encoding="utf-8")
+    else:
+        sys.stdout.write(schema_text())
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "worker": cmd_worker,
@@ -469,6 +483,7 @@ COMMANDS = {
     "dashboard": cmd_dashboard,
     "export": cmd_export,
     "demo": cmd_demo,
+    "schema": cmd_schema,
 }
 
 
@@ -493,8 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         from .errors import ConfigError
 
-        from .storage_retry import storage_error_text
-        from .study import mask_url
+        from .store.classify import storage_error_text
+        from .store.secrets import mask_url
 
         kind = "config error" if isinstance(exc, ConfigError) else "error"
         message = None if isinstance(exc, ConfigError) else storage_error_text(exc)

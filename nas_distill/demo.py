@@ -83,7 +83,7 @@ def teacher_figures(run_dir: str | os.PathLike, config) -> dict[str, float]:
     return figures
 
 
-def pareto_test_accuracy(study, run_dir: str | os.PathLike) -> dict[int, float]:
+def pareto_test_accuracy(records, run_dir: str | os.PathLike) -> dict[int, float]:
     """Test-split accuracy of each Pareto student, reloaded from the artifact store with from_pretrained.
 
     The search only ever saw the validation split; this is the held-out figure the demo is judged by.
@@ -91,20 +91,19 @@ def pareto_test_accuracy(study, run_dir: str | os.PathLike) -> dict[int, float]:
     import tempfile
 
     from transformers import ViTForImageClassification
+    from transformers.utils import logging as hf_logging
 
     from .engines import engine
     from .engines.students import download_student, load_student
     from .study import artifact_store
     from .tasks import digits
 
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()  # one result line per student, no "Loading weights" bars
     _, _, test = digits.datasets()
     store = artifact_store(run_dir)
     accuracies: dict[int, float] = {}
-    for trial in study.best_trials:
-        artifact_id = trial.user_attrs.get("artifact_id")
+    for trial in records.pareto:
+        artifact_id = trial.attrs.get("artifact_id")
         if not artifact_id:
             continue
         with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +121,7 @@ def main(run_dir: str = "runs/demo", max_trials: int = 16, workers: int = 2, deb
 
     from .autodistill import load_config
     from .report import write_report
-    from .results import status_text, study_results
+    from .results import read_status, status_text
     from .study import load_study, resolve_storage_url
     from .tasks import digits
     from .workers import ProgressPrinter, run_local, run_worker
@@ -147,12 +146,13 @@ def main(run_dir: str = "runs/demo", max_trials: int = 16, workers: int = 2, deb
         return code
     config = load_config(data)
     study = load_study(resolve_storage_url(None, folder), data["auto_distillation"]["study"]["study_name"])
-    print(status_text(study_results(study), max_trials=max_trials))
+    records = read_status(study)
+    print(status_text(records, max_trials=max_trials))
     teacher = teacher_figures(folder, config)
     print(f"teacher: val accuracy {teacher['accuracy']:.4f}, test accuracy {teacher['test_accuracy']:.4f}, "
           f"latency {teacher['latency']:.3f} ms, params {int(teacher['params'])}")
-    latency = {t.number: t.values[1] for t in study.best_trials}
-    for number, acc in sorted(pareto_test_accuracy(study, folder).items()):
+    latency = {t.number: t.values[1] for t in records.pareto}
+    for number, acc in sorted(pareto_test_accuracy(records, folder).items()):
         print(f"Pareto trial {number}: test accuracy {acc:.4f} "
               f"({acc / teacher['test_accuracy']:.1%} of the teacher's), latency {latency[number]:.3f} ms "
               f"({latency[number] / teacher['latency']:.2f}x the teacher's)")

@@ -248,7 +248,7 @@ def _check_layers(ad: Any, teacher: Any, students: _Students, search_engine: Eng
                 raise ConfigError(field, problem)
             continue
         problems = []
-        for i, (arch, student) in enumerate(students):
+        for i, (_, student) in enumerate(students):
             student_engine = _model_engine(student, search_engine)
             names = student_names.setdefault(i, student_engine.layer_names(student))
             problem = student_engine.missing_layer(student, names, name, "student")

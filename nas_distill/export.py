@@ -24,6 +24,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from .records import parameter_count
+
 #: ``config.json`` architectures suffix -> the ``transformers.pipeline`` task that runs it.
 _PIPELINE_TAGS = {
     "ForImageClassification": "image-classification",
@@ -59,7 +61,7 @@ def student_summary(study: Any, trial: Any, model_config: dict[str, Any]) -> dic
         "architecture": dict(trial.params),
         "metrics": {name: value for name, value in zip(names, trial.values)},
         "directions": dict(zip(names, directions)),
-        "params": trial.user_attrs.get("params"),
+        "params": parameter_count(trial.user_attrs),
         "labels": [id2label[k] for k in sorted(id2label, key=_label_order)] if id2label else None,
         "pipeline_tag": pipeline_tag(model_config),
     }

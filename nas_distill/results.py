@@ -19,7 +19,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .reporting.data import MetricInfo, TrialRow
+from .records import N_PARAMS, StudyRecords, TrialRecord, parameter_count, read_study
 from .reporting.table import terminal_width, trials_table
 
 FORMAT = "nas-distill-results/1"
@@ -28,119 +28,59 @@ TEXT_FILE_WIDTH = 100
 
 
 # ----------------------------------------------------------------------------------- from a study
-def complete_records(study, metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One dict per COMPLETE trial: number, arch, values (raw, in metric order) and the useful attrs."""
-    from optuna.trial import TrialState
+def read_status(study) -> StudyRecords:
+    """The study's records (:func:`nas_distill.records.read_study`) with what ``status`` adds: why trials
+    failed or were pruned, which RUNNING ones lost their worker, and the architecture-metrics summary."""
+    from .arch_metrics import summary as arch_metrics_summary
+    from .study import lost_running_trials
 
-    metrics = list(metrics or study.metric_names or [f"value_{i}" for i in range(len(study.directions))])
-    records = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        arch = t.user_attrs.get("arch") or dict(t.params)
-        rec = {
-            "number": t.number,
-            "arch": {k: arch[k] for k in sorted(arch)},
-            "values": list(t.values),
-        }
-        for key in ("params", "timings", "worker", "artifact_id", "duplicate_of", "imported_from"):
-            if key in t.user_attrs:
-                rec[key] = t.user_attrs[key]
-        records.append(rec)
+    records = read_study(study)
+    records.reasons = records.state_reasons(lost_running_trials(study))
+    records.architecture_metrics = arch_metrics_summary(study)
     return records
 
 
-def pareto_records(records: Sequence[Mapping[str, Any]], higher_is_better: Sequence[bool]) -> list[dict]:
-    """The records on the Pareto front of their values (directions from ``higher_is_better``)."""
-    from .search.pareto import find_pareto_front
-
-    if not records:
-        return []
-    signs = [1.0 if h else -1.0 for h in higher_is_better]
-    points = [[s * v for s, v in zip(signs, rec["values"])] for rec in records]
-    return [dict(records[i]) for i in find_pareto_front(points)]
-
-
-def study_results(study) -> dict[str, Any]:
-    """Everything :func:`dump_results` writes, as a dict."""
-    from .arch_metrics import summary as arch_metrics_summary
+def study_results(study=None, *, records: StudyRecords | None = None) -> dict[str, Any]:
+    """Everything :func:`dump_results` writes, as a dict (``records``: :func:`read_status` already read)."""
     from .study import mask_secrets
 
-    metrics = list(study.metric_names or [f"value_{i}" for i in range(len(study.directions))])
-    higher = [d.name.lower() == "maximize" for d in study.directions]
-    records = complete_records(study, metrics)
-    front = {rec["number"] for rec in pareto_records(records, higher)}
-    for rec in records:
-        rec["pareto"] = rec["number"] in front
-    attrs = study.user_attrs
+    records = read_status(study) if records is None else records
     return {
         "format": FORMAT,
-        "study_name": study.study_name,
-        "metrics": metrics,
-        "higher_is_better": higher,
-        "search_space": attrs.get("search_space"),
-        "config": mask_secrets(attrs.get("config")),
-        "counts": state_counts(study),
-        "reasons": state_reasons(study),
-        "stopped": _stop_reason(attrs),
-        "trials": records,
-        "architecture_metrics": arch_metrics_summary(study),
+        "study_name": records.study_name,
+        "metrics": [m.name for m in records.metrics],
+        "higher_is_better": [m.higher_is_better for m in records.metrics],
+        "search_space": records.search_space,
+        "config": mask_secrets(records.config),
+        "counts": records.state_counts,
+        "reasons": records.reasons,
+        "stopped": records.stopped,
+        "trials": [t.to_result() for t in records.complete],
+        "architecture_metrics": records.architecture_metrics,
     }
 
 
-def _stop_reason(attrs: Mapping[str, Any]) -> str | None:
-    """Why the circuit breaker stopped the study (:mod:`nas_distill.breaker`), or None."""
-    value = attrs.get("stopped")
-    if not value:
-        return None
-    return str(value.get("reason")) if isinstance(value, Mapping) else str(value)
-
-
-def status_data(data: Mapping[str, Any], max_trials: int | None = None) -> dict[str, Any]:
+def status_data(records: StudyRecords, max_trials: int | None = None) -> dict[str, Any]:
     """What ``nas-distill status --json`` prints: the budget and where the study stands against it,
     trial counts and reasons, the stop reason, and the Pareto-optimal trials."""
-    complete = sum(1 for t in data["trials"] if "imported_from" not in t)
+    complete = _trained(records)
     return {
-        "study_name": data["study_name"],
+        "study_name": records.study_name,
         "max_trials": max_trials,
         "complete": complete,
         "budget_met": None if not max_trials else complete >= max_trials,
-        "counts": data.get("counts") or {},
-        "reasons": data.get("reasons") or {},
-        "stopped": data.get("stopped"),
-        "metrics": data["metrics"],
-        "higher_is_better": data["higher_is_better"],
-        "pareto": [t for t in data["trials"] if t.get("pareto")],
+        "counts": records.state_counts,
+        "reasons": records.reasons,
+        "stopped": records.stopped,
+        "metrics": [m.name for m in records.metrics],
+        "higher_is_better": [m.higher_is_better for m in records.metrics],
+        "pareto": [t.to_result() for t in records.pareto],
     }
 
 
-def state_counts(study) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    return counts
-
-
-def state_reasons(study) -> dict[str, dict[str, int]]:
-    """Why trials ended FAIL (their ``error_type``: ``WorkerLost``, an exception name...) or PRUNED
-    (``duplicate``: another trial had the arch; ``discarded``: given up untrained in a race for the last
-    budget slot), counted, so a status line can tell a crash from a trial that never trained; and which
-    RUNNING trials have no live worker any more (no heartbeat for a grace period)."""
-    from .study import lost_running_trials
-
-    reasons: dict[str, dict[str, int]] = {}
-    lost = lost_running_trials(study)
-    for t in study.get_trials(deepcopy=False):
-        if t.state.name == "FAIL":
-            why = str(t.user_attrs.get("error_type") or "unknown")
-        elif t.state.name == "PRUNED":
-            why = "duplicate" if "duplicate_of" in t.user_attrs else \
-                "discarded" if "pruned_reason" in t.user_attrs else "pruned"
-        elif t.state.name == "RUNNING" and t._trial_id in lost:
-            why = "no heartbeat: worker lost"  # still RUNNING until a live worker's sweep fails it
-        else:
-            continue
-        per_state = reasons.setdefault(t.state.name, {})
-        per_state[why] = per_state.get(why, 0) + 1
-    return reasons
+def _trained(records: StudyRecords) -> int:
+    """COMPLETE trials this search trained (imported ones do not count against its budget)."""
+    return sum(1 for t in records.complete if "imported_from" not in t.attrs)
 
 
 # ---------------------------------------------------------------------------------------- files
@@ -151,15 +91,14 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return path, path.with_suffix(".json") if path.suffix else Path(str(path) + ".json")
 
 
-def dump_results(study, path: str | os.PathLike, *, metrics=None, higher_is_better=None,
-                 data: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+def dump_results(study, path: str | os.PathLike, *, records: StudyRecords | None = None) -> tuple[Path, Path]:
     """Write ``<path>`` (text report) and the JSON next to it; returns (text path, json path).
-    ``data``: :func:`study_results` already read (else it is read here)."""
+    ``records``: :func:`read_status` already read (else it is read here)."""
     text_path, json_path = _paths(path)
-    data = study_results(study) if data is None else data
+    records = read_status(study) if records is None else records
     text_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(data, json_path)
-    text_path.write_text(text_report(data))
+    write_json(study_results(records=records), json_path)
+    text_path.write_text(text_report(records))
     return text_path, json_path
 
 
@@ -249,8 +188,8 @@ def import_results(study, results: Mapping[str, Any], *, metrics, search_space, 
         attrs = {"arch": arch, "imported_from": source, "imported_number": rec.get("number")}
         for name, value in zip(metrics, rec["values"]):
             attrs[name] = value
-        if "params" in rec:
-            attrs["params"] = rec["params"]
+        if parameter_count(rec) is not None:
+            attrs[N_PARAMS] = parameter_count(rec)
         trials.append(optuna.trial.create_trial(
             state=TrialState.COMPLETE,
             params={k: arch[k] for k in space.keys},
@@ -265,30 +204,22 @@ def import_results(study, results: Mapping[str, Any], *, metrics, search_space, 
 
 
 # ---------------------------------------------------------------------------------------- text
-def _table(records: Sequence[Mapping[str, Any]], data: Mapping[str, Any], width: int | None,
+def _table(records: StudyRecords, trials: Sequence[TrialRecord], width: int | None,
            leading: Sequence[str] = ()) -> str:
-    """The one trial table (:mod:`nas_distill.reporting.table`) of result records."""
-
-    metrics = [MetricInfo(m, "maximize" if h else "minimize", None)
-               for m, h in zip(data["metrics"], data["higher_is_better"])]
-    rows = [TrialRow(number=r["number"], state="COMPLETE", params=dict(r["arch"]), values=list(r["values"]),
-                     n_params=r.get("params"), duration_s=None, worker=None, error=None,
-                     pareto=bool(r.get("pareto"))) for r in records]
-    keys = list(data.get("search_space") or {}) or None
-    return trials_table(rows, metrics, keys, leading=leading, width=width)
+    keys = list(records.search_space or {}) or None
+    return trials_table(trials, records.metrics, keys, leading=leading, width=width)
 
 
-def pareto_table(data: Mapping[str, Any], width: int | None = None) -> str:
+def pareto_table(records: StudyRecords, width: int | None = None) -> str:
     """The Pareto-optimal trials, best first in the first metric."""
-    front = sorted((r for r in data["trials"] if r.get("pareto")), key=lambda r: r["values"][0],
-                   reverse=data["higher_is_better"][0])
-    return _table(front, data, width)
+    return _table(records, records.best_first(records.pareto), width)
 
 
-def status_text(data: Mapping[str, Any], max_trials: int | None = None, width: int | None = None) -> str:
-    counts = data.get("counts") or {}
+def status_text(records: StudyRecords, max_trials: int | None = None, width: int | None = None) -> str:
+    """What ``nas-distill status`` prints (``records`` from :func:`read_status`)."""
+    counts = records.state_counts
     order = ["COMPLETE", "RUNNING", "WAITING", "FAIL", "PRUNED"]
-    reasons = data.get("reasons") or {}
+    reasons = records.reasons
     parts = []
     for state in order:
         if not counts.get(state):
@@ -297,43 +228,42 @@ def status_text(data: Mapping[str, Any], max_trials: int | None = None, width: i
         detail = ", ".join(f"{k} {v}" for k, v in sorted(why.items(), key=lambda kv: (-kv[1], kv[0])))
         parts.append(f"{state.lower()} {counts[state]}" + (f" ({detail})" if detail else ""))
     budget = f" of {max_trials}" if max_trials else ""
-    done = sum(1 for t in data["trials"] if "imported_from" not in t)
     lines = [
-        f"study {data['study_name']!r}: {done}{budget} trials complete",
+        f"study {records.study_name!r}: {_trained(records)}{budget} trials complete",
         "trials: " + (", ".join(parts) if parts else "none yet"),
         "metrics: " + ", ".join(
-            f"{m} ({'higher' if h else 'lower'} is better)"
-            for m, h in zip(data["metrics"], data["higher_is_better"])
-        ),
+            f"{m.name} ({'higher' if m.higher_is_better else 'lower'} is better)" for m in records.metrics),
     ]
     from .arch_metrics import summary_lines
 
-    lines += summary_lines(data.get("architecture_metrics"))
+    lines += summary_lines(records.architecture_metrics)
     if (reasons.get("FAIL") or {}).get("Discarded"):
         lines.insert(2, "  (Discarded: asked by a worker after the budget was spent; never trained.)")
     if (reasons.get("PRUNED") or {}).get("discarded"):
         lines.insert(2, "  (discarded: asked by a worker in a race for the last budget slot; never trained.)")
-    if data.get("stopped"):
-        lines.insert(1, f"stopped by the circuit breaker: {data['stopped']}")
+    if records.stopped:
+        lines.insert(1, f"stopped by the circuit breaker: {records.stopped}")
     width = width or terminal_width()
     lines = [part for line in lines for part in textwrap.wrap(line, width, subsequent_indent="  ")]
-    if any(t.get("pareto") for t in data["trials"]):
-        lines += ["", "Pareto front:", pareto_table(data, width)]
+    if records.pareto:
+        lines += ["", "Pareto front:", pareto_table(records, width)]
     return "\n".join(lines)
 
 
-def text_report(data: Mapping[str, Any], width: int = TEXT_FILE_WIDTH) -> str:
-    lines = [status_text(data, width=width), "", "All complete trials (* Pareto-optimal):",
-             _table(data["trials"], data, width, leading=("pareto",))]
+def text_report(records: StudyRecords, width: int = TEXT_FILE_WIDTH) -> str:
+    """The results text file: the status, then every complete trial (``*`` marks the Pareto front)."""
+    lines = [status_text(records, width=width), "", "All complete trials (* Pareto-optimal):",
+             _table(records, records.complete, width, leading=("pareto",))]
     return "\n".join(lines) + "\n"
 
 
-def pareto_csv(data: Mapping[str, Any]) -> str:
+def pareto_csv(records: StudyRecords) -> str:
+    """The Pareto-optimal trials as CSV: trial, each metric, the parameter count, each arch key."""
     buf = io.StringIO()
-    keys = sorted({k for r in data["trials"] for k in r["arch"]})
+    keys = sorted({k for t in records.complete for k in t.arch})
     writer = csv.writer(buf)
-    writer.writerow(["trial", *data["metrics"], "params", *keys])
-    for r in data["trials"]:
-        if r.get("pareto"):
-            writer.writerow([r["number"], *r["values"], r.get("params", ""), *[r["arch"].get(k) for k in keys]])
+    writer.writerow(["trial", *(m.name for m in records.metrics), "params", *keys])
+    for t in records.pareto:
+        writer.writerow([t.number, *t.values, "" if t.n_params is None else t.n_params,
+                         *[t.arch.get(k) for k in keys]])
     return buf.getvalue()

@@ -78,13 +78,14 @@ def write_results(study, text_path: str | os.PathLike, *, table: bool = True) ->
     """``text_path`` in the seed's format (replaced atomically: a script polling it never reads half a
     file), and beside it ``lastest_results.json`` with, when ``table``, its readable table
     ``lastest_results.txt`` (:func:`nas_distill.results.dump_results`)."""
-    from .results import dump_results, study_results, write_json
+    from .results import dump_results, read_status, study_results, write_json
 
-    data = study_results(study)
+    records = read_status(study)
+    data = study_results(records=records)
     text_path = Path(text_path)
     text_path.parent.mkdir(parents=True, exist_ok=True)
     if table:
-        dump_results(study, text_path.parent / LATEST_JSON, data=data)
+        dump_results(study, text_path.parent / LATEST_JSON, records=records)
     else:
         write_json(data, text_path.parent / LATEST_JSON)
     _write_atomic(text_path, results_text(data))

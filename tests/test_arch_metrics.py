@@ -103,7 +103,7 @@ def test_large_space_measures_a_sample_and_predicts_the_rest(tmp_path):
 
 
 def test_trained_measurement_fills_a_gap_and_status_reports_the_predictor(tmp_path):
-    from nas_distill.results import status_text, study_results
+    from nas_distill.results import read_status, status_text, study_results
 
     ad = make_ad(tmp_path, space=LARGE_SPACE)
     metrics = ArchMetrics(ad)
@@ -117,7 +117,7 @@ def test_trained_measurement_fills_a_gap_and_status_reports_the_predictor(tmp_pa
     info = data["architecture_metrics"]
     assert info["measured"] == INITIAL_SAMPLE + 1
     assert info["predictors"]["latency"]["n"] == INITIAL_SAMPLE + 1
-    text = status_text(data)
+    text = status_text(read_status(ad.study))
     assert f"architecture metrics: {INITIAL_SAMPLE + 1} students measured" in text
     assert f"latency predictor, leave-one-out over {INITIAL_SAMPLE + 1} students" in text
 
@@ -376,7 +376,7 @@ def test_built_in_training_pauses_at_every_step(tmp_path, monkeypatch):
 def test_search_measures_first_and_hands_the_values_to_the_searcher(tmp_path):
     """A bo search: the untrained students are measured before the first suggestion, the searcher is
     given ArchMetrics.known_objectives, and status reports the measurements."""
-    from nas_distill.results import status_text, study_results
+    from nas_distill.results import read_status, status_text
 
     ad = make_ad(tmp_path, max_trials=3)
     ad.train_func = lambda model: None
@@ -388,8 +388,8 @@ def test_search_measures_first_and_hands_the_values_to_the_searcher(tmp_path):
     complete = [t for t in ad.study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 3
     for t in complete:  # the trial's own params match the stored untrained measurement of its arch
-        assert ad.arch_metrics.values(t.params)["params"] == t.user_attrs["params"] == mlp_params(t.params)
-    assert "architecture metrics: 12 students measured untrained" in status_text(study_results(ad.study))
+        assert ad.arch_metrics.values(t.params)["params"] == t.user_attrs["n_params"] == mlp_params(t.params)
+    assert "architecture metrics: 12 students measured untrained" in status_text(read_status(ad.study))
 
 
 def test_grid_search_measures_nothing_up_front(tmp_path):

@@ -323,7 +323,7 @@ def test_torch_mlp_students_on_digits(tmp_path):
     assert sorted(json.dumps(complete[i].params, sort_keys=True) for i in expected) == \
         sorted(json.dumps(a, sort_keys=True) for a in best)
     for t in complete:
-        assert t.user_attrs["params"] == t.values[1]  # counted from the torch module
+        assert t.user_attrs["n_params"] == t.values[1]  # counted from the torch module
         assert t.user_attrs["artifact_id"]
 
 

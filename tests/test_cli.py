@@ -199,9 +199,9 @@ def test_status_tells_discarded_and_duplicate_trials_from_failures(tmp_path):
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         study.tell(trial, 0.5 if state == TrialState.COMPLETE else None, state=state)
-    data = results.study_results(optuna.load_study(study_name="why", storage=f"sqlite:///{tmp_path / 's.db'}"))
-    assert data["reasons"] == {"FAIL": {"Discarded": 2, "WorkerLost": 1}, "PRUNED": {"duplicate": 1}}
-    lines = results.status_text(data, max_trials=1).splitlines()
+    records = results.read_status(optuna.load_study(study_name="why", storage=f"sqlite:///{tmp_path / 's.db'}"))
+    assert records.reasons == {"FAIL": {"Discarded": 2, "WorkerLost": 1}, "PRUNED": {"duplicate": 1}}
+    lines = results.status_text(records, max_trials=1).splitlines()
     assert lines[0] == "study 'why': 1 of 1 trials complete"
     assert lines[1] == "trials: complete 1, fail 3 (Discarded 2, WorkerLost 1), pruned 1 (duplicate 1)"
     assert "never trained" in lines[2]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from _support.common import REPO_ROOT, free_port, get_json, listening_addresses, wait_for_server_json
+from _support.common import REPO_ROOT, free_port, get_json, listening_addresses, stop_server, wait_for_server_json
 from _support.report import make_study
 
 from nas_distill.reporting.dashboard import HYPERVOLUME_FIGURE_ID, push_figures
@@ -45,12 +45,7 @@ def server(tmp_path_factory):
         yield {"base": base, "port": port, "study": study, "url": url, "artifact_dir": artifact_dir,
                "proc": proc, "tmp": tmp}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_server(proc)
         log.close()
 
 

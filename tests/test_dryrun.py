@@ -12,13 +12,13 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from _support.common import REPO_ROOT, tiny_bert_task  # noqa: E402
 from _support.torch_models import (  # noqa: E402
     N_LABELS,
     ListDataset,
@@ -33,8 +33,6 @@ from nas_distill.autodistill import AutoDistillation  # noqa: E402
 from nas_distill.builders import from_config  # noqa: E402
 from nas_distill.dryrun import check_dataset, dry_run, num_labels  # noqa: E402
 from nas_distill.errors import ConfigError  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def config(run_dir, kt=None, space=None):
@@ -290,21 +288,7 @@ def test_keras_models_and_numpy_data_without_torch(tmp_path):
     assert not (tmp_path / "run" / "study.db").exists()
 
 
-TASK = r'''
-import torch, transformers
-from nas_distill.builders import from_config
-
-CFG = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-           max_position_embeddings=16, num_labels=2)
-
-def make_task(config):
-    torch.manual_seed(0)
-    ids = torch.randint(1, 50, (6, 8))
-    items = [{"input_ids": ids[i], "labels": torch.tensor(i % 2 if i != 4 else 9)} for i in range(6)]
-    return {"model_builder": from_config(transformers.BertConfig(**CFG)),
-            "teacher_model": transformers.BertForSequenceClassification(transformers.BertConfig(**CFG)),
-            "train_dataset": items, "eval_dataset": items}
-'''
+TASK = tiny_bert_task(6, label="i % 2 if i != 4 else 9")  # item 4: a label the 2-label model lacks
 
 
 @pytest.mark.slow

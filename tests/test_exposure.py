@@ -26,8 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 import optuna
 import pytest
 import yaml
-from _support.common import (REPO_ROOT, free_port, listening_addresses, task_config, wait_for_server_json,
-                            write_config)
+from _support.common import (REPO_ROOT, free_port, listening_addresses, stop_server, task_config,
+                             wait_for_server_json, write_config)
 
 from nas_distill.errors import ConfigError
 
@@ -70,12 +70,7 @@ def test_cli_dashboard_listens_on_loopback_only(tmp_path):
         assert [s["study_name"] for s in studies["study_summaries"]] == ["exposed"]
         assert listening_addresses(port) == ["127.0.0.1"]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_server(proc)
         log.close()
 
 
@@ -159,7 +154,7 @@ def test_query_and_environment_passwords_are_masked_in_errors_logs_and_the_store
     line, and the config stored in the study."""
     import sqlalchemy.exc
 
-    from nas_distill import storage_retry
+    from nas_distill.store import retry as storage_retry
     from nas_distill.study import make_storage, mask_url, open_study
 
     caplog.set_level(logging.DEBUG)

@@ -15,25 +15,11 @@ import sys
 import pytest
 import yaml
 
-from _support.common import REPO_ROOT
+from _support.common import REPO_ROOT, tiny_bert_task
 
 pytest.importorskip("transformers")
 
-TASK = r'''
-import torch, transformers
-from nas_distill.builders import from_config
-
-CFG = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-           max_position_embeddings=16, num_labels=2)
-
-def make_task(config):
-    torch.manual_seed(0)
-    ids = torch.randint(1, 50, (12, 8))
-    items = [{"input_ids": ids[i], "labels": torch.tensor(i % 2)} for i in range(12)]
-    return {"model_builder": from_config(transformers.BertConfig(**CFG)),
-            "teacher_model": transformers.BertForSequenceClassification(transformers.BertConfig(**CFG)),
-            "train_dataset": items, "eval_dataset": items}
-'''
+TASK = tiny_bert_task(12)
 
 
 def config(run_dir, *, space=None, metrics=("accuracy", "params"), device="cpu", max_trials=2):

@@ -19,7 +19,8 @@ import pytest
 from _support.report import make_study
 
 from nas_distill.report import write_report
-from nas_distill.reporting.data import collect, metric_unit
+from nas_distill.records import metric_unit
+from nas_distill.reporting.data import collect
 from nas_distill.reporting.html import DATA_BLOCK_ID
 from nas_distill.search.pareto import hypervolume
 

@@ -45,7 +45,7 @@ def test_run_and_status_use_the_storage_from_the_environment(tmp_path, task_modu
 @pytest.mark.slow
 def test_read_only_sqlite_error_names_the_cause(tmp_path):
     """SQLite opened read-only (``mode=ro``: what a file without write permission gives, even to root)."""
-    from nas_distill.storage_retry import storage_error_text
+    from nas_distill.store.classify import storage_error_text
 
     path = tmp_path / "s.db"
     optuna.create_study(study_name="ro", storage=f"sqlite:///{path}")
@@ -102,7 +102,7 @@ def test_status_tells_a_dead_running_trial_from_a_live_one(tmp_path):
     import time
 
     from nas_distill import study as sm
-    from nas_distill.results import status_text, study_results
+    from nas_distill.results import read_status, status_text
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = sm.open_study(sm.make_storage(url, heartbeat_interval=1, grace_period=2), "dead",
@@ -113,5 +113,5 @@ def test_status_tells_a_dead_running_trial_from_a_live_one(tmp_path):
     sm.Heartbeat(study, dead._trial_id).beat()
     with sm.Heartbeat(study, live._trial_id, interval=0.5):
         time.sleep(3)
-        text = status_text(study_results(sm.load_study(url, "dead")))
+        text = status_text(read_status(sm.load_study(url, "dead")))
     assert "running 2 (no heartbeat: worker lost 1)" in text, text

@@ -13,7 +13,8 @@ import optuna
 import pytest
 from _support.report import make_study
 
-from nas_distill.reporting.data import MetricInfo, TrialRow, collect
+from nas_distill.records import MetricInfo, TrialRecord
+from nas_distill.reporting.data import collect
 from nas_distill.reporting.table import trials_table
 
 LONG_SPACE = {
@@ -26,12 +27,12 @@ LONG_SPACE = {
 }
 
 
-def _rows(n: int = 7) -> list[TrialRow]:
+def _rows(n: int = 7) -> list[TrialRecord]:
     rows = []
     for i in range(n):
         arch = {k: v[(i * (j + 1)) % len(v)] for j, (k, v) in enumerate(LONG_SPACE.items())}
-        rows.append(TrialRow(number=i, state="COMPLETE", params=arch, values=[0.5 + i / 100, 1.25 * (i + 1)],
-                             n_params=10_000 * (i + 1), duration_s=None, worker=None, error=None))
+        rows.append(TrialRecord(number=i, state="COMPLETE", arch=arch, values=[0.5 + i / 100, 1.25 * (i + 1)],
+                                n_params=10_000 * (i + 1), duration_s=None, worker=None, error=None))
     return rows
 
 
@@ -74,7 +75,7 @@ def test_every_key_has_its_column_at_any_width():
         assert len(parsed) == len(rows)
         for row, cells in zip(rows, parsed):
             shown = {legend.get(name, name): value for name, value in cells.items()}
-            for key, value in row.params.items():
+            for key, value in row.arch.items():
                 assert shown[key] == str(value), (width, key)
             assert shown["accuracy ↑"] == f"{row.values[0]:.4g}"
             assert shown["params"] == str(row.n_params)
@@ -83,8 +84,8 @@ def test_every_key_has_its_column_at_any_width():
 
 
 def test_params_as_an_objective_is_one_column_and_numbers_are_plain():
-    rows = [TrialRow(number=0, state="COMPLETE", params={"h": 1}, values=[0.000123, 8_380_416.0],
-                     n_params=8_380_416, duration_s=None, worker=None, error=None)]
+    rows = [TrialRecord(number=0, state="COMPLETE", arch={"h": 1}, values=[0.000123, 8_380_416.0],
+                        n_params=8_380_416, duration_s=None, worker=None, error=None)]
     metrics = [MetricInfo("accuracy", "maximize", None), MetricInfo("params", "minimize", "count")]
     text = trials_table(rows, metrics, width=100)
     header = text.splitlines()[0].split("  ")

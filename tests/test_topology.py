@@ -26,7 +26,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from _support.common import REPO_ROOT, free_port, get_json, task_config, wait_for_server_json, write_config
+from _support.common import (REPO_ROOT, free_port, get_json, stop_server, task_config, wait_for_server_json,
+                             write_config)
 
 WORKERS = 3
 MAX_TRIALS = 9
@@ -154,12 +155,7 @@ def test_compose_topology_on_postgres(tmp_path, task_module, postgres_url, fresh
     finally:
         for proc in procs + ([dashboard] if dashboard is not None else []):
             if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+                stop_server(proc)
         for log in logs + [dash_log]:
             log.close()
     assert dashboard.returncode is not None  # stopped

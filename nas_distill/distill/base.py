@@ -74,7 +74,7 @@ class FlashDistillerBase:
 
     def _init_common(self, settings: Any, cache_dir: Optional[str], stages: Optional[Sequence[Any]]) -> None:
         if settings is None:
-            from nas_distill.config import FlashSettings
+            from nas_distill.settings import FlashSettings
 
             settings = FlashSettings()
         self.settings = settings

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nas_distill.reporting.data import MetricInfo, StudyData, TrialRow, format_arch, format_value
+from nas_distill.records import MetricInfo, TrialRecord
+from nas_distill.reporting.data import StudyData, format_arch, format_value
 
 __all__ = [
     "PARETO_COLOR",
@@ -44,10 +45,10 @@ def pareto_axes(metrics: list[MetricInfo]) -> tuple[int, int]:
     return 1, 0
 
 
-def hover_text(row: TrialRow, metrics: list[MetricInfo]) -> str:
+def hover_text(row: TrialRecord, metrics: list[MetricInfo]) -> str:
     """``trial #n (Pareto)<br>arch<br>metric: value unit ...<br>params: count`` for one trial."""
     lines = [f"trial #{row.number}" + (" (Pareto)" if row.pareto else "")]
-    lines.append(format_arch(row.params, sep="<br>") if row.params else "arch: -")
+    lines.append(format_arch(row.arch, sep="<br>") if row.arch else "arch: -")
     for m, v in zip(metrics, row.values or []):
         lines.append(f"{m.name}: {format_value(v, m.unit)}" + (f" {m.unit}" if m.unit else ""))
     if row.n_params is not None:

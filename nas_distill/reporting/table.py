@@ -27,7 +27,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from nas_distill.reporting.data import MetricInfo, TrialRow
+from nas_distill.records import MetricInfo, TrialRecord
 
 __all__ = ["Column", "key_abbreviations", "plain_number", "render_text", "table_columns", "terminal_width",
            "trials_table"]
@@ -96,7 +96,7 @@ def key_abbreviations(keys: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def table_columns(rows: Sequence[TrialRow], metrics: Sequence[MetricInfo], keys: Sequence[str],
+def table_columns(rows: Sequence[TrialRecord], metrics: Sequence[MetricInfo], keys: Sequence[str],
                   *, leading: Iterable[str] = (), trailing: Iterable[str] = ()) -> list[Column]:
     """The table's columns for ``rows`` (see the module docstring for the order)."""
     def column(title: str, values: list[Any], numeric: bool = True, **kw: Any) -> Column:
@@ -109,7 +109,7 @@ def table_columns(rows: Sequence[TrialRow], metrics: Sequence[MetricInfo], keys:
     cols += [extra_leading[name]() for name in leading]
     shorts = key_abbreviations(list(keys))
     for key in keys:
-        values = [r.params.get(key) for r in rows]
+        values = [r.arch.get(key) for r in rows]
         numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values if v is not None)
         cols.append(column(key, values, numeric, short=shorts[key], key=True))
     for i, m in enumerate(metrics):
@@ -191,9 +191,9 @@ def render_text(columns: Sequence[Column], width: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def trials_table(rows: Sequence[TrialRow], metrics: Sequence[MetricInfo], keys: Sequence[str] | None = None,
+def trials_table(rows: Sequence[TrialRecord], metrics: Sequence[MetricInfo], keys: Sequence[str] | None = None,
                  *, leading: Iterable[str] = (), trailing: Iterable[str] = (), width: int | None = None) -> str:
     """:func:`render_text` of :func:`table_columns`; ``keys`` default to every arch key of ``rows``."""
     if keys is None:
-        keys = list(dict.fromkeys(k for r in rows for k in r.params))
+        keys = list(dict.fromkeys(k for r in rows for k in r.arch))
     return render_text(table_columns(rows, metrics, keys, leading=leading, trailing=trailing), width)

@@ -67,6 +67,26 @@ def task_config(run_dir, *, storage=None, study_name="test", max_trials=12, spac
 
 
 
+def tiny_bert_task(n_items: int, label: str = "i % 2") -> str:
+    """Source of a task module: a one-layer BERT teacher, students built from its config, and ``n_items``
+    random token sequences labelled by the Python expression ``label`` of the index ``i`` (train and eval)."""
+    return r'''
+import torch, transformers
+from nas_distill.builders import from_config
+
+CFG = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+           max_position_embeddings=16, num_labels=2)
+
+def make_task(config):
+    torch.manual_seed(0)
+    ids = torch.randint(1, 50, (N_ITEMS, 8))
+    items = [{"input_ids": ids[i], "labels": torch.tensor(LABEL)} for i in range(N_ITEMS)]
+    return {"model_builder": from_config(transformers.BertConfig(**CFG)),
+            "teacher_model": transformers.BertForSequenceClassification(transformers.BertConfig(**CFG)),
+            "train_dataset": items, "eval_dataset": items}
+'''.replace("N_ITEMS", str(n_items)).replace("LABEL", label)
+
+
 def write_config(path, data) -> str:
     import yaml
 
@@ -103,6 +123,18 @@ def wait_for_server_json(proc, log, url: str, timeout_s: float):
                 log.seek(0)
                 pytest.fail(f"the server did not answer within {timeout_s} s:\n{log.read()[-3000:]}")
             time.sleep(0.2)
+
+
+def stop_server(proc, timeout_s: float = 10) -> None:
+    """SIGTERM the server process ``proc`` and wait for it; SIGKILL it if it has not stopped by then."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout_s)
 
 
 def listening_addresses(port: int) -> list[str]:

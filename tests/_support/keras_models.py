@@ -15,8 +15,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from nas_distill.config import DistillStage, FlashSettings, TeacherCacheSettings  # noqa: E402
-from nas_distill.distill.mappings import parse_layer_mapping  # noqa: E402
+from _support.flash import flash_settings, stage  # noqa: E402, F401  (stage: re-exported for the Keras tests)
 
 N_FEATURES, N_CLASSES = 64, 10
 
@@ -75,17 +74,5 @@ def weights_of(model, layer_name):
     return [np.array(w) for w in model.get_layer(layer_name).get_weights()]
 
 
-def stage(name="rd", kind="regular_distillation", **kw):
-    if "mappings" in kw:
-        kw["mappings"] = tuple(parse_layer_mapping(m) for m in kw["mappings"])
-    for key in ("block_names", "loss_types", "loss_weights"):
-        if key in kw:
-            kw[key] = tuple(kw[key])
-    return DistillStage(name=name, kind=kind, **kw)
-
-
-def flash(stages, cache=True, cache_dir=None, budget_mb=64, **kw):
-    cache_cfg = TeacherCacheSettings(enabled=cache, dir=cache_dir, feature_budget_mb=budget_mb)
-    kw.setdefault("device", "cpu")
-    kw.setdefault("batch_size", 32)
-    return FlashSettings(teacher_cache=cache_cfg, stages=list(stages), **kw)
+def flash(stages, **kw):
+    return flash_settings(stages, **{"batch_size": 32, **kw})

@@ -22,7 +22,8 @@ import json
 import os
 import time
 
-VOCAB, SEQ, N_LABELS = 100, 16, 3
+from _support.torch_models import N_LABELS, SEQ, VOCAB, bert_config
+
 _state = {"phase": None, "seq": 0}
 
 
@@ -43,16 +44,6 @@ def mark(phase: str) -> None:
 
 def _delay(name: str) -> float:
     return float(os.environ.get(name, "0") or 0)
-
-
-def bert_config(**kw):
-    import transformers
-
-    cfg = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=64, max_position_embeddings=SEQ * 2, num_labels=N_LABELS,
-               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    cfg.update(kw)
-    return transformers.BertConfig(**cfg)
 
 
 def examples(n: int = 64, seed: int = 0):

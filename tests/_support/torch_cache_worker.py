@@ -12,9 +12,9 @@ def fill_cache(teacher_path: str, cache_dir: str, use_lock: bool, start, out_pat
     import torch
     import transformers
 
+    from _support.torch_models import ListDataset, flash, make_text_examples, stage
     from nas_distill.distill.torch import cache as cache_mod
     from nas_distill.distill.torch.distiller import FlashDistiller
-    from _support.torch_models import ListDataset, flash, make_text_examples, stage
 
     torch.set_num_threads(1)
     if not use_lock:

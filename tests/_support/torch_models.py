@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import transformers
 
-from nas_distill.config import DistillStage, FlashSettings, TeacherCacheSettings
-from nas_distill.distill.mappings import parse_layer_mapping
+from _support.flash import flash_settings, stage  # noqa: F401  (stage: re-exported for the torch tests)
 
 VOCAB, SEQ, N_LABELS = 100, 16, 3
 
@@ -80,19 +79,7 @@ class NoisyDataset(ListDataset):
         return item
 
 
-def stage(name="rd", kind="regular_distillation", **kw):
-    if "mappings" in kw:
-        kw["mappings"] = tuple(parse_layer_mapping(m) for m in kw["mappings"])
-    for key in ("block_names", "loss_types", "loss_weights"):
-        if key in kw:
-            kw[key] = tuple(kw[key])
-    return DistillStage(name=name, kind=kind, **kw)
-
-
-def flash(stages, cache=True, cache_dir=None, **kw):
-    cache_cfg = TeacherCacheSettings(enabled=cache, dir=cache_dir, feature_budget_mb=64)
-    kw.setdefault("device", "cpu")
-    kw.setdefault("batch_size", 8)
-    return FlashSettings(teacher_cache=cache_cfg, stages=list(stages), **kw)
+def flash(stages, **kw):
+    return flash_settings(stages, **{"batch_size": 8, **kw})
 
 

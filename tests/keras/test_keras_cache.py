@@ -14,14 +14,11 @@ from nas_distill.distill.keras import KerasFlashDistiller
 from nas_distill.distill.keras import cache as cache_mod
 from nas_distill.distill.keras.cache import read_entry
 
+from _support.flash import cache_entries, damage_cache_entry
 from _support.keras_models import digits, flash, mlp, stage
 
 KT = dict(name="kt", kind="knowledge_transfer", mappings=[("dense_1", "t_1"), ("dense_2", "t_2")], train_steps=3)
 STAGES = [stage(**KT), stage(train_steps=3, add_origin_loss=True, temperature=2.0)]
-
-
-def entries(cache_dir):
-    return sorted(e for e in os.listdir(cache_dir) if not e.endswith(".lock"))
 
 
 def calls(teacher):
@@ -39,7 +36,7 @@ def test_warm_disk_cache_means_zero_teacher_calls_and_the_same_result(teacher, t
     s2 = mlp((16, 16), name="student", seed=2)
     r2 = second.distill(s2, seed=3)
     assert calls(teacher) == 4 and r1.teacher_forward_calls == r2.teacher_forward_calls == 0
-    assert r2.teacher_cache == "disk" and len(entries(tmp_path)) == 1
+    assert r2.teacher_cache == "disk" and len(cache_entries(tmp_path)) == 1
     assert [s.final_loss for s in r1.stages] == [s.final_loss for s in r2.stages]
     assert all(np.array_equal(a, b) for a, b in zip(s1.get_weights(), s2.get_weights()))
     # the live teacher (cache disabled) runs once per step, and trains the student almost identically
@@ -74,22 +71,14 @@ def test_memory_cache_and_features_over_budget_are_computed_live(teacher, train_
 def test_corrupt_cache_entry_is_rebuilt(teacher, train_data, tmp_path, damage):
     settings = flash([stage(**KT)], cache_dir=str(tmp_path))
     KerasFlashDistiller(teacher, train_data, settings).prepare()
-    (fp,) = entries(tmp_path)
-    path = tmp_path / fp / "logits.npy"
-    good = path.read_bytes()
-    if damage == "truncate":
-        path.write_bytes(good[: len(good) // 2])
-    elif damage == "flip":
-        path.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
-    else:
-        (tmp_path / fp / "manifest.json").unlink()
+    fp, path, good = damage_cache_entry(tmp_path, damage)
     assert read_entry(str(tmp_path), fp) is None  # never trusted
     before = calls(teacher)
     KerasFlashDistiller(teacher, train_data, settings).prepare()
     assert calls(teacher) > before  # rebuilt from the teacher
     assert path.read_bytes() == good
     assert read_entry(str(tmp_path), fp) is not None
-    assert entries(tmp_path) == [fp]  # the broken copy is gone
+    assert cache_entries(tmp_path) == [fp]  # the broken copy is gone
 
 
 @pytest.mark.parametrize("use_lock", [True, False], ids=["flock", "rename-only"])
@@ -114,7 +103,7 @@ def test_two_distillers_filling_one_cache_dir_leave_one_valid_entry(teacher, tra
     for t in threads:
         t.join(60)
     assert not errors
-    (fp,) = entries(tmp_path)  # one entry, no temporary folder left
+    (fp,) = cache_entries(tmp_path)  # one entry, no temporary folder left
     assert read_entry(str(tmp_path), fp) is not None
     a, b = (d._cached for d in distillers)
     assert set(a) == set(b) == {None, "t_1", "t_2"}
@@ -127,7 +116,7 @@ def test_float16_only_when_lossless(teacher, train_data, tmp_path):
     kernel, bias = teacher.get_layer("logits").get_weights()
     teacher.get_layer("logits").set_weights([kernel * 1e4, bias])  # logits in the thousands
     KerasFlashDistiller(teacher, train_data, flash([stage(**KT)], cache_dir=str(tmp_path))).prepare()
-    (fp,) = entries(tmp_path)
+    (fp,) = cache_entries(tmp_path)
     manifest = json.loads((tmp_path / fp / "manifest.json").read_text())
     dtypes = {info["key"]: info["dtype"] for info in manifest["arrays"].values()}
     assert dtypes == {None: "float32", "t_1": "float16", "t_2": "float16"}

@@ -79,7 +79,7 @@ def test_two_workers_on_one_sqlite_study_end_with_a_correct_pareto_front(tmp_pat
         accuracy, latency = t.values
         assert 0.0 <= accuracy <= 1.0 and latency > 0
         # params counted from the trained Keras model equal a fresh build's count for that arch
-        assert t.user_attrs["params"] == keras_digits.student_builder(t.params).count_params()
+        assert t.user_attrs["n_params"] == keras_digits.student_builder(t.params).count_params()
         assert t.user_attrs["artifact_id"]
     assert max(t.values[0] for t in complete) > 3 * CHANCE, [t.values for t in complete]
     # one whole teacher file, no temporary folder left behind
@@ -182,7 +182,7 @@ def test_seed_api_runs_keras_trials_with_the_builtin_engine(in_process_search):
     assert len(complete) == 2, [t.user_attrs.get("error") for t in agent.study.trials]
     x_val, y_val = agent.eval_dataset
     for t in complete:
-        assert t.user_attrs["params"] == keras_digits.student_builder(t.params).count_params()
+        assert t.user_attrs["n_params"] == keras_digits.student_builder(t.params).count_params()
         # the recorded accuracy is the trained model's, on the evaluation split
         accuracy = float(np.mean(agent.logits[t.number].argmax(-1) == y_val))
         assert t.values[0] == pytest.approx(accuracy)

@@ -104,7 +104,7 @@ def test_load_search_results_reads_npy_json_and_texts(tmp_path):
     assert other.load_search_results(texts) == 2
     for t in other.study.get_trials(states=(TrialState.COMPLETE,)):
         assert t.values == pytest.approx([metrics_of(t.params)[m] for m in METRICS])
-        assert t.user_attrs["params"] == 12300
+        assert t.user_attrs["n_params"] == 12300
 
     # our own lastest_results.json, written by a search, resumes a fresh study
     done = agent_for(2, [])

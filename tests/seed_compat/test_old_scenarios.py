@@ -90,7 +90,7 @@ def test_old_scenario_bo_grid_random_three_searches_in_one_process(tmp_path, mon
 
         # parameter counts: the built students' tensors
         for t in complete:
-            assert t.user_attrs["params"] == params_of[arch_key(t.params)]
+            assert t.user_attrs["n_params"] == params_of[arch_key(t.params)]
             assert agent.model_paras_num[arch_key(t.params)] == params_of[arch_key(t.params)]
 
         # eval_loss: one forward pass of the saved student over the whole evaluation set

@@ -70,7 +70,7 @@ def test_returned_model_is_evaluated_saved_and_counted(tmp_path):
         assert trial.values[0] == pytest.approx(accuracy_of(returned[0], data)) == 1.0
         assert trial.values[0] != pytest.approx(untrained)
         # counted: the returned model's parameters
-        assert trial.values[1] == trial.user_attrs["params"] == sum(p.numel() for p in oracle().parameters())
+        assert trial.values[1] == trial.user_attrs["n_params"] == sum(p.numel() for p in oracle().parameters())
         # saved: the returned model's weights
         archive = tmp_path / f"t{trial.number}.tar"
         optuna.artifacts.download_artifact(artifact_store=artifact_store(tmp_path / "run"), file_path=str(archive),

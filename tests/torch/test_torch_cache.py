@@ -15,6 +15,7 @@ from nas_distill.distill.torch import cache as cache_mod
 from nas_distill.distill.torch.cache import read_entry, storage_dtype
 
 from _support import torch_cache_worker
+from _support.flash import cache_entries, damage_cache_entry
 from _support.torch_models import ListDataset, NoisyDataset, flash, make_image_examples, save_and_load, stage, vit_config
 
 KT = dict(name="kt", kind="knowledge_transfer",
@@ -31,10 +32,6 @@ class CallCounter:
         self.calls += 1
 
 
-def entries(cache_dir):
-    return [e for e in os.listdir(cache_dir) if not e.endswith(".lock")]
-
-
 def test_warm_disk_cache_means_zero_teacher_calls(bert_teacher, bert_student, text_data, tmp_path):
     stages = [stage(**KT), stage(train_steps=2, add_origin_loss=True)]
     first = FlashDistiller(bert_teacher, text_data, flash(stages, cache_dir=str(tmp_path)))
@@ -47,7 +44,7 @@ def test_warm_disk_cache_means_zero_teacher_calls(bert_teacher, bert_student, te
         second = FlashDistiller(bert_teacher, text_data, flash(stages, cache_dir=str(tmp_path)))
         res = second.distill(bert_student, seed=0)
         assert counter.calls == 0 and res.teacher_forward_calls == 0
-        assert len(entries(tmp_path)) == 1
+        assert len(cache_entries(tmp_path)) == 1
         # the live teacher runs when the cache is disabled
         live = FlashDistiller(bert_teacher, text_data, flash(stages, cache=False))
         res = live.distill(bert_student, seed=0)
@@ -99,7 +96,7 @@ def test_cache_stores_fp32_when_teacher_logits_are_large(bert_teacher, text_data
         teacher.classifier.weight.mul_(1e4)
     d = FlashDistiller(teacher, text_data, flash([stage(**KT)], cache_dir=str(tmp_path)))
     d.prepare()
-    (fp,) = entries(tmp_path)
+    (fp,) = cache_entries(tmp_path)
     manifest = json.loads((tmp_path / fp / "manifest.json").read_text())
     dtypes = {info["key"]: info["dtype"] for info in manifest["arrays"].values()}
     assert dtypes[None] == "float32"  # logits: float16 would distort them
@@ -125,7 +122,7 @@ def test_two_processes_fill_one_cache(bert_teacher, tmp_path, use_lock):
         assert p.exitcode == 0
     digests = [open(o).read() for o in outs]
     assert digests[0] == digests[1]
-    (fp,) = entries(cache_dir)
+    (fp,) = cache_entries(cache_dir)
     assert read_entry(cache_dir, fp) is not None
 
 
@@ -133,15 +130,7 @@ def test_two_processes_fill_one_cache(bert_teacher, tmp_path, use_lock):
 def test_corrupt_cache_is_rebuilt(bert_teacher, text_data, tmp_path, damage):
     settings = flash([stage(**KT)], cache_dir=str(tmp_path))
     FlashDistiller(bert_teacher, text_data, settings).prepare()
-    (fp,) = entries(tmp_path)
-    path = tmp_path / fp / "logits.npy"
-    good = path.read_bytes()
-    if damage == "truncate":
-        path.write_bytes(good[: len(good) // 2])
-    elif damage == "flip":
-        path.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
-    else:
-        (tmp_path / fp / "manifest.json").unlink()
+    fp, path, good = damage_cache_entry(tmp_path, damage)
     assert read_entry(str(tmp_path), fp) is None  # never trusted
     counter = CallCounter(bert_teacher)
     try:
@@ -152,22 +141,22 @@ def test_corrupt_cache_is_rebuilt(bert_teacher, text_data, tmp_path, damage):
     assert counter.calls > 0  # rebuilt from the teacher
     assert path.read_bytes() == good
     assert read_entry(str(tmp_path), fp) is not None
-    assert entries(tmp_path) == [fp]  # the broken copy is gone
+    assert cache_entries(tmp_path) == [fp]  # the broken copy is gone
 
 
 def test_leftover_temp_folder_of_a_dead_writer_is_removed(bert_teacher, text_data, tmp_path):
     settings = flash([stage(**KT)], cache_dir=str(tmp_path))
     FlashDistiller(bert_teacher, text_data, settings).prepare()
-    (fp,) = entries(tmp_path)
+    (fp,) = cache_entries(tmp_path)
     os.rename(tmp_path / fp, tmp_path / f".tmp-{fp[:16]}-dead")  # as if the writer died before publishing
     assert read_entry(str(tmp_path), fp) is None
     FlashDistiller(bert_teacher, text_data, settings).prepare()
-    assert entries(tmp_path) == [fp]
+    assert cache_entries(tmp_path) == [fp]
 
 
 def test_no_pickle_in_cache_files(bert_teacher, text_data, tmp_path):
     FlashDistiller(bert_teacher, text_data, flash([stage(**KT)], cache_dir=str(tmp_path))).prepare()
-    (fp,) = entries(tmp_path)
+    (fp,) = cache_entries(tmp_path)
     for name in os.listdir(tmp_path / fp):
         if name.endswith(".npy"):
             np.load(tmp_path / fp / name, allow_pickle=False)  # would raise on an object array

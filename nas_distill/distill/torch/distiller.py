@@ -30,6 +30,7 @@ import torch
 
 from nas_distill.distill.base import FlashDistillerBase, LossLog, optimizer_key
 from nas_distill.distill.mappings import LayerMapping, Output, parse_layer_mapping  # noqa: F401
+
 # Plans and results are framework-neutral (shared with the Keras engine); re-exported from here.
 from nas_distill.distill.plans import (  # noqa: F401
     LOGITS,
@@ -258,7 +259,7 @@ class FlashDistiller(FlashDistillerBase):
     # ---- training ------------------------------------------------------------------------------
     def check_student(self, student: torch.nn.Module) -> None:
         """Raise InvalidArchitecture when a mapped layer or a block is missing from ``student``."""
-        resolve_modules(student, {l for p in self.plans for l in p.student_layers}, "student")
+        resolve_modules(student, {layer for p in self.plans for layer in p.student_layers}, "student")
         names = [n for n, _ in student.named_parameters()]
         for plan in self.plans:
             for block in plan.block_names:

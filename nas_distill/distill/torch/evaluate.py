@@ -26,7 +26,7 @@ __all__ = ["METRICS", "evaluate", "latency", "eval_pass", "count_params", "model
 
 def _settings(settings: Any) -> Any:
     if settings is None:
-        from nas_distill.config import EvaluationSettings
+        from nas_distill.settings import EvaluationSettings
 
         return EvaluationSettings()
     return settings
