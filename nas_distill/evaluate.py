@@ -77,14 +77,3 @@ def measure_each(names: Sequence[str], measures: Mapping[str, Callable[[str], An
         out[name] = value
     return out
 
-
-# The torch measurements' old import path (``from nas_distill.evaluate import evaluate``).
-_TORCH_NAMES = ("evaluate", "latency", "eval_pass", "count_params", "model_size_mb", "torch_threads", "EvalPass")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _TORCH_NAMES:
-        from nas_distill.distill.torch import evaluate as torch_evaluate
-
-        return getattr(torch_evaluate, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
