@@ -144,10 +144,9 @@ def _version() -> str:
 def _config_data(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
-    from .workers import split_task
-    from .yamlio import read_config_file
+    from .config_file import config_and_task
 
-    return split_task(read_config_file(path))[0]
+    return config_and_task(path)[0]
 
 
 def _storage_arg(args) -> str | None:
