@@ -123,7 +123,8 @@ def test_missing_teacher_layer_fails_at_construction(bert_teacher, text_data):
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_other_optimizers(bert_teacher, bert_student, text_data, optimizer):
-    res = FlashDistiller(bert_teacher, text_data, flash([stage(train_steps=2)], optimizer=optimizer)).distill(bert_student)
+    settings = flash([stage(train_steps=2)], optimizer=optimizer)
+    res = FlashDistiller(bert_teacher, text_data, settings).distill(bert_student)
     assert math.isfinite(res.final_loss)
 
 
