@@ -59,7 +59,7 @@ def load_config(conf: Any):
     if isinstance(conf, cls):
         return conf
     if isinstance(conf, (str, os.PathLike)) and os.path.isfile(conf):  # False for a NUL / over-long path
-        from .workers import read_config_file, split_task
+        from .config_file import read_config_file, split_task
 
         data, task = split_task(read_config_file(conf))
         if task is not None:  # a CLI config (with a task entry point) used from Python: fine

@@ -92,13 +92,12 @@ def pareto_test_accuracy(records, run_dir: str | os.PathLike) -> dict[int, float
 
     from optuna.artifacts import download_artifact
     from transformers import ViTForImageClassification
+    from transformers.utils import logging as hf_logging
 
     from .evaluate import evaluate
     from .runner import extract_student
     from .study import artifact_store
     from .tasks import digits
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one result line per student, no "Loading weights" bars
     _, _, test = digits.datasets()

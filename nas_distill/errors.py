@@ -64,7 +64,7 @@ def environment_cause(exc: BaseException) -> str | None:
     """
     import errno as errno_mod
 
-    from .storage_retry import classify
+    from .store.classify import classify
 
     seen: set[int] = set()
     error: BaseException | None = exc

@@ -45,7 +45,7 @@ def metric_from(results: Mapping[str, Any], name: str) -> Any:
 
 def _settings(settings: Any) -> Any:
     if settings is None:
-        from nas_distill.config import EvaluationSettings
+        from nas_distill.settings import EvaluationSettings
 
         return EvaluationSettings()
     return settings

@@ -169,7 +169,7 @@ class KerasFlashDistiller:
                  cache_dir: Optional[str] = None, stages: Optional[Sequence[Any]] = None,
                  jit_compile: Any = "auto"):
         if settings is None:
-            from nas_distill.config import FlashSettings
+            from nas_distill.settings import FlashSettings
 
             settings = FlashSettings()
         self.settings = settings

@@ -43,7 +43,7 @@ _WARNED_THREADS: set = set()
 
 def _settings(settings: Any) -> Any:
     if settings is None:
-        from nas_distill.config import EvaluationSettings
+        from nas_distill.settings import EvaluationSettings
 
         return EvaluationSettings()
     return settings

@@ -133,7 +133,7 @@ class FlashDistiller:
                  stages: Optional[Sequence[Any]] = None, cache_dir: Optional[str] = None,
                  device: Any = None):
         if settings is None:
-            from nas_distill.config import FlashSettings
+            from nas_distill.settings import FlashSettings
 
             settings = FlashSettings()
         self.settings = settings
