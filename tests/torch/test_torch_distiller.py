@@ -137,7 +137,8 @@ def test_unknown_optimizer_is_a_config_error_naming_the_field(bert_teacher, bert
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_other_optimizers(bert_teacher, bert_student, text_data, optimizer):
-    res = FlashDistiller(bert_teacher, text_data, flash([stage(train_steps=2)], optimizer=optimizer)).distill(bert_student)
+    settings = flash([stage(train_steps=2)], optimizer=optimizer)
+    res = FlashDistiller(bert_teacher, text_data, settings).distill(bert_student)
     assert math.isfinite(res.final_loss)
 
 
