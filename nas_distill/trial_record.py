@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import study as study_mod
-from .errors import environment_cause
+from .environment import environment_cause
 from .records import N_PARAMS
 
 
