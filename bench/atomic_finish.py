@@ -1,7 +1,7 @@
 """Two processes finish the same trial at the same moment, N times: how many trials had two winners?
 
 Side by side in one run, on one SQLite file each: Optuna's ``RDBStorage`` (read, check, write) and
-``nas_distill.atomic_storage.AtomicRDBStorage`` (one conditional update). Each trial is finished by two
+``nas_distill.store.atomic.AtomicRDBStorage`` (one conditional update). Each trial is finished by two
 processes started together on a barrier, one telling COMPLETE, the other FAIL (an owner against a stale
 sweep); a process "won" when the call returned True without raising.
 
@@ -23,7 +23,7 @@ CTX = multiprocessing.get_context("fork")
 def _storage(kind: str, url: str):
     import optuna
 
-    from nas_distill.atomic_storage import AtomicRDBStorage
+    from nas_distill.store.atomic import AtomicRDBStorage
 
     cls = AtomicRDBStorage if kind == "atomic" else optuna.storages.RDBStorage
     return cls(url, engine_kwargs={"connect_args": {"timeout": 60}})

@@ -10,6 +10,7 @@ Commands::
     nas-distill dashboard [CONFIG]              optuna-dashboard on the study (127.0.0.1 by default)
     nas-distill export [CONFIG] [--trial N] -o DIR   a trained student (from_pretrained / model.keras)
     nas-distill demo                            the quickest real search there is
+    nas-distill schema [-o FILE]                the JSON Schema of config files
 
 Common flags: ``--storage URL``, ``--study NAME``, ``--run-dir DIR`` (override the config's ``study``
 section), ``--debug`` (tracebacks). Errors print one line and exit non-zero. ``--help`` imports
@@ -122,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True,
                    help="folder to write: from_pretrained-able (torch), or model.keras + arch.json (Keras)")
 
+    p = sub.add_parser("schema", help="print the JSON Schema of config files (editors complete and check with it)")
+    p.add_argument("-o", "--output", help="file to write instead of printing")
+
     p = sub.add_parser("demo", help="run the quickest real search there is")
     p.add_argument("--run-dir", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--max-trials", type=int, default=16, help="trials (default 16)")
@@ -140,9 +144,9 @@ def _version() -> str:
 def _config_data(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
-    from .workers import read_config_file, split_task
+    from .config_file import config_and_task
 
-    return split_task(read_config_file(path))[0]
+    return config_and_task(path)[0]
 
 
 def _storage_arg(args) -> str | None:
@@ -175,10 +179,11 @@ def _study_target(args) -> tuple[str, str | None, str, int | None]:
 
 
 def _open(args):
-    from .study import load_study, recorded_budget
+    from .store import load_study
+    from .store.budget import recorded_budget
 
     url, name, run_dir, max_trials = _study_target(args)
-    study = load_study(url, name)
+    study = load_study(url, name).study
     # The budget the workers ran to (a --max-trials override included) wins over the config's.
     max_trials = recorded_budget(study) or max_trials
     if max_trials is None:
@@ -387,7 +392,7 @@ def cmd_dashboard(args) -> int:
     except ImportError:
         raise CLIError("optuna-dashboard is not installed (pip install 'nas-distill[dashboard]')") from None
     from .reporting.dashboard import check_port_free, launch_dashboard
-    from .study import make_storage, mask_url
+    from .store import make_storage, mask_url
 
     url, name, run_dir, _ = _study_target(args)
     # Reading creates nothing, unless --wait: then the workers started beside it may not have created
@@ -411,7 +416,7 @@ def _require_study(storage, name: str | None, url: str, wait: bool = False) -> N
 
     import optuna
 
-    from .study import mask_url
+    from .store import mask_url
 
     names = optuna.get_all_study_names(storage)
     if wait and not (name in names if name else names):
@@ -459,6 +464,16 @@ def cmd_demo(args) -> int:
     return demo.main(run_dir=args.run_dir, max_trials=args.max_trials, workers=args.workers, debug=args.debug)
 
 
+def cmd_schema(args) -> int:
+    from .settings import schema_text
+
+    if args.output:
+        Path(args.output).write_text(schema_text(), encoding="utf-8")
+    else:
+        sys.stdout.write(schema_text())
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "worker": cmd_worker,
@@ -468,6 +483,7 @@ COMMANDS = {
     "dashboard": cmd_dashboard,
     "export": cmd_export,
     "demo": cmd_demo,
+    "schema": cmd_schema,
 }
 
 
@@ -492,8 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         from .errors import ConfigError
 
-        from .storage_retry import storage_error_text
-        from .study import mask_url
+        from .store.classify import storage_error_text
+        from .store.secrets import mask_url
 
         kind = "config error" if isinstance(exc, ConfigError) else "error"
         message = None if isinstance(exc, ConfigError) else storage_error_text(exc)

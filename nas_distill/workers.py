@@ -1,28 +1,5 @@
-"""Worker processes: load the user's task, run trials on the shared study, stop cleanly on signals.
-
-How a worker started from the command line gets the user's Python code
-----------------------------------------------------------------------
-The config names a *task entry point* at its top level (next to ``model`` / ``auto_distillation``)::
-
-    task: "my_package.my_module:make_task"          # or
-    task: {entry: "my_package.my_module:make_task", args: {data_dir: /data}}
-
-(``nas-distill run|worker --task MODULE:FUNCTION`` overrides it.) The function is imported in every
-worker process (the module must be importable there: installed, or on ``PYTHONPATH``) and called as
-``make_task(config, **args)`` (or ``make_task(**args)`` when it takes no positional parameter), where
-``config`` is the validated :class:`~nas_distill.config.AutoDistillationConfig`. It returns a mapping
-(or an object with these attributes)::
-
-    model_builder   required   arch dict -> student model
-    train_func      optional   train_func(model): trains in place           } or the built-in flash
-    eval_func       optional   eval_func(model) -> metrics                  } distiller + evaluator:
-    teacher_model   optional   the teacher                                  } teacher_model,
-    train_dataset   optional   training data                                } train_dataset and
-    eval_dataset    optional   evaluation data                              } eval_dataset
-    metric_fn       optional   metric_fn(predictions, labels) for the built-in evaluator
-    model_cls       optional   the seed's model_cls (rebuild students with from_pretrained)
-    preprocessor    optional   the students' image processor or tokenizer (saved with each student, so
-                               an exported student runs in ``transformers.pipeline`` on its own)
+"""Worker processes: load the user's task (:mod:`nas_distill.task_entry`), run trials on the shared
+study, stop cleanly on signals.
 
 Processes
 ---------
@@ -38,15 +15,14 @@ SIGTERM and SIGINT (Ctrl-C) raise :class:`~nas_distill.runner.Interrupted` in th
 thread: the running trial is told FAIL with ``error_type='Interrupted'`` / ``error='interrupted
 (SIGTERM)'``, its architecture is enqueued again, and the worker exits with code 0 (SIGTERM) or 130
 (SIGINT), without a traceback. Workers started by ``run`` also stop that way when the launcher itself is
-killed outright (they notice they were re-parented: :func:`watch_parent`). A worker killed outright (``kill -9``, OOM killer, power loss) stops
-beating: after the grace period another worker's stale sweep marks its trial FAIL (``WorkerLost``)
-and retries the architecture.
+killed outright (they notice they were re-parented: :func:`watch_parent`). A worker killed outright
+(``kill -9``, OOM killer, power loss) stops beating: after the grace period another worker's stale
+sweep marks its trial FAIL (``WorkerLost``) and retries the architecture.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import gc
 import logging
 import os
 import signal
@@ -54,120 +30,21 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
+from . import breaker
 from . import study as study_mod
-from .errors import ConfigError
+from .config_file import config_and_task, read_config_file, split_task  # noqa: F401 - the last two: imported from here by tests
+from .task_entry import build_autodistill, shared_settings
 
 log = logging.getLogger(__name__)
 
-TASK_KEYS = ("model_builder", "train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset",
-             "metric_fn", "model_cls", "preprocessor")
 EXIT_OK = 0
 #: The worker stopped before the study met its budget (circuit breaker, out of architectures).
 EXIT_INCOMPLETE = 3
 EXIT_INTERRUPTED = 130
-
-
-# ------------------------------------------------------------------------------------ config + task
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The YAML config as a dict (the safe, bounded loader of :mod:`nas_distill.yamlio`)."""
-    import yaml
-
-    from .yamlio import load_yaml
-
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError("config", f"no such file: {p}")
-    try:
-        with open(p, encoding="utf-8") as handle:
-            data = load_yaml(handle, str(p))
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("config", f"{p}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
-def split_task(data: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
-    """``(config without 'task', task spec or None)``."""
-    data = dict(data)
-    return data, data.pop("task", None)
-
-
-def load_task_function(spec: Any) -> tuple[Callable[..., Any], dict[str, Any]]:
-    """``"pkg.mod:func"`` or ``{entry: "pkg.mod:func", args: {...}}`` -> (function, kwargs)."""
-    args: dict[str, Any] = {}
-    if isinstance(spec, Mapping):
-        unknown = set(spec) - {"entry", "args"}
-        if unknown:
-            raise ConfigError("task", f"unknown key(s) {sorted(unknown)}; expected 'entry' and 'args'")
-        args = dict(spec.get("args") or {})
-        spec = spec.get("entry")
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ConfigError("task", f"expected 'package.module:function', got {spec!r}")
-    module_name, _, func_name = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError("task", f"cannot import {module_name!r} ({exc}); is it on PYTHONPATH?") from None
-    func = module
-    for part in func_name.split("."):
-        func = getattr(func, part, None)
-        if func is None:
-            raise ConfigError("task", f"{module_name!r} has no attribute {func_name!r}")
-    if not callable(func):
-        raise ConfigError("task", f"{spec!r} is not callable")
-    return func, args
-
-
-def call_task(func: Callable[..., Any], args: Mapping[str, Any], config: Any) -> dict[str, Any]:
-    """Call the task function and normalise what it returns to a dict of :data:`TASK_KEYS`."""
-    params = [p for p in inspect.signature(func).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in args]
-    result = func(config, **args) if params else func(**args)
-    if not isinstance(result, Mapping):
-        result = {k: getattr(result, k) for k in TASK_KEYS if hasattr(result, k)}
-    unknown = set(result) - set(TASK_KEYS)
-    if unknown:
-        raise ConfigError("task", f"the task returned unknown key(s) {sorted(unknown)}; known: {TASK_KEYS}")
-    if not callable(result.get("model_builder")):
-        raise ConfigError("task", "the task must return a callable 'model_builder'")
-    return dict(result)
-
-
-def build_autodistill(
-    config: str | os.PathLike | Mapping[str, Any],
-    *,
-    task: Any = None,
-    storage: str | None = None,
-    study_name: str | None = None,
-    run_dir: str | None = None,
-    max_trials: int | None = None,
-):
-    """An :class:`~nas_distill.autodistill.AutoDistillation` wired from a config file and its task."""
-    from .autodistill import AutoDistillation, load_config
-
-    data = read_config_file(config) if isinstance(config, (str, os.PathLike)) else dict(config)
-    data, spec = split_task(data)
-    spec = task or spec
-    if spec is None:
-        raise ConfigError("task", "the config names no task entry point ('task: package.module:function' "
-                                  "at the top level, or --task)")
-    cfg = load_config(data)
-    study_mod.require_shared_storage(study_mod.resolve_storage_url(storage or cfg.study.storage,
-                                                                   run_dir or cfg.study.run_dir))
-    func, args = load_task_function(spec)
-    pieces = call_task(func, args, cfg)
-    ad = AutoDistillation(pieces["model_builder"], cfg, storage=storage, study_name=study_name,
-                          run_dir=run_dir or cfg.study.run_dir, max_trials=max_trials)
-    for key in ("train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset", "metric_fn",
-                "preprocessor"):
-        if pieces.get(key) is not None:
-            setattr(ad, key, pieces[key])
-    ad.model_cls = pieces.get("model_cls")
-    return ad
 
 
 # ------------------------------------------------------------------------------------------ signals
@@ -263,14 +140,7 @@ def run_worker(
     """
     from .runner import Interrupted, TrialRunner
 
-    if label:
-        os.environ["NAS_DISTILL_WORKER"] = label
-    elif not os.environ.get("NAS_DISTILL_WORKER"):
-        # Workers started by hand or by docker compose: a unique label, so model-based samplers get
-        # distinct seeds (autodistill.sampler_seed) instead of proposing the same archs in lock-step.
-        import socket
-
-        os.environ["NAS_DISTILL_WORKER"] = f"{socket.gethostname()}-{os.getpid()}"
+    _label_this_worker(label)
     set_threads(threads)
     parent = os.environ.get(PARENT_PID_ENV, "")
     with _SignalGuard():
@@ -289,9 +159,25 @@ def run_worker(
             log.warning("worker %s interrupted (%s); its running trial is marked failed", label or os.getpid(),
                         exc.signal_name)
             return EXIT_INTERRUPTED if exc.signal_name == "SIGINT" else EXIT_OK
+    return _worker_done(summary, runner.max_trials)
+
+
+def _label_this_worker(label: str | None) -> None:
+    if label:
+        os.environ["NAS_DISTILL_WORKER"] = label
+    elif not os.environ.get("NAS_DISTILL_WORKER"):
+        # Workers started by hand or by docker compose: a unique label, so model-based samplers get
+        # distinct seeds (autodistill.sampler_seed) instead of proposing the same archs in lock-step.
+        import socket
+
+        os.environ["NAS_DISTILL_WORKER"] = f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _worker_done(summary: Any, max_trials: int) -> int:
+    """Log the worker's last line; its exit code."""
     line = (f"worker done: {summary.completed} trained, {summary.failed} failed, "
             f"{summary.repeats + summary.discarded} pruned; the study has {summary.study_complete} of "
-            f"{runner.max_trials} trials complete ({summary.stop_reason or 'nothing left to run'})")
+            f"{max_trials} trials complete ({summary.stop_reason or 'nothing left to run'})")
     if summary.budget_met:
         log.info(line)
         return EXIT_OK
@@ -321,23 +207,15 @@ def worker_command(config: str, *, study_name: str, run_dir: str | None, task: A
 
 def prepare_study(config, *, task=None, storage=None, study_name=None, run_dir=None, max_trials=None):
     """Open (create) the study once before the workers start; returns (storage URL, name, run dir)."""
-    from .autodistill import load_config
-
-    data = read_config_file(config) if isinstance(config, (str, os.PathLike)) else dict(config)
-    data, _ = split_task(data)
-    cfg = load_config(data)
-    study_mod.require_shared_storage(study_mod.resolve_storage_url(storage or cfg.study.storage,
-                                                                   run_dir or cfg.study.run_dir))
     from .autodistill import AutoDistillation
 
+    data, _ = config_and_task(config)
+    cfg = shared_settings(data, storage, run_dir)
     ad = AutoDistillation(lambda arch: arch, cfg, storage=storage, study_name=study_name,
                           run_dir=run_dir or cfg.study.run_dir, max_trials=max_trials)
-    from . import breaker
-    from .study import record_budget
-
     study = ad.study  # creates the study and records the config once
     breaker.rearm(study)  # a new run: an earlier circuit-breaker stop no longer holds
-    record_budget(study, ad.max_trials)
+    study_mod.record_budget(study, ad.max_trials)
     return ad.storage_url, ad.study_name, str(Path(ad.run_dir).resolve()), ad.max_trials
 
 
@@ -351,8 +229,6 @@ def preflight(config, *, task=None, storage=None, study_name=None, run_dir=None,
                            max_trials=max_trials)
     check_setup(ad)
     del ad
-    import gc
-
     gc.collect()
 
 
@@ -384,65 +260,82 @@ def run_local(
     url, name, folder, budget = prepare_study(config, task=task, storage=storage, study_name=study_name,
                                               run_dir=run_dir, max_trials=max_trials)
     threads = threads or default_threads(workers)
-    procs: list[subprocess.Popen] = []
-    relays: list[Any] = []
     base_env = dict(os.environ if env is None else env)
-    interrupted: list[str] = []
-
-    def forward(signum, frame):
-        interrupted.append(signal.Signals(signum).name)
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with _WorkerGroup(relay) as group:
         for i in range(workers):
             label = f"w{i}"
             child_env = dict(base_env, NAS_DISTILL_WORKER=label, OMP_NUM_THREADS=str(threads),
                              MKL_NUM_THREADS=str(threads), NAS_DISTILL_STORAGE=url,
                              **{PARENT_PID_ENV: str(os.getpid())})
-            cmd = worker_command(str(config), study_name=name, run_dir=folder, task=task,
-                                 max_trials=budget, threads=threads, label=label, debug=debug, output=output)
-            if relay:
-                proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, bufsize=1)
-                relays.append(_relay_lines(proc.stdout))
-            else:
-                proc = subprocess.Popen(cmd, env=child_env)
-            procs.append(proc)
+            group.start(worker_command(str(config), study_name=name, run_dir=folder, task=task, max_trials=budget,
+                                       threads=threads, label=label, debug=debug, output=output), child_env)
+        codes = group.wait()
+    if group.interrupted:
+        return EXIT_INTERRUPTED if group.interrupted[0] == "SIGINT" else EXIT_OK
+    if all(c == 0 for c in codes):
+        return EXIT_OK
+    return EXIT_INCOMPLETE if EXIT_INCOMPLETE in codes else 1
+
+
+class _WorkerGroup:
+    """Worker subprocesses that receive the SIGINT / SIGTERM this process receives, and are stopped
+    (terminated, killed after 30 s) if still running when the group is left."""
+
+    def __init__(self, relay: bool):
+        self.relay = relay
+        self.procs: list[subprocess.Popen] = []
+        self.relays: list[threading.Thread] = []
+        self.interrupted: list[str] = []  # the names of the signals forwarded
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _WorkerGroup:
+        self._previous = {s: signal.signal(s, self._forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _forward(self, signum, frame) -> None:
+        self.interrupted.append(signal.Signals(signum).name)
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    def start(self, cmd: list[str], env: dict[str, str]) -> None:
+        if self.relay:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, bufsize=1)
+            self.relays.append(_relay_lines(proc.stdout))
+        else:
+            proc = subprocess.Popen(cmd, env=env)
+        self.procs.append(proc)
+
+    def wait(self) -> list[int]:
+        """Every worker's exit code, in start order."""
         codes = []
-        for p in procs:
+        for p in self.procs:
             while True:
                 try:
                     codes.append(p.wait())
                     break
                 except KeyboardInterrupt:  # pragma: no cover - handler replaced above
                     continue
-    finally:
-        for sig, handler in previous.items():
+        return codes
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        for p in procs:
+        for p in self.procs:
             if p.poll() is None:
                 p.terminate()
                 try:
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        for thread in relays:
+        for thread in self.relays:
             thread.join(timeout=5)
-    if interrupted:
-        return EXIT_INTERRUPTED if interrupted[0] == "SIGINT" else EXIT_OK
-    if all(c == 0 for c in codes):
-        return EXIT_OK
-    return EXIT_INCOMPLETE if EXIT_INCOMPLETE in codes else 1
 
 
-def _relay_lines(pipe) -> Any:
+def _relay_lines(pipe) -> threading.Thread:
     """Copy a worker's output lines to this process's stdout (whatever it is at the time of each line:
     a live progress bar redirects it), from a thread."""
-    import threading
-
     def copy() -> None:
         for line in pipe:
             sys.stdout.write(line)
@@ -486,12 +379,3 @@ def format_seconds(seconds: float) -> str:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds pass (used by tests and the CLI)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

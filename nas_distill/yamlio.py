@@ -15,8 +15,9 @@ expands to 10^13 values) is refused in time linear in its size.
 from __future__ import annotations
 
 import functools
+import os
 import re
-from typing import IO, Any
+from typing import IO, Any, Mapping
 
 from .errors import ConfigError
 
@@ -64,6 +65,42 @@ def load_yaml(stream: str | bytes | IO[Any], source: str = "config") -> Any:
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def read_config_file(path: str | os.PathLike) -> Mapping[str, Any]:
+    """A config file's top-level mapping (the safe, bounded :func:`load_yaml`). Every failure, a missing
+    file, a directory, unreadable or non-UTF-8 bytes, bad YAML or something else than a mapping, is a
+    ConfigError naming the file. The one reader of config files: the CLI, the workers and
+    :class:`~nas_distill.config.AutoDistillationConfig` all use it."""
+    import yaml
+
+    from .checks import short
+
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = load_yaml(handle, path)
+    except ConfigError:
+        raise
+    except FileNotFoundError:
+        raise ConfigError(path, "config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "expected a YAML file, got a directory") from None
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read the config file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, f"the config file is not UTF-8 text ({exc.reason})") from None
+    except ValueError as exc:  # a NUL byte in the path: open() raises ValueError, not OSError
+        raise ConfigError(short(path), f"cannot open the config file ({exc})") from None
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(path, f"invalid YAML (only plain YAML is read, with a safe loader): {detail}") from None
+    if data is None:
+        raise ConfigError(path, "expected a YAML mapping, got an empty document")
+    if not isinstance(data, Mapping):
+        raise ConfigError(path, f"expected a YAML mapping at the top level, got {type(data).__name__}: "
+                                f"{short(data)}")
+    return data
 
 
 def _expanded_nodes(node: Any, memo: dict[int, int], cap: int) -> int:

@@ -5,7 +5,7 @@
 * 8 processes race for 3 WAITING retries with ``study.ask()`` (Optuna's own pop, what a worker does),
   20 rounds: each retry is claimed by exactly one process per round.
 
-Each process opens the storage itself (:func:`nas_distill.study.make_storage`), as workers do; rounds are
+Each process opens the storage itself (:func:`nas_distill.store.make_storage`), as workers do; rounds are
 started together on a ``multiprocessing.Barrier``.
 """
 
@@ -19,6 +19,8 @@ import pytest
 from optuna.trial import TrialState
 
 from nas_distill import study as sm
+from nas_distill.store import stale
+from nas_distill.store.handle import store_of
 
 CTX = multiprocessing.get_context("fork")
 DIST = {"a": optuna.distributions.CategoricalDistribution([1, 2, 3])}
@@ -180,14 +182,14 @@ def test_the_sweep_never_fails_a_trial_whose_owner_beat_after_its_read(tmp_path,
     for trial in (owner, dead):
         sm.Heartbeat(study, trial._trial_id).beat()
     time.sleep(2.2)
-    stale = sm._stale_trial_beats(study, 1.0)  # what a sweep reads: both late
-    assert set(stale) == {owner._trial_id, dead._trial_id}
+    beats = stale.stale_trial_beats(store_of(study).storage, store_of(study).study_id, 1.0)  # what a sweep reads: both late
+    assert set(beats) == {owner._trial_id, dead._trial_id}
     sm.Heartbeat(study, owner._trial_id).beat()  # the owner was alive after all
     reason = {"error_type": "WorkerLost"}
     assert sm.finish_trial(study, owner._trial_id, TrialState.FAIL, attrs=reason,
-                           last_beat=stale[owner._trial_id]) is False
+                           last_beat=beats[owner._trial_id]) is False
     assert sm.finish_trial(study, dead._trial_id, TrialState.FAIL, attrs=reason,
-                           last_beat=stale[dead._trial_id]) is True
+                           last_beat=beats[dead._trial_id]) is True
     study.tell(owner, [1.0])
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     assert trials[owner.number].state == TrialState.COMPLETE and "error_type" not in trials[owner.number].user_attrs

@@ -26,6 +26,11 @@ from nas_distill.config import (
     TeacherCacheSettings,
 )
 from nas_distill.distill.mappings import LayerMapping
+from nas_distill.search.algorithms import ALGORITHM_ALIASES
+from nas_distill.search_section import SEARCH_KEYS
+from nas_distill.settings import keys_of
+from nas_distill.stages import STAGE_KEYS
+from nas_distill.vocabulary import LOSS_ALIASES, OPTIMIZERS
 from _support.config import KT, RD, SEARCH, SPACE
 from nas_distill.errors import ConfigError
 
@@ -519,15 +524,15 @@ positive_number_paths = [
 ]
 bool_paths = [f"{KTP}.add_origin_loss[0]", f"{RDP}.add_origin_loss[0]", "search.higher_is_better[1]"]
 choice_paths = [
-    ("search.search_algorithm", config_module._ALGORITHM_ALIASES),
-    (f"{KTP}.loss_types[1][0]", config_module._LOSS_ALIASES),
-    (f"{RDP}.loss_types[0][0]", config_module._LOSS_ALIASES),
-    ("flash_distillation.optimizer", {o: o for o in config_module.OPTIMIZERS}),
+    ("search.search_algorithm", ALGORITHM_ALIASES),
+    (f"{KTP}.loss_types[1][0]", LOSS_ALIASES),
+    (f"{RDP}.loss_types[0][0]", LOSS_ALIASES),
+    ("flash_distillation.optimizer", {o: o for o in OPTIMIZERS}),
 ]
 section_keys = {
-    "search": config_module._SEARCH_KEYS, "flash_distillation": config_module._FLASH_KEYS,
-    "evaluation": config_module._EVAL_KEYS, "study": config_module._STUDY_KEYS,
-    KTP: config_module._STAGE_KEYS, RDP: config_module._STAGE_KEYS,
+    "search": SEARCH_KEYS, "flash_distillation": config_module._FLASH_KEYS,
+    "evaluation": keys_of(EvaluationSettings), "study": keys_of(StudySettings),
+    KTP: STAGE_KEYS, RDP: STAGE_KEYS,
 }
 list_paths = [f"{KTP}.{k}" for k in ("train_steps", "loss_types", "loss_weights", "add_origin_loss", "temperature",
                                      "layer_mappings_for_knowledge_transfer")]
@@ -632,3 +637,77 @@ def test_fuzz_flash_stage_objects(stages):
         assert err.field.startswith("flash_distillation"), str(err)
         return
     assert AutoDistillationConfig(cfg.to_dict()) == cfg
+
+
+def test_cli_run_reports_a_config_it_cannot_read_in_one_line(tmp_path, capsys, monkeypatch):
+    """A directory, a missing file and a non-UTF-8 file: one ``config error: <path>: ...`` line, exit 2."""
+    from nas_distill import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "latin1.yaml").write_bytes("search: {search_space: {caf\xe9: [1]}}\n".encode("latin-1"))
+    cases = {"folder": "expected a YAML file, got a directory", "missing.yaml": "config file not found",
+             "latin1.yaml": "the config file is not UTF-8 text"}
+    for name, words in cases.items():
+        assert cli.main(["run", name]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.splitlines() == [captured.err.strip()]
+        assert captured.err.startswith(f"nas-distill: config error: {name}: {words}"), captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "latin1.yaml"]  # nothing written
+
+
+# ----------------------------------------------------------------------------------- schema and docs
+def test_the_shipped_json_schema_is_the_generated_one(capsys):
+    from nas_distill import cli
+    from nas_distill.settings import SCHEMA_FILE, schema_text
+
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == schema_text(), \
+        "regenerate: nas-distill schema -o nas_distill/config.schema.json"
+    assert cli.main(["schema"]) == 0
+    assert capsys.readouterr().out == schema_text()
+
+
+def test_the_json_schema_accepts_every_example_and_marks_what_the_loader_refuses(tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    from nas_distill.settings import config_json_schema
+    from nas_distill.yamlio import read_config_file
+
+    schema = config_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    examples = sorted((REPO_ROOT / "examples").glob("*.yaml"))
+    assert len(examples) >= 5
+    for path in examples:
+        assert list(validator.iter_errors(read_config_file(path))) == [], path
+    good = seed_layout(BASE)
+    assert list(validator.iter_errors(good)) == []
+    AutoDistillationConfig(good)
+    for where, value in [(("evaluation", "batch_sze"), 3), (("evaluation", "batch_size"), 0),
+                         (("flash_distillation", "augmentation"), "yes"), (("study", "heartbeat_interval"), 0.5),
+                         (("flash_distillation", "teacher_cache", "enabled"), "sometimes"),
+                         (("search", "max_trials"), 2.5), (("search", "seed"), -1)]:
+        bad = copy.deepcopy(good)
+        section = bad["auto_distillation"]
+        for key in where[:-1]:
+            section = section[key]
+        section[where[-1]] = value
+        errors = list(validator.iter_errors(bad))
+        assert errors, (where, value)
+        with pytest.raises(ConfigError) as info:  # the loader refuses it too, naming the same key
+            AutoDistillationConfig(bad)
+        assert info.value.field.startswith(".".join(where)), str(info.value)
+
+
+def test_the_readme_config_reference_is_generated_from_the_settings():
+    from nas_distill.settings import keys_of, reference_table, EvaluationSettings, StudySettings
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("<!-- config-reference:")
+    start = readme.index("\n", start) + 1
+    end = readme.index("<!-- end config-reference -->")
+    table = reference_table()
+    assert readme[start:end] == table, "README.md's config reference differs from settings.reference_table()"
+    for section, cls in (("evaluation", EvaluationSettings), ("study", StudySettings)):
+        for key in keys_of(cls):  # every declared key has its row
+            assert f"| `{section}.{key}` |" in table

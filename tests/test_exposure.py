@@ -152,7 +152,7 @@ def test_query_and_environment_passwords_are_masked_in_errors_logs_and_the_store
     line, and the config stored in the study."""
     import sqlalchemy.exc
 
-    from nas_distill import storage_retry
+    from nas_distill.store import retry as storage_retry
     from nas_distill.study import make_storage, mask_url, open_study
 
     caplog.set_level(logging.DEBUG)

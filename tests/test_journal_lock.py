@@ -16,7 +16,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from nas_distill import journal_lock
+from nas_distill.store import journal_lock
 from nas_distill import study as sm
 
 DIST = {"a": optuna.distributions.CategoricalDistribution([1, 2])}

@@ -24,8 +24,8 @@ import pytest
 from optuna.trial import TrialState
 
 from _support.common import free_port, task_config, write_config
-from nas_distill import storage_retry
 from nas_distill import study as sm
+from nas_distill.store import classify as classification, retry as storage_retry, stale
 
 OUTAGE_S = 20
 
@@ -129,7 +129,7 @@ def test_sqlite_eight_workers_no_database_is_locked(tmp_path, task_module):
 def test_orphan_running_trial_is_swept_and_not_retried(tmp_path, monkeypatch):
     """A RUNNING trial with no params and no heartbeat (what a retried ``create_new_trial`` whose first
     commit had landed leaves) is failed by the sweep once ORPHAN_AGE_S old; a beating trial is not."""
-    monkeypatch.setattr(sm, "ORPHAN_AGE_S", 1.5)
+    monkeypatch.setattr(stale, "ORPHAN_AGE_S", 1.5)
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = sm.open_study(sm.make_storage(url, heartbeat_interval=1, grace_period=1), "orph",
                           metrics=["acc"], higher_is_better=[True])
@@ -166,7 +166,7 @@ def test_connection_errors_are_told_from_request_errors(tmp_path):
     port = free_port()  # nothing listens there
     refused = error_of(lambda: sqlalchemy.create_engine(
         f"postgresql+psycopg://nobody@127.0.0.1:{port}/x").connect())
-    assert storage_retry.classify(refused) == storage_retry.UNREACHABLE
+    assert classification.classify(refused) == classification.UNREACHABLE
 
     path = tmp_path / "lock.db"
     holder = sqlite3.connect(path, isolation_level=None)
@@ -178,19 +178,19 @@ def test_connection_errors_are_told_from_request_errors(tmp_path):
         locked = error_of(lambda: conn.execute(sqlalchemy.text("SELECT * FROM t")).all())
     holder.execute("ROLLBACK")
     assert "locked" in str(locked)
-    assert storage_retry.classify(locked) == storage_retry.BUSY
+    assert classification.classify(locked) == classification.BUSY
     with engine.begin() as conn:
         duplicate = error_of(lambda: conn.execute(sqlalchemy.text("INSERT INTO t VALUES (1)")))
     assert isinstance(duplicate, sqlalchemy.exc.IntegrityError)
-    assert storage_retry.classify(duplicate) is None
+    assert classification.classify(duplicate) is None
     with engine.connect() as conn:
         missing = error_of(lambda: conn.execute(sqlalchemy.text("SELECT * FROM nope")))
-    assert storage_retry.classify(missing) is None  # an SQLite OperationalError that no wait will fix
+    assert classification.classify(missing) is None  # an SQLite OperationalError that no wait will fix
     # Optuna wraps SQLAlchemy errors raised inside its sessions: the cause decides.
     wrapped = optuna.exceptions.StorageInternalError("commit failed")
     wrapped.__cause__ = refused
-    assert storage_retry.classify(wrapped) == storage_retry.UNREACHABLE
-    assert storage_retry.classify(ValueError("x")) is None
+    assert classification.classify(wrapped) == classification.UNREACHABLE
+    assert classification.classify(ValueError("x")) is None
 
 
 def test_retry_waits_out_a_real_outage_with_one_warning(own_postgres, caplog):
@@ -205,7 +205,7 @@ def test_retry_waits_out_a_real_outage_with_one_warning(own_postgres, caplog):
     restart = threading.Timer(3.0, own_postgres.start)
     restart.start()
     started = time.monotonic()
-    with caplog.at_level("DEBUG", logger="nas_distill.storage_retry"):
+    with caplog.at_level("DEBUG", logger="nas_distill.store.retry"):
         trials = study._storage.get_all_trials(study._study_id, states=(TrialState.RUNNING,))
     restart.join()
     assert time.monotonic() - started >= 2.5

@@ -45,7 +45,7 @@ def test_run_and_status_use_the_storage_from_the_environment(tmp_path, task_modu
 @pytest.mark.slow
 def test_read_only_sqlite_error_names_the_cause(tmp_path):
     """SQLite opened read-only (``mode=ro``: what a file without write permission gives, even to root)."""
-    from nas_distill.storage_retry import storage_error_text
+    from nas_distill.store.classify import storage_error_text
 
     path = tmp_path / "s.db"
     optuna.create_study(study_name="ro", storage=f"sqlite:///{path}")

@@ -26,7 +26,7 @@ from nas_distill.autodistill import AutoDistillation
 from nas_distill.config import AutoDistillationConfig
 from nas_distill.errors import ConfigError
 from nas_distill.results import read_results
-from nas_distill.runner import extract_student
+from nas_distill.engines.students import extract_student
 from nas_distill.workers import read_config_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -232,15 +232,15 @@ def test_python_tags_in_a_yaml_config_never_run(tmp_path, marker):
     path.write_text(evil_yaml(marker))
     with pytest.raises(ConfigError, match="invalid YAML"):
         AutoDistillationConfig(str(path))
-    with pytest.raises(ConfigError, match="not valid YAML"):  # a file path goes through the CLI's reader
+    with pytest.raises(ConfigError, match="invalid YAML"):  # a file path goes through the CLI's reader
         AutoDistillation(lambda arch: arch, str(path))
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="invalid YAML"):
         read_config_file(path)  # the CLI's reader (config + task entry point)
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     res = subprocess.run([sys.executable, "-m", "nas_distill.cli", "run", str(path)], capture_output=True,
                          text=True, timeout=120, env=env, cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.startswith("nas-distill: config error: config: ") and "not valid YAML" in res.stderr
+    assert res.stderr.startswith(f"nas-distill: config error: {path}: ") and "invalid YAML" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
 
 

@@ -36,6 +36,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from nas_distill.store.open import open_storage as store_open_storage
+
 __all__ = ["HYPERVOLUME_FIGURE_ID", "check_port_free", "push_figures", "launch_dashboard", "open_storage",
            "DashboardGuard", "is_loopback"]
 
@@ -45,17 +47,10 @@ _log = logging.getLogger(__name__)
 
 
 def open_storage(storage: Any) -> Any:
-    """An Optuna storage from a URL (``sqlite:///...``, ``postgresql+psycopg://...``), a journal file
-    path (``*.log``: ``JournalStorage`` on a file backend) or an existing storage object."""
-    if not isinstance(storage, (str, os.PathLike)):
-        return storage
-    text = os.fspath(storage)
-    if "://" in text:
-        return optuna.storages.RDBStorage(text)
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(text))
+    """An Optuna storage from a URL (``sqlite:///...``, ``postgresql+psycopg://...``, ``journal:///...``),
+    a SQLite or journal file path, or an existing storage object; opened as the workers open it, but
+    creating nothing (a missing file or an empty database is a ConfigError)."""
+    return store_open_storage(storage, create=False)
 
 
 def _finished_count(study: optuna.Study) -> int:

@@ -268,7 +268,7 @@ def hypervolume(points: Any, reference: Any) -> float:
         return _hv_2d(gains)
     gains = np.unique(gains[find_pareto_front(gains)], axis=0)
     try:
-        from optuna._hypervolume import compute_hypervolume
+        from ..store.optuna_internals import compute_hypervolume
     except ImportError:  # pragma: no cover - optuna is a dependency; kept for the search/ contract
         return _hv_slicing(gains)
     return float(compute_hypervolume(-gains, np.zeros(m), assume_pareto=True))

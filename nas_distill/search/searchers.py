@@ -34,12 +34,14 @@ from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import Trial, TrialState
 
-from .algorithms import ALGORITHM_ALIASES
 from ..errors import SearchSpaceExhausted
+from ..store import optuna_internals
+from ..store.open import open_storage
+from ..vocabulary import DEFAULT_STUDY_NAME
+from .algorithms import ALGORITHM_ALIASES
 from .bo_sampler import SpaceBOSampler
 from .samplers import SpaceGridSampler, SpaceRandomSampler, _ClaimingSampler, space_exhausted
 from .space import SearchSpace
-from ..vocabulary import DEFAULT_STUDY_NAME
 
 __all__ = [
     "ALGORITHMS",
@@ -181,11 +183,14 @@ class Searcher:
         return self._study
 
     def _open_stored_study(self) -> optuna.Study:
+        # A URL is opened as the workers open it (journal files, SQLite's busy timeout and WAL); the
+        # searcher's caller drives its trials itself, so no heartbeats.
+        storage = open_storage(self.storage, heartbeat_interval=None, grace_period=None)
         try:
-            study = optuna.load_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler)
+            study = optuna.load_study(study_name=self.study_name, storage=storage, sampler=self.sampler)
         except KeyError:  # not there yet; load_if_exists settles a creation race between workers
             study = optuna.create_study(
-                storage=self.storage,
+                storage=storage,
                 study_name=self.study_name,
                 sampler=self.sampler,
                 directions=self._directions or [StudyDirection.MAXIMIZE],
@@ -308,7 +313,8 @@ class Searcher:
             )
         self._study = new
         if self.current_trial is not None:
-            trial_id = new._storage.get_trial_id_from_study_id_trial_number(new._study_id, self.current_trial.number)
+            trial_id = optuna_internals.study_storage(new).get_trial_id_from_study_id_trial_number(
+                optuna_internals.study_id(new), self.current_trial.number)
             self.current_trial = Trial(new, trial_id)
 
     # ------------------------------------------------------------------ seed helpers

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nas_distill.config import EvaluationSettings
-from nas_distill.evaluate import METRICS, evaluate, latency
+from nas_distill.distill.torch.evaluate import METRICS, evaluate, latency
 
 from _support.torch_models import ListDataset
 

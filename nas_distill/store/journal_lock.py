@@ -10,7 +10,7 @@ written, so once the lock is broken the stale sweep would fail every live trial 
 it. A waiter on the same host whose holder process no longer exists takes the lock over at once; a
 holder elsewhere (or one that has not written its name yet) is broken after ``grace_period`` seconds of
 an unchanged lock file, as Optuna does. A wait longer than :data:`STALL_S` is recorded
-(``stall_ended``): the stale sweep (:func:`nas_distill.study.fail_stale_trials`) then gives the live
+(``stall_ended``): the stale sweep (:func:`nas_distill.store.stale.fail_stale_trials`) then gives the live
 workers a grace period to beat again before declaring anyone dead.
 """
 
@@ -22,7 +22,7 @@ import socket
 import time
 import uuid
 
-from optuna.storages.journal._file import BaseJournalFileLock
+from .optuna_internals import BaseJournalFileLock
 
 log = logging.getLogger(__name__)
 

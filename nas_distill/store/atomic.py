@@ -24,13 +24,19 @@ from __future__ import annotations
 import datetime
 from typing import Any, Sequence
 
+import sqlalchemy.exc
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from .study import ANY_BEAT
+from .optuna_internals import create_scoped_session, models
+from .retry import innermost
+from .sql import write_user_attrs, write_values
 
-__all__ = ["AtomicRDBStorage", "atomic_rdb", "leavable_states"]
+__all__ = ["ANY_BEAT", "AtomicRDBStorage", "atomic_rdb", "leavable_states"]
+
+#: ``last_beat`` of :meth:`AtomicRDBStorage.finish_trial` meaning "whatever the trial's heartbeat".
+ANY_BEAT = "any-beat"
 
 
 def leavable_states(state: TrialState) -> tuple[TrialState, ...] | None:
@@ -64,15 +70,11 @@ class AtomicRDBStorage(RDBStorage):
         ``last_beat`` (the stale sweep's FAIL): the heartbeat the sweep read (None: no heartbeat row);
         the change happens only if no newer beat exists, in the same statement, so an owner that beat
         after the sweep's read (alive after all) keeps its trial."""
-        import sqlalchemy.exc
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
         sources = leavable_states(state)
         if sources is None:
             return super().set_trial_state_values(trial_id, state, values)
         try:
-            with _create_scoped_session(self.scoped_session) as session:
+            with create_scoped_session(self.scoped_session) as session:
                 change = (
                     session.query(models.TrialModel)
                     .filter(models.TrialModel.trial_id == trial_id)
@@ -96,32 +98,15 @@ class AtomicRDBStorage(RDBStorage):
                 else:
                     trial.datetime_complete = now
                 if values is not None:
-                    _write_values(session, trial, values)
+                    write_values(session, trial, values)
                 if user_attrs:
-                    from .study import _write_user_attrs
-
-                    _write_user_attrs(self, session, trial_id, user_attrs, check=False)
+                    write_user_attrs(self, session, trial_id, user_attrs, check=False)
         except sqlalchemy.exc.IntegrityError:
             return False
         return True
 
 
-def _write_values(session, trial, values: Sequence[float]) -> None:
-    from optuna.storages._rdb import models
-
-    for objective, value in enumerate(values):
-        stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-        row = models.TrialValueModel.find_by_trial_and_objective(trial, objective, session)
-        if row is None:
-            session.add(models.TrialValueModel(trial_id=trial.trial_id, objective=objective, value=stored,
-                                               value_type=kind))
-        else:
-            row.value, row.value_type = stored, kind
-
-
 def atomic_rdb(storage: Any) -> AtomicRDBStorage | None:
     """The :class:`AtomicRDBStorage` under ``storage``'s wrappers, or None."""
-    from .storage_retry import innermost
-
     inner = innermost(storage)
     return inner if isinstance(inner, AtomicRDBStorage) else None
