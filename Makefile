@@ -37,5 +37,16 @@ test: install browser lint
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+# The fast tests on the lowest versions pyproject.toml allows (tools/lowest_versions.py pins every direct
+# dependency to its floor; torch stays at constraints-dev.txt's pin), in a venv of their own.
+MIN_VENV ?= .venv-min
+test-min:
+	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q packaging "tomli; python_version < '3.11'"
+	$(MIN_VENV)/bin/python tools/lowest_versions.py --extras $(EXTRAS) --keep constraints-dev.txt > $(MIN_VENV)/lowest.txt
+	$(MIN_VENV)/bin/python -m pip install -q -c constraints-dev.txt -c $(MIN_VENV)/lowest.txt -e '.[$(EXTRAS)]'
+	$(MIN_VENV)/bin/python -m pip list --format=freeze > $(MIN_VENV)/installed.txt
+	$(MIN_VENV)/bin/python -m pytest -q -m "not slow"
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(MIN_VENV) *.egg-info .pytest_cache

@@ -54,7 +54,7 @@ from nas_distill.config import (  # noqa: E402
 )
 from nas_distill.distill.mappings import LayerMapping  # noqa: E402
 from nas_distill.distill.torch import FlashDistiller  # noqa: E402
-from nas_distill.evaluate import latency  # noqa: E402
+from nas_distill.distill.torch.evaluate import latency  # noqa: E402
 
 BATCH, SEQ, LABELS, LR = 32, 64, 2, 1e-4
 

@@ -277,6 +277,14 @@ def cpu_per_trial_by_tenth(timeline: list[tuple[int, float]], trials: int) -> li
     return out
 
 
+def _reason(trial) -> str:
+    """Why a failed or pruned trial ended: its error type, else ``duplicate`` / ``discarded`` / ``?``."""
+    attrs = trial.user_attrs
+    if attrs.get("error_type"):
+        return attrs["error_type"]
+    return "duplicate" if "duplicate_of" in attrs else "discarded" if "pruned_reason" in attrs else "?"
+
+
 def study_summary(storage: str, study_name: str) -> dict:
     """What the study holds: counts by state and the reasons (``error_type`` / ``duplicate_of`` /
     ``pruned_reason``)."""
@@ -287,9 +295,7 @@ def study_summary(storage: str, study_name: str) -> dict:
     study = optuna.load_study(study_name=study_name, storage=storage)
     trials = study.get_trials(deepcopy=False)
     by_state = collections.Counter(t.state.name for t in trials)
-    reasons = collections.Counter(
-        f"{t.state.name}:{t.user_attrs.get('error_type') or ('duplicate' if 'duplicate_of' in t.user_attrs else 'discarded' if 'pruned_reason' in t.user_attrs else '?')}"
-        for t in trials if t.state.name in ("FAIL", "PRUNED"))
+    reasons = collections.Counter(f"{t.state.name}:{_reason(t)}" for t in trials if t.state.name in ("FAIL", "PRUNED"))
     return {"trials": trials, "by_state": dict(by_state), "reasons": dict(reasons)}
 
 

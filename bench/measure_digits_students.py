@@ -23,7 +23,8 @@ were written by :func:`export`. Measuring took about 13 CPU-minutes, teacher inc
 
 Usage::
 
-    python bench/measure_digits_students.py [--run-dir /tmp/digits-students] [--workers 2] [--out bench/data/digits_students.csv]
+    python bench/measure_digits_students.py [--run-dir /tmp/digits-students] [--workers 2] \
+        [--out bench/data/digits_students.csv]
 """
 
 from __future__ import annotations

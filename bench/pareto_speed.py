@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     slower = []
     for name, data in _cases(rng):
         loss = -data.astype(np.float64)
-        t_ours, ours = _median_time(lambda: find_pareto_front(data), args.repeats)
-        t_opt, on_front = _median_time(lambda: _is_pareto_front(loss, assume_unique_lexsorted=False), args.repeats)
-        t_rank, ranks = _median_time(lambda: _fast_non_domination_rank(loss, n_below=1), args.repeats)
+        t_ours, ours = _median_time(lambda data=data: find_pareto_front(data), args.repeats)
+        t_opt, on_front = _median_time(lambda loss=loss: _is_pareto_front(loss, assume_unique_lexsorted=False),
+                                       args.repeats)
+        t_rank, ranks = _median_time(lambda loss=loss: _fast_non_domination_rank(loss, n_below=1), args.repeats)
         expected = np.flatnonzero(on_front)
         if not (np.array_equal(ours, expected) and np.array_equal(ours, np.flatnonzero(ranks == 0))):
             print(f"{name}: FRONTS DIFFER", file=sys.stderr)

@@ -252,7 +252,8 @@ def main(argv=None) -> int:
                      else f"{'n/a':>5}" for b in BUDGETS]
             mean_s = float(np.mean([np.mean(s) for _, s in runs]))
             late_s = float(np.mean([np.mean(s[-10:]) for _, s in runs]))
-            note = f" ({seeds[row]} seed, {trials[row]} trials)" if (seeds[row], trials[row]) != (args.seeds, n_trials) else ""
+            own_budget = (seeds[row], trials[row]) != (args.seeds, n_trials)
+            note = f" ({seeds[row]} seed, {trials[row]} trials)" if own_budget else ""
             print(f"| {row:<9} | " + " | ".join(cells) + f" | {mean_s:12.3f} | {late_s:7.3f} |{note}")
     for row, why in skipped.items():
         print(f"{row}: {why}")

@@ -217,7 +217,8 @@ def main(argv=None) -> int:
         o = overhead(args.overhead_trials, root)
         ratio = o["ours_ms"] / o["plain_ms"]
         share = o["ours_ms"] / 1000 / runs[0]["trial_s"]
-        print(f"\nPart 2: orchestration per trial, no-op train/eval, {args.overhead_trials} trials, same SQLite storage")
+        print(f"\nPart 2: orchestration per trial, no-op train/eval, {args.overhead_trials} trials, "
+              "same SQLite storage")
         print(f"plain Optuna ask/suggest/tell, RandomSampler:            {o['plain_random_ms']:6.1f} ms")
         print(f"plain Optuna ask/suggest/tell, our SpaceRandomSampler:   {o['plain_ms']:6.1f} ms")
         print(f"nas-distill search loop (random searcher):               {o['ours_ms']:6.1f} ms")

@@ -33,8 +33,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .vocabulary import BUILTIN_ARCH_METRICS, base_metric
 from .latency_predictor import MIN_SAMPLES, MetricPredictor
+from .vocabulary import BUILTIN_ARCH_METRICS, base_metric
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,11 @@ Code written against the seed API runs unchanged::
 ``eval_func`` may return a dict keyed by metric name, a list / tuple in the config's ``metrics`` order,
 or a bare number when there is one metric. Without ``train_func`` / ``eval_func``, and with
 ``teacher_model``, ``train_dataset`` and ``eval_dataset`` set, the built-in flash distiller of the
-framework (settings from the config's ``flash_distillation`` section) trains and its evaluator measures:
+framework's engine (:mod:`nas_distill.engines`; settings from the config's ``flash_distillation``
+section) trains and its evaluator measures:
 
 * ``'pytorch'``: :class:`nas_distill.distill.torch.distiller.FlashDistiller` and
-  :func:`nas_distill.evaluate.evaluate` (torch modules, torch-style datasets);
+  :func:`nas_distill.distill.torch.evaluate.evaluate` (torch modules, torch-style datasets);
 * ``'tensorflow'``: :class:`nas_distill.distill.keras.distiller.KerasFlashDistiller` and
   :func:`nas_distill.distill.keras.evaluate.evaluate` (functional ``keras.Model`` students with named
   layers; data as a tuple ``(x, y)`` of numpy arrays). A Keras search never imports torch (its ``bo``
@@ -143,7 +144,7 @@ class AutoDistillation:
         self._student_model = None
         self._train_func = None
         self._eval_func = None
-        self._advisor = None
+        self._searcher = None
         self._study = None
         self._arch_metrics = None
         self._proposal = None  # (trial, heartbeat, finalizer) of a model_arch_proposition awaiting feedback
@@ -190,19 +191,21 @@ class AutoDistillation:
         self._student_model = model
 
     @property
-    def advisor(self):
-        """Getter of advisor: the searcher (an Optuna sampler wrapper) that proposes architectures.
+    def searcher(self):
+        """The searcher (an Optuna sampler wrapper) that proposes architectures.
 
-        Built, and its study opened, on first use, not when read: reading ``agent.advisor`` creates no
-        file before the first proposal (the study's place may still change with ``search(res_save_path)``).
+        Built, and its study opened, on first use, not when read: reading it creates no file before the
+        first proposal (the study's place may still change with ``search(res_save_path)``).
         """
-        if self._advisor is None:
-            self._advisor = _LazyAdvisor(self)
-        return self._advisor
+        if self._searcher is None:
+            self._searcher = _LazySearcher(self)
+        return self._searcher
 
-    @advisor.setter
-    def advisor(self, advisor):
-        self._advisor = advisor
+    @searcher.setter
+    def searcher(self, searcher):
+        self._searcher = searcher
+
+    advisor = searcher  # the seed's name of it
 
     @property
     def train_func(self):
@@ -254,9 +257,9 @@ class AutoDistillation:
         self.init_search_cfg(conf)
 
     def init_search_cfg(self, config: Any) -> None:
-        """Init advisor based on config (the searcher is created when first used: it opens the study)."""
+        """Init the searcher's settings from the config (it is created when first used: it opens the study)."""
         self._search_cfg = config
-        self._advisor = None
+        self._searcher = None
         self._study = None
         self._arch_metrics = None
 
@@ -268,11 +271,11 @@ class AutoDistillation:
     def study(self):
         """The shared Optuna study (created or loaded on first use)."""
         if self._study is None:
-            advisor = self._advisor
-            if isinstance(advisor, _LazyAdvisor):  # not built yet: nothing to ask (it asks us)
-                advisor = object.__getattribute__(advisor, "_real")
-            if advisor is not None and getattr(advisor, "_study", None) is not None:
-                self._study = advisor.study
+            searcher = self._searcher
+            if isinstance(searcher, _LazySearcher):  # not built yet: nothing to ask (it asks us)
+                searcher = object.__getattribute__(searcher, "_real")
+            if searcher is not None and getattr(searcher, "_study", None) is not None:
+                self._study = searcher.study
             else:
                 # The run folder is ours to create (the default storage, artifacts and teacher cache live
                 # there); a storage file elsewhere must already have its folder (study.make_storage), and
@@ -296,7 +299,7 @@ class AutoDistillation:
                     self._study.set_user_attr("seed", self.seed)
         return self._study
 
-    def _make_advisor(self):
+    def _make_searcher(self):
         from .search.searchers import make_searcher
 
         cfg = self._search_cfg
@@ -339,8 +342,8 @@ class AutoDistillation:
         """
         self._abandon_proposal("a new proposal was made before feedback on this one")
         arch = self._propose()
-        trial = getattr(self.advisor, "current_trial", None)
-        if trial is None:  # an advisor of the user's own, not asking the study: nothing to keep alive
+        trial = getattr(self.searcher, "current_trial", None)
+        if trial is None:  # a searcher of the user's own, not asking the study: nothing to keep alive
             return arch
         heartbeat = study_mod.Heartbeat(self.study, trial._trial_id, attrs={"arch": arch}).__enter__()
         self._proposal = (trial, heartbeat, weakref.finalize(
@@ -348,10 +351,10 @@ class AutoDistillation:
         return arch
 
     def _propose(self) -> dict[str, Any]:
-        """The searcher's next architecture (its trial is ``advisor.current_trial``); the trial loop's
+        """The searcher's next architecture (its trial is ``searcher.current_trial``); the trial loop's
         entry point, which keeps its own heartbeat."""
         self.arch_metrics.refresh()
-        return self.advisor.suggestion()
+        return self.searcher.suggestion()
 
     def _proposal_told(self) -> None:
         """Feedback arrived for the pending proposal: stop its heartbeat, nothing to abandon."""
@@ -385,9 +388,9 @@ class AutoDistillation:
 
     def count_model_parameters(self, model) -> int:
         """Parameter count of a torch module or a Keras model (or anything with ``num_parameters()``)."""
-        from .runner import _parameter_count
+        from .engines import parameter_count
 
-        count = _parameter_count(model, None)
+        count = parameter_count(model)
         if count is None:
             raise TypeError(f"cannot count the parameters of a {type(model).__name__}")
         return count
@@ -440,8 +443,7 @@ class AutoDistillation:
         ``flash_distillers`` / ``regular_distillers`` list its stages of each kind, as the seed's
         attributes did.
         """
-        if self.framework not in ("pytorch", "tensorflow"):
-            raise ConfigError("model.framework", f"expected 'pytorch' or 'tensorflow', got {self.framework!r}")
+        engine = self.engine
         missing = [n for n in ("teacher_model", "train_dataset") if getattr(self, n) is None]
         if missing:
             raise ConfigError(
@@ -449,19 +451,21 @@ class AutoDistillation:
                 "the built-in flash distillation needs teacher_model and train_dataset "
                 "(or set train_func / eval_func)",
             )
-        if self.framework == "tensorflow":
-            from .distill.keras.distiller import KerasFlashDistiller as Distiller
-        else:
-            from .distill.torch.distiller import FlashDistiller as Distiller
-
         flash = self.conf.flash
         # One cache folder for both engines: entries are keyed by a fingerprint of the teacher and data
         # (distill/cache_store.py), so a torch teacher and a Keras teacher never share one.
         cache_dir = flash.teacher_cache.dir or str(Path(self.run_dir) / "teacher_cache")
-        self._distiller = Distiller(self.teacher_model, self.train_dataset, flash, cache_dir=cache_dir)
+        self._distiller = engine.make_distiller(self.teacher_model, self.train_dataset, flash, cache_dir=cache_dir)
         stages = list(getattr(flash, "stages", []) or [])
         self.flash_distillers = [s for s in stages if s.kind == "knowledge_transfer"]
         self.regular_distillers = [s for s in stages if s.kind == "regular_distillation"]
+
+    @property
+    def engine(self):
+        """The training engine of ``framework`` (:mod:`nas_distill.engines`)."""
+        from .engines import engine
+
+        return engine(self.framework)
 
     def _train(self, model) -> Any:
         """Train ``model``; returns the model to evaluate and save.
@@ -476,7 +480,7 @@ class AutoDistillation:
             self.create_distillers()
         from .machine_lock import training_load
 
-        seed = (self.seed or 0) + int(getattr(getattr(self.advisor, "current_trial", None), "number", 0) or 0)
+        seed = (self.seed or 0) + int(getattr(getattr(self.searcher, "current_trial", None), "number", 0) or 0)
         # Shares the machine with other trainings, and pauses between steps while a latency is timed.
         with training_load() as load:
             self._distiller.before_step = load.pause_point
@@ -501,24 +505,17 @@ class AutoDistillation:
                 return self.eval_func(model)
         if self.eval_dataset is None:
             raise ConfigError("eval_dataset", "set eval_dataset (or eval_func) to measure the students")
-        from .evaluate import METRICS, base_metric
+        from .vocabulary import base_metric
 
-        if self.framework == "tensorflow":
-            from .distill.keras.evaluate import evaluate
-
-            user_metrics = {}
-        else:
-            from .evaluate import evaluate
-
-            user_metrics = {"compute_metrics": self.compute_metrics}
+        engine = self.engine
 
         def measure(subset):
             if not subset:
                 return {}
             # compute_metrics costs a pass over the evaluation set: only for the names it answers
-            extra = user_metrics if any(base_metric(n) not in METRICS for n in subset) else {}
-            return evaluate(model, self.eval_dataset, subset, settings=self.conf.evaluation,
-                            metric_fn=self.metric_fn, **extra)
+            others = any(base_metric(n) not in engine.metrics for n in subset)
+            return engine.evaluate(model, self.eval_dataset, subset, settings=self.conf.evaluation,
+                                   metric_fn=self.metric_fn, compute_metrics=self.compute_metrics if others else None)
 
         out = measure([n for n in names if n not in timed])
         if timed:
@@ -587,7 +584,8 @@ class AutoDistillation:
 
         Results folder (the seed's): ``<res_save_path or the current folder>/AutoDistillationResults/``;
         without ``res_save_path`` and with a named storage / run folder, the run folder. Unless the config
-        names ``study.storage`` or ``study.run_dir``, the study and the trained students live there too, so two searches with different ``res_save_path`` never share a study.
+        names ``study.storage`` or ``study.run_dir``, the study and the trained students live there too,
+        so two searches with different ``res_save_path`` never share a study.
         Results found there at the start (``lastest_results.json``, an old ``lastest_results.npy`` or
         the old texts) are imported first and answered from the store, never retrained. Each completed
         trial writes ``Trial_{k}_results.txt``; the end writes ``Final_results.txt`` and
@@ -599,8 +597,8 @@ class AutoDistillation:
         Raises:
             SearchFailed: no trial completed and trials failed; names the first failure.
         """
-        from .runner import TrialRunner
         from . import seed_results
+        from .runner import TrialRunner
 
         folder = Path(res_save_path if res_save_path is not None else os.getcwd()) / seed_results.FOLDER
         if not self._location_given():
@@ -640,7 +638,7 @@ class AutoDistillation:
         self._abandon_proposal("the study moved to the search's results folder before feedback")
         self.run_dir = str(folder)
         self._study = None
-        self._advisor = None
+        self._searcher = None
         self._distiller = None
         # Results loaded by hand before search() (the seed's load_search_results-then-search) belong to
         # this search: they follow the study into its folder.
@@ -756,9 +754,10 @@ def _abandon(study, trial, heartbeat, reason: str) -> None:
         log.debug("could not fail abandoned trial %s: %s", getattr(trial, "number", "?"), exc)
 
 
-class _LazyAdvisor:
-    """``agent.advisor`` before the searcher exists: builds it (and opens the study) on first use, then
-    stands for it. ``feedback`` / ``tell`` also end a pending ``model_arch_proposition``'s heartbeat."""
+class _LazySearcher:
+    """``agent.searcher`` (the seed's ``agent.advisor``) before the searcher exists: builds it (and opens
+    the study) on first use, then stands for it. ``feedback`` / ``tell`` also end a pending
+    ``model_arch_proposition``'s heartbeat."""
 
     def __init__(self, agent: AutoDistillation):
         object.__setattr__(self, "_agent", agent)
@@ -767,7 +766,7 @@ class _LazyAdvisor:
     def _searcher(self):
         real = object.__getattribute__(self, "_real")
         if real is None:
-            real = object.__getattribute__(self, "_agent")._make_advisor()
+            real = object.__getattribute__(self, "_agent")._make_searcher()
             object.__setattr__(self, "_real", real)
         return real
 
@@ -795,4 +794,4 @@ class _LazyAdvisor:
 
     def __repr__(self) -> str:
         real = object.__getattribute__(self, "_real")
-        return repr(real) if real is not None else "<advisor, not built yet>"
+        return repr(real) if real is not None else "<searcher, not built yet>"

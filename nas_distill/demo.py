@@ -73,12 +73,12 @@ def demo_config(run_dir: str = "runs/demo", max_trials: int = 16) -> dict[str, A
 
 def teacher_figures(run_dir: str | os.PathLike, config) -> dict[str, float]:
     """The teacher's validation accuracy and latency, measured exactly as the students are."""
-    from .evaluate import evaluate
+    from .engines import engine
     from .tasks import digits
 
     teacher, metrics = digits.load_or_train_teacher(run_dir)
     _, val, _ = digits.datasets()
-    figures = evaluate(teacher, val, ["accuracy", "latency", "params"], settings=config.evaluation)
+    figures = engine("pytorch").evaluate(teacher, val, ["accuracy", "latency", "params"], settings=config.evaluation)
     figures["test_accuracy"] = metrics.get("test_accuracy", float("nan"))
     return figures
 
@@ -90,15 +90,13 @@ def pareto_test_accuracy(records, run_dir: str | os.PathLike) -> dict[int, float
     """
     import tempfile
 
-    from optuna.artifacts import download_artifact
     from transformers import ViTForImageClassification
+    from transformers.utils import logging as hf_logging
 
-    from .evaluate import evaluate
-    from .runner import extract_student
+    from .engines import engine
+    from .engines.students import download_student, load_student
     from .study import artifact_store
     from .tasks import digits
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one result line per student, no "Loading weights" bars
     _, _, test = digits.datasets()
@@ -109,12 +107,10 @@ def pareto_test_accuracy(records, run_dir: str | os.PathLike) -> dict[int, float
         if not artifact_id:
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            archive = os.path.join(tmp, "student.tar")
-            download_artifact(artifact_store=store, file_path=archive, artifact_id=artifact_id)
+            folder = download_student(store, artifact_id, tmp)
             # safetensors only: an artifact is a file anyone with access to the store could replace
-            model = ViTForImageClassification.from_pretrained(extract_student(archive, os.path.join(tmp, "s")),
-                                                              use_safetensors=True)
-            accuracies[trial.number] = evaluate(model, test, ["accuracy"])["accuracy"]
+            model = load_student(folder, ViTForImageClassification, use_safetensors=True)
+            accuracies[trial.number] = engine("pytorch").evaluate(model, test, ["accuracy"])["accuracy"]
     return accuracies
 
 

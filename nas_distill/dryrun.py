@@ -18,10 +18,10 @@ and inputs with numpy, at most a few student builds, no forward pass, no trainin
 Every problem is a :class:`~nas_distill.errors.ConfigError` naming the field, e.g.
 ``train_dataset: label 12 at index 37 is out of range for a teacher with 10 labels``.
 
-Frameworks: ``'pytorch'`` reads torch-style datasets through :mod:`nas_distill.distill.torch.data`
-(imported only on that path); ``'tensorflow'`` reads ``(x, y)`` numpy tuples and never imports torch
-(Keras models are recognised by duck typing; their label count is the last dimension of
-``model.output``). Anything the dry run cannot read the same way the engine will (an unknown model
+Frameworks: the data and the models are read through the search's engine (:mod:`nas_distill.engines`):
+``'pytorch'`` reads torch-style datasets through :mod:`nas_distill.distill.torch.data`; ``'tensorflow'``
+reads ``(x, y)`` numpy tuples and never imports torch (a Keras model's label count is the last dimension
+of ``model.output``). Anything the dry run cannot read the same way the engine will (an unknown model
 type, a ``tf.data`` pipeline) is left to the engine: the dry run only refuses what it is sure about.
 
 A student layer missing from the first architecture may exist in a bigger one (a mapping on layer 5
@@ -31,13 +31,12 @@ last and the per-key largest architectures all lack it; such archs then fail as 
 
 from __future__ import annotations
 
-import difflib
 import logging
-import sys
-from typing import Any, Iterable, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
+from .engines import Engine, engine, engine_of
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,7 @@ def dry_run(ad: Any) -> None:
     key = (id(teacher), id(train), id(evaluation), id(ad.model_builder), use_train, use_eval)
     if getattr(ad, "_dry_run_key", None) == key:
         return
-    keras = getattr(ad, "framework", "pytorch") == "tensorflow"
+    search_engine = _engine(ad)
     teacher_labels = num_labels(teacher) if teacher is not None else None
     students = _Students(ad)
     student_labels = None
@@ -82,10 +81,10 @@ def dry_run(ad: Any) -> None:
         )
     labels = teacher_labels if teacher_labels is not None else student_labels
     if use_train:
-        check_dataset(train, "train_dataset", labels, keras=keras)
-        _check_layers(ad, teacher, students, keras=keras)
+        check_dataset(train, "train_dataset", labels, reader=search_engine)
+        _check_layers(ad, teacher, students, search_engine)
     if use_eval:
-        check_dataset(evaluation, "eval_dataset", labels, keras=keras)
+        check_dataset(evaluation, "eval_dataset", labels, reader=search_engine)
     ad._dry_run_key = key
 
 
@@ -98,12 +97,9 @@ def check_metrics(ad: Any) -> None:
     the first student of the space (untrained), the way the evaluator will call it."""
     if _estimate_overridden(ad) or getattr(ad, "eval_func", None) is not None:
         return
-    keras = getattr(ad, "framework", "pytorch") == "tensorflow"
-    if keras:
-        from .distill.keras.evaluate import METRICS as known
-    else:
-        from .evaluate import METRICS as known
-    from .evaluate import unknown_metrics
+    search_engine = _engine(ad)
+    known = search_engine.metrics
+    from .vocabulary import unknown_metrics
 
     names = list(getattr(ad, "metrics", []) or [])
     unknown = unknown_metrics(names, known)
@@ -111,12 +107,12 @@ def check_metrics(ad: Any) -> None:
         return
     field = f"search.metrics[{names.index(unknown[0])}]"
     compute = getattr(ad, "compute_metrics", None)
-    if compute is None or keras:
-        how = ("set eval_func(model) -> {name: value}" if keras else
-               "set eval_func(model) -> {name: value}, or compute_metrics(EvalPrediction) -> dict returning it")
+    if compute is None or not search_engine.takes_compute_metrics:
+        how = ("set eval_func(model) -> {name: value}, or compute_metrics(EvalPrediction) -> dict returning it"
+               if search_engine.takes_compute_metrics else "set eval_func(model) -> {name: value}")
         raise ConfigError(field, f"the built-in evaluator cannot measure {unknown[0]!r} (it knows "
                                  f"{', '.join(known)}, with or without 'eval_'); {how}")
-    produced = _compute_metrics_names(ad, compute)
+    produced = _compute_metrics_names(ad, compute, search_engine)
     if produced is None:
         return  # nothing to run it on yet (no eval_dataset): the evaluation itself will say so
     from .evaluate import metric_from
@@ -128,26 +124,18 @@ def check_metrics(ad: Any) -> None:
                           f"'eval_'), and the built-in evaluator does not measure it")
 
 
-def _compute_metrics_names(ad: Any, compute: Any) -> Optional[list[str]]:
+def _compute_metrics_names(ad: Any, compute: Any, search_engine: Engine) -> Optional[list[str]]:
     """The keys ``compute`` returns for the first batch of ``ad.eval_dataset`` through the first buildable
     student; None when there is no evaluation data or no student to run."""
     data = getattr(ad, "eval_dataset", None)
     if data is None:
         return None
-    import torch
-
-    from .evaluate import call_compute_metrics, eval_pass
-
     student = _Students(ad).first()
     if student is None:
         return None
     settings = getattr(getattr(ad, "conf", None), "evaluation", None)
-    batch = int(getattr(settings, "batch_size", 64) or 64)
     try:
-        n = min(batch, len(data))
-        head = torch.utils.data.Subset(data, range(n)) if n < len(data) else data
-        result = eval_pass(student, head, batch, getattr(settings, "device", "auto"), keep_logits=True)
-        return list(call_compute_metrics(compute, result.logits, result.labels))
+        return search_engine.compute_metrics_names(student, data, settings, compute)
     except Exception as exc:  # noqa: BLE001 - the user's function failing on real outputs is a setup error
         raise ConfigError("compute_metrics", f"failed on the first evaluation batch: "
                                              f"{type(exc).__name__}: {exc}") from exc
@@ -158,12 +146,21 @@ def _estimate_overridden(ad: Any) -> bool:
     return bool(method()) if callable(method) else False
 
 
+def _engine(ad: Any) -> Engine:
+    return engine(getattr(ad, "framework", "pytorch"))
+
+
+def _model_engine(model: Any, default: Engine) -> Engine:
+    """The engine ``model`` belongs to (a Keras student of a torch search is read as Keras)."""
+    return engine_of(model) or default
+
+
 # ------------------------------------------------------------------------------------------ models
 def num_labels(model: Any) -> Optional[int]:
     """The label count of a classifier, or ``None`` when it cannot be told without running it.
 
-    Hugging Face ``*Classification`` models: ``config.num_labels``; Keras models: the last dimension of
-    ``model.output`` (duck-typed: keras is never imported here).
+    Hugging Face ``*Classification`` models: ``config.num_labels``; else what the model's engine reads
+    (a Keras model: the last dimension of ``model.output``).
     """
     if model is None:
         return None
@@ -171,19 +168,8 @@ def num_labels(model: Any) -> Optional[int]:
     count = getattr(config, "num_labels", None)
     if isinstance(count, int) and type(model).__name__.endswith("Classification"):
         return count
-    if _is_keras(model):
-        try:
-            shape = model.output.shape
-        except Exception:  # noqa: BLE001 - not built, several outputs, ...: unknown
-            return None
-        last = shape[-1] if len(shape) else None
-        return int(last) if isinstance(last, (int, np.integer)) and last > 0 else None
-    return None
-
-
-def _is_keras(model: Any) -> bool:
-    keras = sys.modules.get("keras")
-    return keras is not None and isinstance(model, getattr(keras, "Model", ()))
+    owner = engine_of(model)
+    return owner.num_labels(model) if owner is not None else None
 
 
 class _Students:
@@ -235,37 +221,6 @@ class _Students:
         return None
 
 
-def _layer_names(model: Any, keras: bool) -> Optional[set[str]]:
-    if keras or _is_keras(model):
-        return None  # resolved one by one (names and outer/inner paths), see _missing
-    named = getattr(model, "named_modules", None)
-    return {name for name, _ in named()} if callable(named) else None
-
-
-def _missing(model: Any, names: Optional[set[str]], name: str, role: str) -> Optional[str]:
-    """Why ``model`` lacks layer ``name`` (a message), or None when it has it or cannot be asked."""
-    if names is not None:
-        from .builders import check_layers
-        from .errors import InvalidArchitecture
-
-        try:
-            check_layers(model, [name], role)
-        except InvalidArchitecture:
-            hint = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
-            return f"the {role} has no module named {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-        return None
-    if _is_keras(model):
-        try:
-            from .distill.keras.layers import LayerNotFound, resolve_layer
-        except ImportError:  # pragma: no cover - the Keras engine is not installed
-            return None
-        try:
-            resolve_layer(model, name, role)
-        except LayerNotFound as exc:
-            return f"the {exc}"  # names the layer, lists the ones there, suggests a close one
-    return None
-
-
 def _stage_references(stages: Iterable[Any]) -> Iterator[tuple[str, str, str]]:
     """``(field path, role, layer name)`` for every layer the stages name."""
     for stage in stages:
@@ -279,21 +234,24 @@ def _stage_references(stages: Iterable[Any]) -> Iterator[tuple[str, str, str]]:
             yield where, "teacher", mapping.teacher_layer
 
 
-def _check_layers(ad: Any, teacher: Any, students: _Students, *, keras: bool) -> None:
+def _check_layers(ad: Any, teacher: Any, students: _Students, search_engine: Engine) -> None:
     stages = list(getattr(ad.conf.flash, "stages", []) or [])
     if not stages:
         return
-    teacher_names = _layer_names(teacher, keras)
+    teacher_engine = _model_engine(teacher, search_engine)
+    teacher_names = teacher_engine.layer_names(teacher)
     student_names: dict[int, Optional[set[str]]] = {}
     for field, role, name in _stage_references(stages):
         if role == "teacher":
-            problem = _missing(teacher, teacher_names, name, "teacher")
+            problem = teacher_engine.missing_layer(teacher, teacher_names, name, "teacher")
             if problem:
                 raise ConfigError(field, problem)
             continue
         problems = []
-        for i, (arch, student) in enumerate(students):
-            problem = _missing(student, student_names.setdefault(i, _layer_names(student, keras)), name, "student")
+        for i, (_, student) in enumerate(students):
+            student_engine = _model_engine(student, search_engine)
+            names = student_names.setdefault(i, student_engine.layer_names(student))
+            problem = student_engine.missing_layer(student, names, name, "student")
             if problem is None:
                 break
             problems.append(problem)
@@ -304,14 +262,14 @@ def _check_layers(ad: Any, teacher: Any, students: _Students, *, keras: bool) ->
 
 
 # ------------------------------------------------------------------------------------------ data
-def check_dataset(data: Any, field: str, n_labels: Optional[int], *, keras: bool = False) -> None:
-    """Refuse an empty dataset, labels outside ``[0, n_labels)``, NaN / infinity in float fields."""
-    if keras or isinstance(data, tuple):
-        rows = _numpy_rows(data, field)
-    else:
-        rows = _torch_rows(data, field)
+def check_dataset(data: Any, field: str, n_labels: Optional[int], *, keras: bool = False,
+                  reader: Optional[Engine] = None) -> None:
+    """Refuse an empty dataset, labels outside ``[0, n_labels)``, NaN / infinity in float fields: the
+    data as the engine ``reader`` reads it (by default the torch engine, the Keras one with ``keras``)."""
+    if reader is None:
+        reader = engine("tensorflow" if keras else "pytorch")
     seen = 0
-    for offset, fields in rows:
+    for offset, fields in reader.dataset_rows(data, field):
         seen += 1
         for key, arr in fields.items():
             _check_array(field, key, arr, offset, n_labels)
@@ -336,56 +294,3 @@ def _check_array(field: str, key: str, arr: np.ndarray, offset: int, n_labels: O
         at = tuple(np.argwhere(bad)[0])
         raise ConfigError(field, f"label {int(arr[at])} at index {offset + int(at[0])} is out of range for a "
                                  f"teacher with {n_labels} labels (expected 0 to {n_labels - 1})")
-
-
-def _torch_rows(data: Any, field: str) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Batches of numpy fields from a torch-style dataset: whole columns at once for a Hugging Face
-    dataset, else one example at a time (no collation: memory stays one example)."""
-    from .distill.torch.data import _columns, read_example, unwrap_dataset
-
-    try:
-        dataset = unwrap_dataset(data)
-        n = len(dataset)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(field, str(exc)) from None
-    if n == 0:
-        return
-    columns = _columns(dataset)
-    if columns is not None:
-        yield 0, {k: _numpy(v) for k, v in columns.items()}
-        return
-    for i in range(n):
-        try:
-            example = read_example(dataset, i)
-        except (TypeError, ValueError, KeyError, IndexError) as exc:
-            raise ConfigError(field, f"example {i} cannot be read: {exc}") from None
-        yield i, {k: _numpy(v)[None] for k, v in example.items()}
-
-
-def _numpy(tensor: Any) -> np.ndarray:
-    if tensor.is_floating_point() and tensor.dtype.itemsize < 4:  # bfloat16 has no numpy dtype
-        tensor = tensor.float()
-    return tensor.detach().cpu().numpy()
-
-
-def _numpy_rows(data: Any, field: str) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """The Keras engine's ``(x, y)`` numpy tuple as one batch; anything else (a ``tf.data`` pipeline) is
-    not scanned."""
-    if not isinstance(data, (tuple, list)) or len(data) not in (1, 2):
-        log.info("dry run: %s is not an (x, y) tuple; not scanned", field)
-        yield 0, {}
-        return
-    x, y = data[0], (data[1] if len(data) == 2 else None)
-    inputs = x if isinstance(x, Mapping) else {"x": x}
-    fields: dict[str, np.ndarray] = {}
-    for key, value in inputs.items():
-        try:
-            fields[str(key)] = np.asarray(value)
-        except Exception:  # noqa: BLE001 - ragged: the engine reports it with its own message
-            continue
-    if y is not None:
-        fields["labels"] = np.asarray(y)
-    lengths = {len(a) for a in fields.values() if a.ndim > 0}
-    if not lengths or min(lengths) == 0:
-        return
-    yield 0, {k: a for k, a in fields.items() if a.dtype.kind in "biufc"}

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -131,16 +130,10 @@ def _share_with_group(folder: Path) -> None:
 
 def export_student(study: Any, trial: Any, run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write ``trial``'s student (downloaded from the run's artifact store) and its metadata to ``out_dir``."""
-    from optuna.artifacts import download_artifact
-
-    from .runner import extract_student
+    from .engines.students import download_student
     from .study import artifact_store
 
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = os.path.join(tmp, "student.tar")
-        download_artifact(artifact_store=artifact_store(run_dir), file_path=archive,
-                          artifact_id=trial.user_attrs["artifact_id"])
-        out = extract_student(archive, out_dir)
+    out = download_student(artifact_store(run_dir), trial.user_attrs["artifact_id"], out_dir)
     config_file = out / "config.json"
     model_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     summary = student_summary(study, trial, model_config)

@@ -37,6 +37,7 @@ import re
 import time
 from typing import Any, Optional
 
+from .engines import engine
 from .errors import ConfigError
 from .search.space import SearchSpace
 
@@ -95,7 +96,7 @@ class _Trial:
         self.train = (not overridden and getattr(ad, "train_func", None) is None
                       and ad.teacher_model is not None and ad.train_dataset is not None)
         self.evaluate = not overridden and getattr(ad, "eval_func", None) is None and ad.eval_dataset is not None
-        self.keras = getattr(ad, "framework", "pytorch") == "tensorflow"
+        self.engine = engine(getattr(ad, "framework", "pytorch"))
         self._distiller = None
         self._eval_data = None
 
@@ -103,29 +104,26 @@ class _Trial:
     def prepare(self) -> None:
         if not (self.train or self.evaluate):
             return
-        if not self.keras:
-            _check_torch_device(self.ad.conf.flash.device, "flash_distillation.device", self.train)
-            _check_torch_device(self.ad.conf.evaluation.device, "evaluation.device", self.evaluate)
+        self.engine.check_devices(self.ad.conf.flash.device, self.ad.conf.evaluation.device, self.train,
+                                  self.evaluate)
         if self.train:
             flash = self.ad.conf.flash
             # The teacher's outputs on the one batch are cached in memory (never on disk: the dry run
             # writes nothing), so the teacher runs once for all the students, not once per step.
             settings = dataclasses.replace(flash, teacher_cache=dataclasses.replace(flash.teacher_cache, dir=None))
             stages = [_one_step(s) for s in (getattr(flash, "stages", None) or [])] or [_one_step(_default())]
-            data = _first_rows(self.ad.train_dataset, int(flash.batch_size), self.keras)
+            data = self.engine.first_rows(self.ad.train_dataset, max(1, int(flash.batch_size)))
             try:
-                if self.keras:
-                    from .distill.keras.distiller import KerasFlashDistiller as Distiller
-                else:
-                    from .distill.torch.distiller import FlashDistiller as Distiller
-                self._distiller = Distiller(self.ad.teacher_model, data, settings, stages=stages, cache_dir=None)
+                self._distiller = self.engine.make_distiller(self.ad.teacher_model, data, settings, stages=stages,
+                                                             cache_dir=None)
             except ConfigError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the engine refuses the teacher, data or settings
                 raise ConfigError("flash_distillation", f"the distiller cannot start: {type(exc).__name__}: "
                                                         f"{' '.join(str(exc).split())[:300]}") from None
         if self.evaluate:
-            self._eval_data = _first_rows(self.ad.eval_dataset, int(self.ad.conf.evaluation.batch_size), self.keras)
+            self._eval_data = self.engine.first_rows(self.ad.eval_dataset,
+                                                     max(1, int(self.ad.conf.evaluation.batch_size)))
 
     # -- one student
     def __call__(self, arch: dict) -> Optional[Failure]:
@@ -139,15 +137,9 @@ class _Trial:
             if self._eval_data is not None:
                 phase = "evaluate"
                 settings = dataclasses.replace(self.ad.conf.evaluation, latency_warmup=0, latency_repeats=1)
-                extra = {}
-                if self.keras:
-                    from .distill.keras.evaluate import evaluate
-                else:
-                    from .evaluate import evaluate
-
-                    extra["compute_metrics"] = getattr(self.ad, "compute_metrics", None)
-                metrics = evaluate(model, self._eval_data, self.ad.metrics, settings=settings,
-                                   metric_fn=getattr(self.ad, "metric_fn", None), **extra)
+                metrics = self.engine.evaluate(model, self._eval_data, self.ad.metrics, settings=settings,
+                                               metric_fn=getattr(self.ad, "metric_fn", None),
+                                               compute_metrics=getattr(self.ad, "compute_metrics", None))
                 try:
                     self.ad.raw_metric_values(metrics)
                 except FloatingPointError:
@@ -178,39 +170,6 @@ def _default() -> Any:
     from .distill.plans import default_stage
 
     return default_stage()
-
-
-def _first_rows(data: Any, n: int, keras: bool) -> Any:
-    """The first ``n`` examples of a dataset, in a form the engine takes (one batch)."""
-    n = max(1, n)
-    if keras or isinstance(data, tuple):
-        if isinstance(data, (tuple, list)) and len(data) in (1, 2):
-            x = data[0]
-            x = {k: v[:n] for k, v in x.items()} if isinstance(x, dict) else x[:n]
-            return (x, data[1][:n]) if len(data) == 2 else (x,)
-        return data  # a tf.data pipeline: the engine reads what it needs
-    from .distill.torch.data import read_example, unwrap_dataset
-
-    dataset = unwrap_dataset(data)
-    return [read_example(dataset, i) for i in range(min(n, len(dataset)))]
-
-
-def _check_torch_device(device: Any, field: str, used: bool) -> None:
-    """The configured torch device exists and takes a tensor (``'gpu'`` is no torch device)."""
-    if not used or device in (None, "auto"):
-        return
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise ConfigError(field, f"{device!r} is not a device torch knows; use 'auto', 'cpu', 'cuda', "
-                                 f"'cuda:<index>' or 'mps'") from None
-    try:
-        torch.zeros(1, device=dev)
-    except Exception as exc:  # noqa: BLE001 - not compiled in, no such GPU, driver missing
-        raise ConfigError(field, f"{device!r} is not usable on this machine: "
-                                 f"{' '.join(str(exc).split())[:200]}") from None
 
 
 # ------------------------------------------------------------------------------------------ judging

@@ -33,13 +33,8 @@ and the summary says whether the study met its budget.
 from __future__ import annotations
 
 import contextlib
-import gc
-import json
 import logging
 import os
-import shutil
-import tarfile
-import tempfile
 import time
 import traceback
 import warnings
@@ -51,6 +46,8 @@ from typing import Any
 from optuna.trial import TrialState
 
 from . import admission, breaker, console, distributed, run_end, trial_record
+from .engines import engine_of, parameter_count
+from .engines.students import rebuild_with, save_student_artifact
 from .errors import ConfigError, EnvironmentFailure, SearchSpaceExhausted
 from .store import Heartbeat, StudyStore, artifact_store, check_writable, store_of
 from .store.budget import record_budget
@@ -400,13 +397,13 @@ class TrialRunner:
             self._tell_failed(trial, exc, clock)
         finally:
             self.ad.student_model = None
-            heavy = _is_torch_module(model) or _is_keras_model(model)
+            owner = engine_of(model)
             del model
-            # Free the student's memory now, before the next one is built (~50 ms). Not
+            # Free the student's memory now, before the next one is built. Not
             # keras.backend.clear_session(): it would also reset Keras's global settings (dtype policy,
             # distribution, seed generator) under the live teacher and clear TF's kernel cache.
-            if heavy:
-                gc.collect()
+            if owner is not None:
+                owner.release()
 
     def fit(self, arch: dict, number: int | None, clock: trial_record.Clock):
         """Build, train and evaluate one student; returns ``(model, metrics, raw metric values)``."""
@@ -414,7 +411,7 @@ class TrialRunner:
         self._report("build", number)
         model = self.ad.model_builder(dict(arch))
         if self.model_cls is not None:
-            model = _rebuild_with(model, self.model_cls, self.ad.run_dir)
+            model = rebuild_with(model, self.model_cls, self.ad.run_dir)
         self.ad.student_model = model
         clock.lap("build", t0)
         if self.ad._estimate_overridden():
@@ -450,7 +447,7 @@ class TrialRunner:
 
     # ------------------------------------------------------------------ tell
     def _tell_trained(self, trial, arch: dict, model: Any, metrics: Any, values: list, clock) -> None:
-        attrs = trial_record.trained_attrs(self.ad.metrics, values, _parameter_count(model, metrics))
+        attrs = trial_record.trained_attrs(self.ad.metrics, values, parameter_count(model, metrics))
         self.ad.arch_metrics.record_trained(arch, dict(zip(self.ad.metrics, values)))
         attrs.update(self._save(trial, arch, model, clock))
         attrs["timings"] = clock.stop()
@@ -559,150 +556,3 @@ def _no_heartbeat_warning() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
         yield
-
-
-def _is_torch_module(model: Any) -> bool:
-    import sys
-
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(model, torch.nn.Module)
-
-
-def _is_keras_model(model: Any) -> bool:
-    """A Keras 3 model; looks only when keras is already imported (a torch run never imports it)."""
-    import sys
-
-    keras = sys.modules.get("keras")
-    return keras is not None and isinstance(model, keras.Model)
-
-
-def _parameter_count(model: Any, metrics: Any) -> int | None:
-    """Parameter count of a torch module / a Keras model / anything with ``num_parameters()``; else a
-    'params' metric."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(model, torch.nn.Module):
-        return int(sum(p.numel() for p in model.parameters()))
-    if _is_keras_model(model):
-        return int(model.count_params())  # trainable and not (batch-norm statistics), like numel()
-    counter = getattr(model, "num_parameters", None)
-    if callable(counter):
-        try:
-            return int(counter())
-        except Exception:  # noqa: BLE001
-            return None
-    if isinstance(metrics, dict) and isinstance(metrics.get("params"), (int, float)):
-        return int(metrics["params"])
-    return None
-
-
-def _rebuild_with(model: Any, model_cls: Any, run_dir: str) -> Any:
-    """Seed ``model_cls`` semantics: save the student, then rebuild it from what was saved.
-
-    torch / Hugging Face: ``save_pretrained`` + ``model_cls.from_pretrained``. Keras: ``model.keras`` +
-    ``keras.saving.load_model(safe_mode=True)`` (no lambdas / arbitrary code), with ``model_cls``
-    registered as a custom object when it is a ``keras.Model`` subclass; the rebuilt model must be one.
-    """
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    folder = tempfile.mkdtemp(prefix=".student-", dir=run_dir)
-    try:
-        if _is_keras_model(model):
-            import keras
-
-            path = os.path.join(folder, "model.keras")
-            model.save(path)
-            custom = {}
-            if isinstance(model_cls, type) and issubclass(model_cls, keras.Model):
-                custom[model_cls.__name__] = model_cls
-            rebuilt = keras.saving.load_model(path, custom_objects=custom, safe_mode=True)
-            if isinstance(model_cls, type) and not isinstance(rebuilt, model_cls):
-                raise TypeError(f"model_cls {model_cls.__name__}: the student reloaded from its .keras file is "
-                                f"a {type(rebuilt).__name__} (the builder returned a {type(model).__name__})")
-            return rebuilt
-        model.save_pretrained(folder)
-        return model_cls.from_pretrained(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def save_student(model: Any, arch: dict, folder: str | os.PathLike, preprocessor: Any = None) -> bool:
-    """Write a trained student to ``folder``: ``save_pretrained`` (safetensors) when the model has it,
-    a Keras model as ``model.keras`` (Keras 3's zip: config + weights, reloadable with
-    ``keras.saving.load_model(path, safe_mode=True)``), else a torch module's ``state_dict`` as
-    ``model.safetensors``; plus ``arch.json``, and the task's ``preprocessor`` (an image processor or
-    tokenizer: anything with ``save_pretrained``), so the folder runs in ``transformers.pipeline`` alone.
-    False: not a model.
-    """
-    import sys
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "save_pretrained"):
-        transformers = sys.modules.get("transformers")
-        if transformers is not None:  # no "Writing model shards" bar per trial
-            transformers.utils.logging.disable_progress_bar()
-        model.save_pretrained(str(folder))
-    elif _is_keras_model(model):
-        model.save(str(folder / "model.keras"))
-    else:
-        torch = sys.modules.get("torch")
-        if torch is None or not isinstance(model, torch.nn.Module):
-            return False
-        from safetensors.torch import save_file
-
-        # Shared / non-contiguous tensors are copied: safetensors stores plain tensors only.
-        state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"))
-    if preprocessor is not None and hasattr(preprocessor, "save_pretrained"):
-        preprocessor.save_pretrained(str(folder))
-    (folder / "arch.json").write_text(json.dumps(arch, indent=2, sort_keys=True))
-    return True
-
-
-def save_student_artifact(model: Any, arch: dict, store: Any, trial: Any, preprocessor: Any = None) -> str | None:
-    """Save ``model`` (see :func:`save_student`) as a tar in the artifact store, linked from ``trial``."""
-    if not (hasattr(model, "save_pretrained") or _is_torch_module(model) or _is_keras_model(model)):
-        return None  # nothing we know how to save (e.g. a user's plain-Python student)
-    from optuna.artifacts import upload_artifact
-
-    with tempfile.TemporaryDirectory(prefix="nas-distill-student-") as tmp:
-        folder = Path(tmp) / "student"
-        if not save_student(model, arch, folder, preprocessor):
-            return None
-        archive = Path(tmp) / f"student-trial-{trial.number}.tar"
-        with tarfile.open(archive, "w") as tar:
-            for path in sorted(folder.rglob("*")):
-                tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
-        return upload_artifact(
-            artifact_store=store, file_path=str(archive), study_or_trial=trial, mimetype="application/x-tar"
-        )
-
-
-def extract_student(archive: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Unpack a student archive written by :func:`save_student_artifact` into ``out_dir`` (safely).
-
-    Only an uncompressed tar of plain files and folders inside ``out_dir`` is unpacked: the store holds
-    plain tars, and a compressed member (30 KB that inflate to gigabytes) or a sparse one could fill the
-    disk; without compression the files cannot add up to more than the archive itself.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        tar = tarfile.open(archive, "r:")
-    except tarfile.ReadError as exc:
-        raise ValueError(f"refusing to extract {Path(archive).name}: not an uncompressed tar ({exc})") from None
-    with tar:
-        for member in tar.getmembers():
-            if member.issparse():
-                raise ValueError(f"refusing to extract {member.name!r}: a sparse member")
-            target = (out / member.name).resolve()
-            # is_relative_to, not a string prefix: "../out-evil/x" starts with "<...>/out" too
-            if not (member.isfile() or member.isdir()) or not target.is_relative_to(out.resolve()):
-                raise ValueError(f"refusing to extract {member.name!r}: not a plain file inside {out}")
-        try:
-            tar.extractall(out, filter="data")
-        except TypeError:  # Python without extraction filters; members were checked above
-            tar.extractall(out)
-    return out
-

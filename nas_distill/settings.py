@@ -33,8 +33,8 @@ from . import checks
 from .checks import MAX_STUDY_NAME_LENGTH, study_name_error
 from .distill.mappings import LayerMapping
 from .errors import ConfigError
-from .vocabulary import (CACHE_DTYPES, DEFAULT_MAX_TRIALS, DEFAULT_RUN_DIR, DEFAULT_SEED, DEFAULT_STUDY_NAME,
-                         DEFAULT_TRAIN_STEPS, FRAMEWORK_ALIASES, FRAMEWORKS, LOSS_TYPES, OPTIMIZERS)
+from .vocabulary import (CACHE_DTYPES, DEFAULT_GRACE_PERIOD, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_TRIALS,
+                         DEFAULT_RUN_DIR, DEFAULT_SEED, DEFAULT_STUDY_NAME, DEFAULT_TRAIN_STEPS, FRAMEWORK_ALIASES, FRAMEWORKS, LOSS_TYPES, OPTIMIZERS)
 
 __all__ = [
     "Metric", "FlashDistillationConfig", "DistillStage", "TeacherCacheSettings", "FlashSettings",
@@ -271,9 +271,11 @@ class StudySettings:
         f"name (at most {MAX_STUDY_NAME_LENGTH} characters, no control characters)")] = DEFAULT_STUDY_NAME
     run_dir: Annotated[PathText, Key("path", f"`{DEFAULT_RUN_DIR}` (the seed API: its `AutoDistillationResults` "
                                              f"folder)")] = DEFAULT_RUN_DIR
-    heartbeat_interval: Annotated[Heartbeat, Key(f"seconds in [{MIN_HEARTBEAT_S}, {MAX_HEARTBEAT_S}]")] = 10
+    heartbeat_interval: Annotated[Heartbeat, Key(f"seconds in [{MIN_HEARTBEAT_S}, {MAX_HEARTBEAT_S}]")] \
+        = DEFAULT_HEARTBEAT_INTERVAL
     grace_period: Annotated[PositiveNumberKept, Key(
-        f"seconds >= {MIN_BEATS_PER_GRACE} x `heartbeat_interval`: a trial silent this long is declared dead")] = 30
+        f"seconds >= {MIN_BEATS_PER_GRACE} x `heartbeat_interval`: a trial silent this long is declared dead")] \
+        = DEFAULT_GRACE_PERIOD
     stop_after_failures: Annotated[NonNegativeInt, Key(
         "int >= 0: the circuit breaker's K (0 = never stop)")] = 3
 

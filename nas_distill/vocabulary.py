@@ -87,5 +87,8 @@ DEFAULT_RUN_DIR = "runs/default"
 DEFAULT_TRAIN_STEPS = 500  # the seed's default per stage
 DEFAULT_MAX_TRIALS = 3  # the seed's default
 DEFAULT_SEED = 42  # the seed searchers' default
+#: Seconds between a running trial's heartbeats, and of silence before it is declared dead.
+DEFAULT_HEARTBEAT_INTERVAL = 10
+DEFAULT_GRACE_PERIOD = 30
 #: Seconds a storage call keeps retrying before its error is raised.
 DEFAULT_RETRY_SECONDS = 300.0

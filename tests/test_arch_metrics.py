@@ -167,7 +167,7 @@ def test_workers_measure_one_at_a_time_and_share_the_measurements(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for i in range(3)]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     measured = sorted(json.loads(out.strip().splitlines()[-1])["measured"] for out, _ in outs)
     assert measured == [0, 0, 12]
@@ -175,7 +175,7 @@ def test_workers_measure_one_at_a_time_and_share_the_measurements(tmp_path):
     rows = [line.split() for line in intervals.read_text().splitlines()]
     spans = sorted((float(start), float(end), label) for label, start, end in rows)
     assert len(spans) == 12 + 3 * 3
-    for (s0, e0, w0), (s1, e1, w1) in zip(spans, spans[1:]):
+    for (s0, e0, w0), (s1, _, w1) in zip(spans, spans[1:]):
         assert s1 >= e0, f"{w1}'s timing started at {s1} inside {w0}'s ({s0} - {e0})"
     assert {label for _, _, label in spans} == {"w0", "w1", "w2"}
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+
 from _support.common import REPO_ROOT, free_port, get_json, listening_addresses, stop_server, wait_for_server_json
 from _support.report import make_study
-
 from nas_distill.reporting.dashboard import HYPERVOLUME_FIGURE_ID, push_figures
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -64,7 +64,7 @@ def test_study_is_listed_with_its_metrics_trials_and_attrs(server):
     _, detail = _study_detail(server)
     assert detail["objective_names"] == ["accuracy", "latency"] == study.metric_names
     assert len(detail["trials"]) == len(study.trials)
-    assert {a["key"] for a in detail["user_attrs"]} == {"config"}
+    assert {a["key"] for a in detail["user_attrs"]} == set(study.user_attrs) >= {"config", "search_space"}
     assert sorted(t["number"] for t in detail["best_trials"]) == sorted(t.number for t in study.best_trials)
     by_state: dict[str, list[dict]] = {}
     for trial in detail["trials"]:
@@ -72,10 +72,10 @@ def test_study_is_listed_with_its_metrics_trials_and_attrs(server):
     assert set(by_state) == {"Complete", "Fail", "Running"}
     for trial in by_state["Complete"]:
         keys = {a["key"] for a in trial["user_attrs"]}
-        assert {"arch", "params", "worker", "accuracy", "latency"} <= keys
+        assert {"arch", "n_params", "worker", "accuracy", "latency", "artifact_id"} <= keys
     for trial in by_state["Fail"]:
         attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
-        assert attrs["error_type"] == "RuntimeError" and "out of memory" in attrs["error"]
+        assert attrs["error_type"] == "RuntimeError" and "shapes cannot be multiplied" in attrs["error"]
 
 
 @pytest.mark.slow
@@ -97,13 +97,24 @@ def test_hypervolume_figure_is_pushed(server):
 def test_student_checkpoint_is_downloadable(server):
     study_id, detail = _study_detail(server)
     with_artifacts = [t for t in detail["trials"] if t["artifacts"]]
-    assert len(with_artifacts) == 1
-    trial, artifact = with_artifacts[0], with_artifacts[0]["artifacts"][0]
-    assert artifact["filename"] == "student.pt"
+    complete = {t.number: t for t in server["study"].trials if t.state.name == "COMPLETE"}
+    assert sorted(t["number"] for t in with_artifacts) == sorted(complete)  # each saved student, no other
+    trial = with_artifacts[-1]
+    (artifact,) = trial["artifacts"]
+    assert artifact["filename"] == f"student-trial-{trial['number']}.tar"
+    assert artifact["artifact_id"] == complete[trial["number"]].user_attrs["artifact_id"]
     url = f"{server['base']}/artifacts/{study_id}/{trial['trial_id']}/{artifact['artifact_id']}"
     with urllib.request.urlopen(url, timeout=10) as response:
         body = response.read()
-    assert body == (server["tmp"] / "student.pt").read_bytes()
+    assert body == (server["artifact_dir"] / artifact["artifact_id"]).read_bytes()
+    archive = server["tmp"] / "student.tar"
+    archive.write_bytes(body)
+    from nas_distill.engines.students import extract_student
+
+    folder = extract_student(archive, server["tmp"] / "student")
+    arch = complete[trial["number"]].params
+    assert json.loads((folder / "arch.json").read_text()) == arch
+    assert json.loads((folder / "config.json").read_text())["hidden_size"] == arch["hidden_size"]
 
 
 @pytest.mark.slow
@@ -158,7 +169,7 @@ def test_allow_writes_still_refuses_foreign_origins(tmp_path):
 
     from nas_distill.reporting.dashboard import DashboardGuard
 
-    study, url, _ = make_study(tmp_path, n_complete=2, n_fail=0, n_running=0, artifact=False)
+    study, url, _ = make_study(tmp_path, n_complete=2, n_fail=0, n_running=0)
     storage = optuna.storages.RDBStorage(url)
     app = DashboardGuard(wsgi(storage), "127.0.0.1", allow_writes=True)
     path = f"/api/studies/{study._study_id}"
@@ -176,7 +187,7 @@ def test_non_loopback_host_warns(tmp_path, caplog):
 
     from nas_distill.reporting.dashboard import launch_dashboard
 
-    _, url, _ = make_study(tmp_path, n_complete=0, n_fail=0, n_running=0, artifact=False)
+    _, url, _ = make_study(tmp_path, n_complete=0, n_fail=0, n_running=0)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -193,7 +204,7 @@ def test_non_loopback_host_warns(tmp_path, caplog):
 
 
 def test_push_is_idempotent(tmp_path):
-    study, url, _ = make_study(tmp_path, artifact=False)
+    study, url, _ = make_study(tmp_path)
     def system_attrs() -> dict:
         return study._storage.get_study_system_attrs(study._study_id)
 
@@ -207,7 +218,7 @@ def test_push_is_idempotent(tmp_path):
 
 
 def test_no_complete_trial_pushes_nothing(tmp_path):
-    study, url, _ = make_study(tmp_path, n_complete=0, artifact=False)
+    study, url, _ = make_study(tmp_path, n_complete=0)
     assert push_figures(url) == {}
 
 

@@ -77,7 +77,7 @@ def digits_run(tmp_path_factory):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               preexec_fn=_private_umask) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
     return {"tmp": tmp, "run_dir": run_dir, "cfg": cfg, "env": env,
             "output": "\n".join(out + err for out, err in outs), "seconds": time.perf_counter() - started}

@@ -86,7 +86,7 @@ def test_every_reader_shows_the_same_front_and_the_old_count(tmp_path, capsys):
     assert sorted(t["number"] for t in status["pareto"]) == best and status["counts"] == {"COMPLETE": 12, "FAIL": 1}
 
     page = write_report(study, tmp_path / "report", png=False, importances=False).read_text(encoding="utf-8")
-    block = json.loads(re.search(rf'id="{DATA_BLOCK_ID}">(.*?)</script>', page, re.S).group(1))
+    block = json.loads(re.search(rf'id="{DATA_BLOCK_ID}">(.*?)</script>', page, re.DOTALL).group(1))
     assert block["pareto_trial_numbers"] == best
     assert {t["number"]: t["n_params"] for t in block["trials"] if t["state"] == "COMPLETE"} == counts
 

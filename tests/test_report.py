@@ -1,7 +1,7 @@
 """The HTML / PNG report of a study (``nas_distill.report``).
 
-Studies are real SQLite studies built with ``create_trial`` (see ``_support.report.make_study``): complete,
-failed and running trials, realistic user attrs, one uploaded artifact. The Pareto trials the page shows
+Studies are written by a real search (``_support.report.make_study``): complete trials, trainings that ran
+failed, a trial left running by a lost worker, students in the artifact store. The Pareto trials the page shows
 are read back from its embedded JSON block and its table and compared with ``study.best_trials``.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from _support.report import make_study
 
-from nas_distill.report import write_report
+from _support.report import make_study
 from nas_distill.records import metric_unit
+from nas_distill.report import write_report
 from nas_distill.reporting.data import collect
 from nas_distill.reporting.html import DATA_BLOCK_ID
 from nas_distill.search.pareto import hypervolume
@@ -79,7 +79,7 @@ def test_page_has_metric_names_units_and_every_section(two_objective):
     assert "<script src=" not in page and '<link rel="stylesheet" href' not in page
     assert page.count("Plotly.newPlot") == 3
     # Failed trials show their error, HTML-escaped (the message contains markup on purpose).
-    assert "RuntimeError: CUDA out of memory" in page
+    assert "RuntimeError: mat1 and mat2 shapes cannot be multiplied" in page
     assert "</script><b>x</b>" not in page.split(f'id="{DATA_BLOCK_ID}"')[0]
     assert html_lib.escape("</script><b>x</b>") in page
 
@@ -98,7 +98,7 @@ def test_pareto_trials_are_the_studys_best_trials(two_objective):
     states = {t["state"] for t in data["trials"]}
     assert states == {"COMPLETE", "FAIL", "RUNNING"}
     failed = [t for t in data["trials"] if t["state"] == "FAIL"]
-    assert failed and all(t["error"].startswith("RuntimeError: CUDA out of memory") for t in failed)
+    assert failed and all(t["error"].startswith("RuntimeError: mat1 and mat2") for t in failed)
     assert data["importances"].keys() == {"accuracy", "latency"}
 
 
@@ -132,7 +132,7 @@ def test_png_copies_are_real_images(two_objective):
 
 
 def test_zero_complete_trials_give_a_clear_page(tmp_path):
-    study, _, _ = make_study(tmp_path, n_complete=0, n_fail=2, n_running=1, artifact=False)
+    study, _, _ = make_study(tmp_path, n_complete=0, n_fail=2, n_running=1)
     out = write_report(study, tmp_path / "out")
     page = out.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
@@ -151,7 +151,7 @@ def test_empty_study(tmp_path):
 
 
 def test_single_objective_best_so_far(tmp_path):
-    study, _, _ = make_study(tmp_path, metrics=(("accuracy", "maximize"),), n_complete=12, artifact=False)
+    study, _, _ = make_study(tmp_path, metrics=(("accuracy", "maximize"),), n_complete=12)
     out = write_report(study, tmp_path / "out")
     page = out.read_text(encoding="utf-8")
     assert "Best so far: accuracy (fraction, higher is better)" in page
@@ -161,7 +161,7 @@ def test_single_objective_best_so_far(tmp_path):
 
 def test_three_objectives_scatter_matrix(tmp_path):
     metrics = (("accuracy", "maximize"), ("latency", "minimize"), ("model_size_mb", "minimize"))
-    study, _, _ = make_study(tmp_path, metrics=metrics, n_complete=20, artifact=False)
+    study, _, _ = make_study(tmp_path, metrics=metrics, n_complete=20)
     out = write_report(study, tmp_path / "out")
     page = out.read_text(encoding="utf-8")
     assert '"type":"splom"' in page
@@ -171,7 +171,7 @@ def test_three_objectives_scatter_matrix(tmp_path):
 
 
 def test_importance_needs_two_varied_trials(tmp_path):
-    study, _, _ = make_study(tmp_path, n_complete=1, n_fail=1, n_running=0, artifact=False)
+    study, _, _ = make_study(tmp_path, n_complete=1, n_fail=1, n_running=0)
     page = write_report(study, tmp_path / "out").read_text(encoding="utf-8")
     assert "Parameter importance needs at least 2 complete trials" in page
     assert not (tmp_path / "out" / "importance.png").exists()

@@ -328,7 +328,7 @@ def test_orchestrator_ask_tell_path(tmp_path):
     assert loaded.trials[0].params == trial.params
     # A worker joining with other directions is refused with a clear message.
     with pytest.raises(ValueError, match="directions"):
-        GridSearcher(SPACE, storage=url, study_name="orch", directions=["maximize"]).study
+        _ = GridSearcher(SPACE, storage=url, study_name="orch", directions=["maximize"]).study
 
 
 # ---------------------------------------------------------------------- BO and names

@@ -34,7 +34,7 @@ def test_heartbeat_context_manager_beats_and_the_sweep_spares_it_until_it_stops(
     keep coming inside, and once the block is left (a dead worker) the sweep fails the trial after the
     grace period and enqueues its retry."""
     url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:///{tmp_path / 's.log'}"
-    handle = _open(url, heartbeat_interval=0.3, grace_period=1.0)
+    handle = _open(url, heartbeat_interval=0.25, grace_period=1.5)
     assert handle.study.study_name == "s" and (handle.retry is not None) == (kind == "sqlite")
     trial = handle.study.ask(DIST)
     with handle.heartbeat(trial, attrs={"arch": {"a": trial.params["a"]}}) as beat:
@@ -43,12 +43,12 @@ def test_heartbeat_context_manager_beats_and_the_sweep_spares_it_until_it_stops(
         if kind == "journal":
             first = frozen.system_attrs[HEARTBEAT_ATTR]
             assert abs(first - time.time()) < 5
-        time.sleep(1.5)  # past the grace period: only the beats inside keep the trial alive
+        time.sleep(2.0)  # past the grace period: only the beats inside keep the trial alive
         assert handle.fail_stale_trials() == []
         if kind == "journal":
             assert handle.trial(internals.trial_id(trial)).system_attrs[HEARTBEAT_ATTR] > first
-    assert beat.interval == pytest.approx(0.3)
-    time.sleep(1.5)
+    assert beat.interval == pytest.approx(0.25)
+    time.sleep(2.0)
     assert handle.fail_stale_trials() == [trial.number]
     trials = handle.all_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]

@@ -11,8 +11,8 @@ import sys
 
 import optuna
 import pytest
-from _support.report import make_study
 
+from _support.report import make_study
 from nas_distill.records import MetricInfo, TrialRecord
 from nas_distill.reporting.data import collect
 from nas_distill.reporting.table import trials_table
@@ -102,7 +102,7 @@ def _cli(*args, width: int):
 
 @pytest.mark.slow
 def test_status_pareto_and_report_show_the_same_table(tmp_path):
-    study, url, _ = make_study(tmp_path, n_complete=12, n_fail=2, n_running=0, artifact=False,
+    study, url, _ = make_study(tmp_path, n_complete=12, n_fail=2, n_running=0,
                                metrics=(("accuracy", "maximize"), ("latency", "minimize"), ("params", "minimize")))
     best = sorted(t.number for t in study.best_trials)
     status = _cli("status", "--storage", url, "--study", study.study_name, width=70)
@@ -140,6 +140,6 @@ def test_the_readme_extra_for_trials_dataframe_installs_pandas(tmp_path):
     extra = re.search(r"trials_dataframe\(\)`\s+needs pandas, which the `(\w+)` extra installs", readme).group(1)
     extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(re.match(r"pandas\b", req) for req in extras[extra])
-    study, url, _ = make_study(tmp_path, n_complete=3, n_fail=1, n_running=0, artifact=False)
+    study, url, _ = make_study(tmp_path, n_complete=3, n_fail=1, n_running=0)
     frame = optuna.load_study(study_name=study.study_name, storage=url).trials_dataframe()
     assert len(frame) == 4 and "params_hidden_size" in frame.columns

@@ -180,7 +180,7 @@ def write_entry(root: str, fp: str, arrays: dict[str, np.ndarray], keys: dict[st
             data = np.ascontiguousarray(array, dtype=store)
             fname = f"{name}.npy"
             path = os.path.join(tmp, fname)
-            _write_file(path, lambda f: np.save(f, data, allow_pickle=False))
+            _write_file(path, lambda f, data=data: np.save(f, data, allow_pickle=False))
             manifest["arrays"][name] = {
                 "file": fname, "key": keys.get(name), "dtype": store.name, "shape": list(data.shape),
                 "bytes": os.path.getsize(path), "sha256": _sha256_file(path),

@@ -137,13 +137,6 @@ def parse_layer_mapping(
     )
 
 
-def parse_layer_mappings(items: Any, where: str = "layer_mappings") -> list[LayerMapping]:
-    """Parse a list of mappings (one block's worth)."""
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-        raise ValueError(f"{where}: expected a list of mappings, got {items!r}")
-    return [parse_layer_mapping(item, f"{where}[{i}]") for i, item in enumerate(items)]
-
-
 def select_output(value: Any, output: Output) -> Any:
     """Pick ``output`` out of a module's return value (tensor, tuple, dict or ModelOutput).
 

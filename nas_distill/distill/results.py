@@ -24,10 +24,6 @@ class StageResult:
     final_loss: float  # loss of the last step
     mean_loss_last: float  # mean loss over the last 10% of steps (less noisy)
 
-    @property
-    def steps_per_second(self) -> float:
-        return self.steps / self.seconds if self.seconds > 0 else float("inf")
-
 
 @dataclass
 class DistillResult:

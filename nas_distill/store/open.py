@@ -30,7 +30,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from ..checks import study_name_error
 from ..errors import ConfigError
-from ..vocabulary import DEFAULT_STUDY_NAME
+from ..vocabulary import DEFAULT_GRACE_PERIOD, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_STUDY_NAME
 from .atomic import AtomicRDBStorage
 from .attrs import rdb_of
 from .classify import storage_error_text
@@ -50,7 +50,8 @@ _SCHEMA_RACE_ATTEMPTS = 8
 
 
 # ---------------------------------------------------------------------------------------- storage
-def make_storage(url: str, *, heartbeat_interval: float | None = 10, grace_period: float | None = 30,
+def make_storage(url: str, *, heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+                 grace_period: float | None = DEFAULT_GRACE_PERIOD,
                  max_retry: int | None = 2, create: bool = True):
     """An Optuna storage for ``url`` with heartbeats and the stale-trial retry wired in.
 
@@ -161,7 +162,8 @@ def _with_retries(storage):
     return wrap(storage, mask_url(str(getattr(rdb, "url", "storage"))))
 
 
-def open_storage(storage: Any, *, heartbeat_interval: float | None = 10, grace_period: float | None = 30,
+def open_storage(storage: Any, *, heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+                 grace_period: float | None = DEFAULT_GRACE_PERIOD,
                  create: bool = True):
     """A URL, a path or None (the default URL) opened by :func:`make_storage`; a storage object as is."""
     if isinstance(storage, (str, os.PathLike)) or storage is None:
@@ -180,8 +182,8 @@ def open_study(
     sampler=None,
     config: Mapping[str, Any] | None = None,
     search_space: Mapping[str, Sequence[Any]] | None = None,
-    heartbeat_interval: float | None = 10,
-    grace_period: float | None = 30,
+    heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+    grace_period: float | None = DEFAULT_GRACE_PERIOD,
 ) -> StudyStore:
     """Create or load (``load_if_exists``) the shared study and record what it is about; its handle.
 

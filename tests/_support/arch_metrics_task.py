@@ -93,7 +93,7 @@ def _barrier(folder: Path, label: str, n: int) -> None:
 
 def main(run_dir: str, barrier: str, workers: str, label: str, intervals: str) -> None:
     from nas_distill.arch_metrics import ArchMetrics
-    from nas_distill.evaluate import latency
+    from nas_distill.distill.torch.evaluate import latency
 
     torch.set_num_threads(1)
     ad = make_ad(run_dir)

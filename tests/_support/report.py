@@ -1,106 +1,91 @@
-"""Realistic nas-distill studies for the report, browser and dashboard tests.
+"""Studies for the report, table and dashboard tests, written by the real runner.
 
-A study here looks like one the orchestrator writes: params = the arch dict, user attrs ``arch``,
-``params`` (parameter count), each metric, ``timings``, ``worker``, and on failure ``error_type`` /
-``error``; study user attrs hold a config; metric names are set. One small real file is uploaded to a
-``FileSystemArtifactStore`` as a trial's "student checkpoint".
+``make_study`` runs a real search (``nas_distill.workers.run_worker``, one worker, random search) with the
+task of :mod:`_support.report_task`: tiny torch students, each trained, evaluated, saved to the run's
+artifact store and recorded the way every search records them (params = the arch, user attrs ``arch``,
+``n_params``, each metric, ``timings``, ``worker``, ``artifact_id``; failed trials with ``error_type`` /
+``error``). Each distinct search runs once per test session; every call gets its own copy of the run
+folder (study and artifacts), so a test that writes to its study changes no other test's.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import random
-import warnings
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 import optuna
 from optuna.distributions import CategoricalDistribution
-from optuna.trial import TrialState
 
-SPACE = {
-    "hidden_size": [64, 128, 256, 384],
-    "intermediate_size": [256, 512, 1024],
-    "num_attention_heads": [2, 4, 8],
-    "num_hidden_layers": [1, 2, 3, 4],
-}
+from _support.report_task import SPACE
+
 DISTRIBUTIONS = {k: CategoricalDistribution(v) for k, v in SPACE.items()}
+_TEMPLATES: dict[tuple, Path] = {}
 
 
-def _metrics(arch: dict, rng: random.Random) -> tuple[float, float, int]:
-    size = arch["hidden_size"] * arch["num_hidden_layers"]
-    n_params = 12 * arch["hidden_size"] ** 2 * arch["num_hidden_layers"] + arch["intermediate_size"] * 3000
-    accuracy = min(0.99, 0.55 + 0.25 * (size / 1536) ** 0.5 + rng.uniform(-0.03, 0.03))
-    latency = 0.4 + size / 250 + arch["intermediate_size"] / 900 + rng.uniform(0, 0.4)
-    return round(accuracy, 4), round(latency, 3), n_params
+def _session_folder() -> Path:
+    if "root" not in _TEMPLATES:
+        root = Path(tempfile.mkdtemp(prefix="nas-distill-report-studies-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _TEMPLATES["root"] = root
+    return _TEMPLATES["root"]
+
+
+def _search(n_complete: int, n_fail: int, metrics: tuple[tuple[str, str], ...], name: str) -> Path:
+    """The run folder of a real search with ``n_complete`` COMPLETE and ``n_fail`` failed trials."""
+    from nas_distill.workers import run_worker
+
+    key = (n_complete, n_fail, metrics, name)
+    if key not in _TEMPLATES:
+        run_dir = _session_folder() / f"run{len(_TEMPLATES)}"
+        total = n_complete + n_fail
+        # Failed trainings spread over the run, never after the last COMPLETE one (the budget counts
+        # COMPLETE trials: the search ends there). With none to complete, the circuit breaker ends it.
+        fail_at = list(range(1, n_fail + 1)) if not n_complete else \
+            [1 + i * (total - 1) // n_fail for i in range(n_fail)]
+        config = {
+            "task": {"entry": "_support.report_task:make_task", "args": {"fail_at": fail_at}},
+            "model": {"framework": "pytorch"},
+            "auto_distillation": {
+                "search": {"search_space": SPACE, "search_algorithm": "random", "seed": 0,
+                           "metrics": [m for m, _ in metrics],
+                           "higher_is_better": [d == "maximize" for _, d in metrics],
+                           "max_trials": max(n_complete, 1)},
+                "study": {"run_dir": str(run_dir), "study_name": name,
+                          "stop_after_failures": n_fail if not n_complete else 3},
+            },
+        }
+        run_worker(config, label="w0", check_setup=False)
+        _TEMPLATES[key] = run_dir
+    return _TEMPLATES[key]
 
 
 def make_study(
     tmp_path: Path,
     *,
-    n_complete: int = 24,
+    n_complete: int = 16,
     n_fail: int = 3,
     n_running: int = 1,
     metrics: tuple[tuple[str, str], ...] = (("accuracy", "maximize"), ("latency", "minimize")),
     name: str = "nas-distill",
-    artifact: bool = True,
-    seed: int = 0,
 ) -> tuple[optuna.Study, str, Path]:
-    """A SQLite study with complete, failed and running trials; returns (study, storage URL, artifacts)."""
-    rng = random.Random(seed)
-    url = f"sqlite:///{tmp_path / (name + '.db')}"
-    study = optuna.create_study(storage=url, study_name=name, directions=[d for _, d in metrics])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([m for m, _ in metrics])
-    study.set_user_attr("config", {"search_algorithm": "bo", "max_trials": n_complete + n_fail, "seed": 42})
-    start = dt.datetime(2026, 11, 29, 6, 0, 0)
-    trials = []
-    kinds = ["COMPLETE"] * n_complete + ["FAIL"] * n_fail + ["RUNNING"] * n_running
-    rng.shuffle(kinds)
-    for i, kind in enumerate(kinds):
-        arch = {k: rng.choice(v) for k, v in SPACE.items()}
-        acc, lat, n_params = _metrics(arch, rng)
-        size_mb = round(n_params * 4 / 2**20, 3)
-        values_by_name = {"accuracy": acc, "latency": lat, "model_size_mb": size_mb, "params": n_params}
-        attrs = {"arch": arch, "params": n_params, "worker": f"host-a:{1000 + i % 2}",
-                 "timings": {"build_s": 0.1, "distill_s": 12.0 + i, "evaluate_s": 1.5}}
-        t0 = start + dt.timedelta(seconds=30 * i)
-        if kind == "COMPLETE":
-            attrs.update({m: values_by_name[m] for m, _ in metrics})
-            trials.append(optuna.trial.create_trial(
-                state=TrialState.COMPLETE, params=arch, distributions=DISTRIBUTIONS,
-                values=[values_by_name[m] for m, _ in metrics], user_attrs=attrs,
-            ))
-        elif kind == "FAIL":
-            attrs.update({"error_type": "RuntimeError",
-                          "error": "CUDA out of memory. Tried to allocate 2.00 GiB </script><b>x</b>"})
-            trials.append(optuna.trial.create_trial(
-                state=TrialState.FAIL, params=arch, distributions=DISTRIBUTIONS, user_attrs=attrs))
-        else:
-            trials.append(optuna.trial.create_trial(
-                state=TrialState.RUNNING, params=arch, distributions=DISTRIBUTIONS, user_attrs=attrs))
-        trials[-1].datetime_start = t0
-        if kind != "RUNNING":
-            trials[-1].datetime_complete = t0 + dt.timedelta(seconds=14 + i)
-    study.add_trials(trials)
-    artifact_dir = tmp_path / "artifacts"
-    if artifact:
-        # As the orchestrator does: the checkpoint is uploaded while the trial runs, then it is told.
-        from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+    """A copy of a real search's run folder in ``tmp_path``; returns (study, storage URL, artifact folder).
 
-        artifact_dir.mkdir(exist_ok=True)
-        ckpt = tmp_path / "student.pt"
-        ckpt.write_bytes(b"student-checkpoint\x00" * 64)
-        arch = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_hidden_layers": 2}
-        study.enqueue_trial(arch)
+    ``n_running`` trials are then left RUNNING as a worker that died mid-trial leaves them (asked, arch
+    and worker recorded, never told): made by hand, because a real one takes killing a worker process.
+    """
+    run_dir = tmp_path / f"run-{name}"
+    if n_complete or n_fail:
+        shutil.copytree(_search(n_complete, n_fail, metrics, name), run_dir)
+    url = f"sqlite:///{run_dir / 'study.db'}"
+    if not (n_complete or n_fail):  # no trial at all: the study as a run creates it, before a first trial
+        run_dir.mkdir(parents=True)
+        optuna.create_study(storage=url, study_name=name, directions=[d for _, d in metrics]) \
+            .set_metric_names([m for m, _ in metrics])
+    study = optuna.load_study(study_name=name, storage=url)
+    for i in range(n_running):
         trial = study.ask(DISTRIBUTIONS)
-        acc, lat, n_params = _metrics(arch, rng)
-        values_by_name = {"accuracy": acc, "latency": lat, "model_size_mb": round(n_params * 4 / 2**20, 3),
-                          "params": n_params}
-        for key, value in {"arch": arch, "params": n_params, "worker": "host-a:1000",
-                           **{m: values_by_name[m] for m, _ in metrics}}.items():
-            trial.set_user_attr(key, value)
-        upload_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)), file_path=str(ckpt),
-                        study_or_trial=trial)
-        study.tell(trial, [values_by_name[m] for m, _ in metrics])
-    return study, url, artifact_dir
+        trial.set_user_attr("arch", dict(trial.params))
+        trial.set_user_attr("worker", {"host": "lost-host", "pid": 1000 + i, "worker": f"w{i + 1}"})
+    return study, url, run_dir / "artifacts"

@@ -105,8 +105,10 @@ def test_optimizers_and_result_contract(teacher, train_data):
         d = res.as_dict()
         assert d["teacher_cache"] == "disabled" and d["teacher_forward_calls"] == 2
         assert d["stages"][0]["steps"] == 2 and np.isfinite(d["final_loss"])
-    with pytest.raises(ConfigError, match="unknown optimizer 'lamb'"):
+    # the same error type and field as the torch engine's (tests/torch/test_torch_distiller.py)
+    with pytest.raises(ConfigError, match="unknown optimizer 'lamb'; known: adamw, adam, sgd") as info:
         KerasFlashDistiller(teacher, train_data, flash([st], cache=False, optimizer="lamb")).distill(mlp((8,)))
+    assert info.value.field == "flash_distillation.optimizer"
 
 
 def test_nan_loss_raises_distillation_diverged(train_data):

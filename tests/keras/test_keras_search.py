@@ -234,11 +234,11 @@ class DigitsMLP(keras.Model):
 
 
 def test_rebuild_with_a_keras_model_cls_keeps_class_and_weights(tmp_path):
-    from nas_distill.runner import _rebuild_with
+    from nas_distill.engines.students import rebuild_with
 
     model = DigitsMLP(8, 2)
     x = keras_digits.load_splits()["val"][0][:16]
-    rebuilt = _rebuild_with(model, DigitsMLP, str(tmp_path))
+    rebuilt = rebuild_with(model, DigitsMLP, str(tmp_path))
     assert type(rebuilt) is DigitsMLP and rebuilt is not model
     assert (rebuilt.hidden_size, rebuilt.num_hidden_layers) == (8, 2)
     np.testing.assert_allclose(rebuilt.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
@@ -246,7 +246,7 @@ def test_rebuild_with_a_keras_model_cls_keeps_class_and_weights(tmp_path):
     # a builder whose models are not model_cls: a clear error (the trial is recorded FAIL with it)
     plain = keras_digits.student_builder({"hidden_size": 16, "num_hidden_layers": 1})
     with pytest.raises(TypeError, match="model_cls DigitsMLP"):
-        _rebuild_with(plain, DigitsMLP, str(tmp_path))
+        rebuild_with(plain, DigitsMLP, str(tmp_path))
 
 
 @pytest.mark.slow

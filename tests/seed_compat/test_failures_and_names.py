@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from nas_distill import (AutoDistillation, AutoDistillationConfig, FlashDistillationConfig, Metric,
                          SearchFailed)
-from seed_compat_helpers import old_test_config
+from _support.seed_compat import old_test_config
 
 SPACE = {"a": [1, 2, 3], "b": ["x", "y"]}
 
@@ -74,7 +74,7 @@ def test_config_attribute_access_and_old_defaults():
     assert kt.block_names == ["bert.encoder.layer.0"] and kt.train_steps == [3]
     assert cfg.config["auto_distillation"]["search"]["metrics"] == ["eval_loss"]
     with pytest.raises(AttributeError, match="no config key 'nope'"):
-        cfg.config.auto_distillation.nope
+        _ = cfg.config.auto_distillation.nope
     # the old defaults: 500 train steps per stage, 3 trials, BO
     bare = AutoDistillationConfig(search_space=SPACE, knowledge_transfer=FlashDistillationConfig(
         layer_mappings_for_knowledge_transfer=[[("s.0", "t.0")], [("s.1", "t.1")]]))

@@ -13,8 +13,8 @@ from sklearn.metrics import f1_score
 
 from nas_distill import AutoDistillation, ConfigError
 from nas_distill.config import EvaluationSettings
-from nas_distill.evaluate import evaluate
-from seed_compat_helpers import VOCAB, Data, MaskedLMData, Net
+from nas_distill.distill.torch.evaluate import evaluate
+from _support.seed_compat import VOCAB, Data, MaskedLMData, Net
 
 SPACE = {"width": [1, 2, 3]}
 

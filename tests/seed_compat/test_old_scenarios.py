@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from nas_distill import AutoDistillation, Metric
 from nas_distill.study import artifact_store
-from seed_compat_helpers import (
+from _support.seed_compat import (
     SPACE,
     MaskedLMData,
     arch_key,
@@ -112,7 +112,8 @@ def test_old_scenario_bo_grid_random_three_searches_in_one_process(tmp_path, mon
             expected_line(complete[i].params, complete[i].values, params_of[arch_key(complete[i].params)])
             for i in front)
         # the k-th Trial file holds the first k results
-        assert len([l for l in trial_files[0].read_text().splitlines() if " Paras: " in l and ". " not in l[:4]]) >= 1
+        assert len([line for line in trial_files[0].read_text().splitlines()
+                    if " Paras: " in line and ". " not in line[:4]]) >= 1
         assert (folder / "lastest_results.json").is_file() and not (folder / "lastest_results.npy").exists()
 
     # three studies, one per res_save_path; nothing in the current folder

@@ -85,7 +85,8 @@ def test_a_configured_run_dir_or_storage_wins(tmp_path):
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     other = agent_for(conf(study={"storage": url}))
     other.search(res_save_path=tmp_path / "res2")
-    assert other.storage_url == url and (tmp_path / "res2" / "AutoDistillationResults" / "Trial_3_results.txt").is_file()
+    assert other.storage_url == url
+    assert (tmp_path / "res2" / "AutoDistillationResults" / "Trial_3_results.txt").is_file()
 
 
 def test_result_files_in_the_old_line_formats(tmp_path):

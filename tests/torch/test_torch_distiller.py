@@ -9,8 +9,8 @@ import transformers
 from nas_distill.builders import from_config
 from nas_distill.distill.torch import DistillationDiverged, FlashDistiller
 from nas_distill.distill.torch.distiller import in_block
-from nas_distill.errors import InvalidArchitecture
-from nas_distill.evaluate import evaluate
+from nas_distill.errors import ConfigError, InvalidArchitecture
+from nas_distill.distill.torch.evaluate import evaluate
 
 from _support.torch_models import (
     ListDataset,
@@ -121,9 +121,24 @@ def test_missing_teacher_layer_fails_at_construction(bert_teacher, text_data):
         FlashDistiller(bert_teacher, text_data, flash([st]))
 
 
+def test_unknown_optimizer_is_a_config_error_naming_the_field(bert_teacher, bert_student, text_data):
+    """The same error type and field as the Keras engine's (tests/keras/test_keras_distiller.py)."""
+    kt = stage("kt", "knowledge_transfer", block_names=["bert.encoder.layer.1"],
+               mappings=[("bert.encoder.layer.1", "bert.encoder.layer.1")], train_steps=2)
+    before = snapshot(bert_student)
+    with pytest.raises(ConfigError, match="unknown optimizer 'lamb'; known: adamw, adam, sgd") as info:
+        FlashDistiller(bert_teacher, text_data, flash([kt], optimizer="lamb")).distill(bert_student)
+    assert info.value.field == "flash_distillation.optimizer"
+    after = snapshot(bert_student)
+    assert all(torch.equal(before[n], after[n]) for n in before)  # nothing trained
+    # the stage froze every parameter outside its block before the optimizer failed: all restored
+    assert all(p.requires_grad for p in bert_student.parameters())
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_other_optimizers(bert_teacher, bert_student, text_data, optimizer):
-    res = FlashDistiller(bert_teacher, text_data, flash([stage(train_steps=2)], optimizer=optimizer)).distill(bert_student)
+    settings = flash([stage(train_steps=2)], optimizer=optimizer)
+    res = FlashDistiller(bert_teacher, text_data, settings).distill(bert_student)
     assert math.isfinite(res.final_loss)
 
 

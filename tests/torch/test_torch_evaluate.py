@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nas_distill.config import EvaluationSettings
-from nas_distill.evaluate import METRICS, evaluate, latency
+from nas_distill.distill.torch.evaluate import METRICS, evaluate, latency
 
 from _support.torch_models import ListDataset
 
@@ -24,7 +24,8 @@ class FirstTokenClassifier(torch.nn.Module):
 def data():
     ids = [0, 1, 2, 4]  # predictions 0, 1, 2, 1
     labels = [0, 1, 2, 2]  # 3 of 4 right
-    return ListDataset([{"input_ids": torch.tensor([i, 7]), "labels": torch.tensor(l)} for i, l in zip(ids, labels)])
+    return ListDataset([{"input_ids": torch.tensor([i, 7]), "labels": torch.tensor(label)}
+                        for i, label in zip(ids, labels)])
 
 
 def test_accuracy_params_size():

@@ -17,7 +17,8 @@ def run(bert_teacher):
 
     def capture(item, side="student"):
         m = parse_layer_mapping(item)
-        layer, output = (m.student_layer, m.student_output) if side == "student" else (m.teacher_layer, m.teacher_output)
+        student = side == "student"
+        layer, output = (m.student_layer, m.student_output) if student else (m.teacher_layer, m.teacher_output)
         with OutputCapture(model, [layer]) as cap, torch.no_grad():
             ref = model(input_ids=ids, output_hidden_states=True)
             return cap.get(layer, output), ref

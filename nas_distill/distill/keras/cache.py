@@ -12,7 +12,7 @@ arrays, the teacher-side mapping keys and ``extra`` (device type, feature budget
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -48,12 +48,3 @@ def fingerprint(teacher: Any, fields: dict[str, np.ndarray], feature_keys: Itera
         _store.hash_array(h, "d:" + key, fields[key])
     return _store.finish_fingerprint(h, feature_keys, extra)
 
-
-def load_or_build(
-    root: str,
-    fp: str,
-    build: Callable[[], tuple[dict[str, np.ndarray], dict[str, Optional[str]]]],
-    dtype: str = "float16",
-) -> tuple[CacheEntry, bool]:
-    """The entry for ``fp``, built with ``build()`` when missing or broken. Returns ``(entry, built)``."""
-    return _store.load_or_build(root, fp, build, dtype, lock=fcntl is not None)

@@ -29,19 +29,18 @@ returned :class:`DistillResult`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
-import os
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from nas_distill.distill import cache_store
-from nas_distill.distill.plans import LOGITS, StagePlan, default_stage, feature_key, plan_stage
-from nas_distill.distill.results import DistillationDiverged, DistillResult, StageResult, stage_result
+from nas_distill.distill.base import FlashDistillerBase, LossLog, optimizer_key
+from nas_distill.distill.plans import LOGITS, StagePlan, feature_key
+from nas_distill.distill.results import DistillationDiverged, DistillResult, StageResult
 from nas_distill.errors import ConfigError, InvalidArchitecture
 
 from . import cache as cache_mod
@@ -109,7 +108,7 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float) -> kera
     Keras applies ``weight_decay`` decoupled (``w -= lr * wd * w``) for every optimizer; that is torch's
     AdamW, while torch's Adam / SGD add it to the gradient instead. Zero weight decay is identical.
     """
-    key = str(name).lower()
+    key = optimizer_key(name)
     lr, wd = float(learning_rate), float(weight_decay)
     if key == "adamw" and wd == 0.0:
         # The same update without a decay of zero: Keras' AdamW would still compute and apply
@@ -119,9 +118,7 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float) -> kera
         return keras.optimizers.AdamW(learning_rate=lr, weight_decay=wd, epsilon=1e-8)
     if key == "adam":
         return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd or None, epsilon=1e-8)
-    if key == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, weight_decay=wd or None)
-    raise ConfigError("flash_distillation.optimizer", f"unknown optimizer {name!r}; known: adamw, adam, sgd")
+    return keras.optimizers.SGD(learning_rate=lr, weight_decay=wd or None)
 
 
 def _as_list(value: Any) -> list:
@@ -141,10 +138,19 @@ def _stage_field(plan: StagePlan) -> str:
     return f"flash_distillation.{plan.kind}.layer_mappings_for_knowledge_transfer"
 
 
+@dataclasses.dataclass
+class _Trial:
+    """One student's training: how it takes its inputs, its projections, the teacher calls before it."""
+
+    student_inputs: ModelInputs
+    matchers: FeatureMatchers
+    teacher_calls_before: int
+
+
 # --------------------------------------------------------------------------------------------------
 # the distiller
 # --------------------------------------------------------------------------------------------------
-class KerasFlashDistiller:
+class KerasFlashDistiller(FlashDistillerBase):
     """Flash distillation from one Keras teacher on one training set, for every trial of a study.
 
     Args:
@@ -165,31 +171,24 @@ class KerasFlashDistiller:
     teacher layer the teacher lacks.
     """
 
+    batch_indices = staticmethod(batch_indices)
+    cache_module = cache_mod
+
     def __init__(self, teacher: Any, train_data: Any, settings: Any = None, *,
                  cache_dir: Optional[str] = None, stages: Optional[Sequence[Any]] = None,
                  jit_compile: Any = "auto"):
-        if settings is None:
-            from nas_distill.settings import FlashSettings
-
-            settings = FlashSettings()
-        self.settings = settings
+        self._init_common(settings, cache_dir, stages)
+        settings = self.settings
         self.device_type, self.device_name = resolve_device(settings.device)
-        #: Called before every training step when set (the pipeline pauses there while a latency is
-        #: being measured on the machine).
-        self.before_step: Optional[Callable[[], None]] = None
         if jit_compile not in ("auto", True, False):
             raise ConfigError("jit_compile", f"{jit_compile!r}: expected 'auto', True or False")
         self.jit_compile = (self.device_type == "gpu") if jit_compile == "auto" else bool(jit_compile)
         _check_model(teacher, "teacher")
         self.teacher = teacher
         teacher.trainable = False  # frozen; also keeps its BatchNorm layers in inference mode
-        self.cache_dir = cache_dir if cache_dir is not None else settings.teacher_cache.dir
         self.data = KerasData.from_tuple(train_data, "train_data")
-        self.live = bool(settings.augmentation)  # augmented data: teacher outputs differ per read
         self._teacher_inputs = ModelInputs(teacher, "teacher")
         self._teacher_inputs.check(self.data)
-        raw_stages = list(stages if stages is not None else settings.stages) or [default_stage()]
-        self.plans = [plan_stage(s) for s in raw_stages]
         # Resolve every mapped teacher layer now: a missing one fails before any trial.
         self._teacher_symbols: dict = {LOGITS: model_logits(teacher)}
         for plan in self.plans:
@@ -204,22 +203,8 @@ class KerasFlashDistiller:
         self._teacher_feature_keys = sorted(k for k in self._teacher_symbols if k is not None)
         self._teacher_models: dict = {}
         self._teacher_fns: dict = {}
-        self._cached: dict = {}  # teacher key (None = logits) -> array indexed by example index
         self._resident: Optional[dict] = None  # device tensors: 'x', 'y', ('cache', key); {} = numpy path
         self.teacher_calls = 0  # teacher forwards (one per batch) over this distiller's life
-        self.matchers: Optional[FeatureMatchers] = None  # the last trial's projections (inspection only)
-        self.cache_status = "pending"
-        self.prepare_seconds = 0.0
-
-    @classmethod
-    def from_config(cls, config: Any, teacher: Any, train_data: Any) -> "KerasFlashDistiller":
-        """The distiller of a study: ``config.flash`` settings and stages, and the teacher cache in
-        ``config.flash.teacher_cache.dir`` or, by default, ``<config.study.run_dir>/teacher_cache``."""
-        flash = config.flash
-        cache_dir = flash.teacher_cache.dir
-        if cache_dir is None:
-            cache_dir = os.path.join(config.study.run_dir, "teacher_cache")
-        return cls(teacher, train_data, flash, cache_dir=cache_dir)
 
     # ---- teacher -----------------------------------------------------------------------------------
     def _teacher_model(self, keys: Sequence):
@@ -243,31 +228,20 @@ class KerasFlashDistiller:
         return fn
 
     # ---- cache ---------------------------------------------------------------------------------------
-    def _cache_enabled(self) -> bool:
-        return cache_store.cache_wanted(self.settings.teacher_cache, self.live)
+    @property
+    def live(self) -> bool:
+        return bool(self.settings.augmentation)
 
-    def prepare(self) -> str:
-        """Load or build the teacher cache (once per distiller). Returns the cache status:
-        ``'disk'``, ``'memory'`` (no folder), ``'disabled'`` or ``'bypassed'`` (augmentation)."""
-        if self.cache_status != "pending":
-            return self.cache_status
-        start = time.perf_counter()
-        if not self._cache_enabled():
-            self.cache_status = "bypassed" if self.live else "disabled"
-            return self.cache_status
-        with tf.device(self.device_name):
-            entry, self.cache_status = cache_store.obtain_entry(
-                self.cache_dir, self.settings.teacher_cache, self.device_type,
-                lambda extra: cache_mod.fingerprint(self.teacher, self.data.fields(), self._teacher_feature_keys,
-                                                    extra=extra),
-                self._run_teacher_over_data, lock=cache_mod.fcntl is not None,
-            )
-        arrays = entry.by_key()
+    def _device_scope(self):
+        return tf.device(self.device_name)
+
+    def _fingerprint(self, extra: dict) -> str:
+        return cache_mod.fingerprint(self.teacher, self.data.fields(), self._teacher_feature_keys, extra=extra)
+
+    def _hold_cached(self, arrays: dict) -> dict:
         if sum(a.size * 4 for a in arrays.values()) <= IN_MEMORY_FLOAT32_MAX_BYTES:
             arrays = {k: np.array(a, dtype=np.float32) for k, a in arrays.items()}
-        self._cached = arrays
-        self.prepare_seconds = time.perf_counter() - start
-        return self.cache_status
+        return arrays
 
     def _run_teacher_over_data(self, budget_mb: float, dtype: str):
         """Teacher logits for every example, plus mapped features while they fit ``budget_mb``."""
@@ -345,30 +319,15 @@ class KerasFlashDistiller:
                 raise InvalidArchitecture(f"stage {plan.name!r}: {exc}") from None
         return inputs
 
-    def distill(self, student: Any, seed: int = 0) -> DistillResult:
-        """Train ``student`` in place through every stage; returns timings and final losses.
-
-        Same student weights + same ``seed`` give the same results on CPU. Raises
-        :class:`DistillationDiverged` on a NaN/inf loss and InvalidArchitecture when the student lacks a
-        mapped layer or block, or cannot be matched to the teacher.
-        """
-        self.prepare()
+    def _begin_trial(self, student: Any, seed: int) -> _Trial:
         student_inputs = self.check_student(student)
-        matchers = self.matchers = FeatureMatchers(seed=int(seed))
-        result = DistillResult(teacher_cache=self.cache_status)
-        calls_before = self.teacher_calls
-        start = time.perf_counter()
-        try:
-            with tf.device(self.device_name):
-                for i, plan in enumerate(self.plans):
-                    result.stages.append(
-                        self._run_stage(student, student_inputs, plan, matchers, int(seed) * 1009 + i))
-        finally:
-            # Per-trial kernels (the optimizer's new variables) would stay cached for the worker's life.
-            tracing.clear_kernel_cache()
-        result.seconds = time.perf_counter() - start
-        result.teacher_forward_calls = self.teacher_calls - calls_before
-        return result
+        self.matchers = FeatureMatchers(seed=seed)
+        return _Trial(student_inputs, self.matchers, self.teacher_calls)
+
+    def _end_trial(self, student: Any, trial: _Trial) -> int:
+        # Per-trial kernels (the optimizer's new variables) would stay cached for the worker's life.
+        tracing.clear_kernel_cache()
+        return self.teacher_calls - trial.teacher_calls_before
 
     def _stage_parts(self, student: Any, plan: StagePlan, matchers: FeatureMatchers):
         """The stage's student output model, the teacher keys read from the cache and those computed
@@ -456,14 +415,13 @@ class KerasFlashDistiller:
         # tracing (InvalidArchitecture above) then reaches the caller as itself, not as a StagingError.
         return tf.function(step, autograph=False, jit_compile=jit_compile or None)
 
-    def _run_stage(self, student: Any, student_inputs: ModelInputs, plan: StagePlan,
-                   matchers: FeatureMatchers, order_seed: int) -> StageResult:
+    def _run_stage(self, student: Any, plan: StagePlan, trial: _Trial, order_seed: int) -> StageResult:
         s = self.settings
+        student_inputs, matchers = trial.student_inputs, trial.matchers
         if plan.add_origin_loss and self.data.y is None:
             raise ConfigError("train_data.y", f"stage {plan.name!r}: add_origin_loss needs labels in the data")
         s_model, cached_keys, live_keys, specs = self._stage_parts(student, plan, matchers)
-        check_every = 1 if self.device_type == "cpu" else 25
-        losses: list[float] = []
+        log = LossLog(plan, self._check_every())
         t0 = time.perf_counter()
         with train_only(student, plan.block_names, "student") as trainable:
             variables = trainable + matchers.variables
@@ -480,10 +438,7 @@ class KerasFlashDistiller:
 
             y_all = self.data.y
             concrete = None
-            for step, idx in enumerate(batch_indices(len(self.data), int(s.batch_size), plan.train_steps,
-                                                     order_seed)):
-                if self.before_step is not None:
-                    self.before_step()
+            for step, idx in self._steps(plan, order_seed):
                 if resident:
                     args = [tf.constant(idx, tf.int32)]
                 else:
@@ -497,15 +452,8 @@ class KerasFlashDistiller:
                     loss = concrete(*args)
                 if live_keys:
                     self.teacher_calls += 1
-                if step % check_every == 0 or step == plan.train_steps - 1:
-                    value = float(loss)
-                    if not math.isfinite(value):
-                        raise DistillationDiverged(
-                            f"stage {plan.name!r}, step {step}: the loss is {value}; lower the learning "
-                            f"rate or check the data and the layer mappings"
-                        )
-                    losses.append(value)
-        return stage_result(plan.name, plan.kind, plan.train_steps, time.perf_counter() - t0, losses)
+                log.record(step, loss)
+        return log.result(time.perf_counter() - t0)
 
     def _first_step(self, make, args: list, plan: StagePlan):
         """Trace the stage's step and run it once: ``(concrete step, loss)``. With XLA, a step that does

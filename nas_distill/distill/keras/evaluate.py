@@ -1,6 +1,6 @@
 """Stage 3 of a trial for Keras models: measure a trained student.
 
-The same metrics, names and method as :mod:`nas_distill.evaluate` (the torch measurements):
+The same metrics, names and method as :mod:`nas_distill.distill.torch.evaluate` (the torch measurements):
 
 ==================  ===========================================================================
 ``accuracy``        argmax of the logits vs the labels on the evaluation data, or the user's
@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from nas_distill.evaluate import measure_each
 from nas_distill.vocabulary import KERAS_METRICS as METRICS
 from nas_distill.vocabulary import base_metric, check_metric_names
 
@@ -146,15 +147,9 @@ def evaluate(model: Any, eval_data: Any, metrics: Sequence[str] = ("accuracy",),
     eval_data = KerasData.from_tuple(eval_data, "eval_data")  # validated once, before any metric runs
     if metric_fn is None and eval_data.y is None and any(base_metric(n) == "accuracy" for n in names):
         raise ValueError("accuracy needs labels (y) in the evaluation data (or pass metric_fn)")
-    out: dict[str, float] = {}
-    for name in names:
-        base = base_metric(name)
-        if base == "accuracy":
-            out[name] = accuracy(model, eval_data, settings, metric_fn)
-        elif base == "latency":
-            out[name] = latency(model, eval_data, settings)
-        elif base == "params":
-            out[name] = count_params(model)
-        elif base == "model_size_mb":
-            out[name] = model_size_mb(model)
-    return out
+    return measure_each(names, {
+        "accuracy": lambda name: accuracy(model, eval_data, settings, metric_fn),
+        "latency": lambda name: latency(model, eval_data, settings),
+        "params": lambda name: count_params(model),
+        "model_size_mb": lambda name: model_size_mb(model),
+    })

@@ -19,17 +19,18 @@ returned :class:`DistillResult`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
-import math
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-from nas_distill.distill import cache_store
+from nas_distill.distill.base import FlashDistillerBase, LossLog, optimizer_key
 from nas_distill.distill.mappings import LayerMapping, Output, parse_layer_mapping  # noqa: F401
+
 # Plans and results are framework-neutral (shared with the Keras engine); re-exported from here.
 from nas_distill.distill.plans import (  # noqa: F401
     LOGITS,
@@ -46,7 +47,7 @@ from nas_distill.errors import InvalidArchitecture, NasDistillError  # noqa: F40
 from . import cache as cache_mod
 from .data import CollatedData, batch_indices, prepare_data
 from .hooks import OutputCapture, resolve_modules, use_eager_attention
-from .losses import canonical_loss_type, distillation_loss, task_loss
+from .losses import distillation_loss, task_loss
 from .matchers import FeatureMatchers
 
 logger = logging.getLogger(__name__)
@@ -88,14 +89,14 @@ def input_keys(model: torch.nn.Module, available: Sequence[str]) -> list[str]:
 
 
 def make_optimizer(name: str, params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    name = str(name).lower()
-    if name == "adamw":
+    """The torch optimizer of the config's name; ConfigError naming ``flash_distillation.optimizer``
+    for an unknown one (as the Keras engine)."""
+    key = optimizer_key(name)
+    if key == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "adam":
+    if key == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; known: adamw, adam, sgd")
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
 
 class _Counter:
@@ -112,10 +113,39 @@ class _Counter:
         self._handle.remove()
 
 
+
+@dataclasses.dataclass
+class _Trial:
+    """One student's training: its projections, and what :meth:`FlashDistiller._end_trial` restores."""
+
+    matchers: FeatureMatchers
+    was_training: bool
+    previous_attn: Any
+    counter: _Counter
+
+
+@contextlib.contextmanager
+def _train_only(student: torch.nn.Module, block_names: Sequence[str]):
+    """Only the parameters of ``block_names`` (all without blocks) require grad inside the block; yields
+    them. Every parameter's flag is restored after."""
+    flags = {n: p.requires_grad for n, p in student.named_parameters()}
+    trainable = []
+    for n, p in student.named_parameters():
+        on = in_block(n, block_names) if block_names else True
+        p.requires_grad_(on)
+        if on:
+            trainable.append(p)
+    try:
+        yield trainable
+    finally:
+        for n, p in student.named_parameters():
+            p.requires_grad_(flags[n])
+
+
 # --------------------------------------------------------------------------------------------------
 # the distiller
 # --------------------------------------------------------------------------------------------------
-class FlashDistiller:
+class FlashDistiller(FlashDistillerBase):
     """Flash distillation from one teacher on one training set, for every trial of a study.
 
     Args:
@@ -129,50 +159,25 @@ class FlashDistiller:
             study (e.g. ``<run_dir>/teacher_cache``). No folder = an in-process cache only.
     """
 
+    batch_indices = staticmethod(batch_indices)
+    cache_module = cache_mod
+
     def __init__(self, teacher: torch.nn.Module, train_data: Any, settings: Any = None, *,
                  stages: Optional[Sequence[Any]] = None, cache_dir: Optional[str] = None,
                  device: Any = None):
-        if settings is None:
-            from nas_distill.settings import FlashSettings
-
-            settings = FlashSettings()
-        self.settings = settings
-        self.device = resolve_device(device if device is not None else settings.device)
-        #: Called before every training step when set (the pipeline pauses there while a latency is
-        #: being measured on the machine).
-        self.before_step: Optional[Callable[[], None]] = None
+        self._init_common(settings, cache_dir, stages)
+        self.device = resolve_device(device if device is not None else self.settings.device)
+        self.device_type = self.device.type
         self.teacher = teacher.eval().requires_grad_(False).to(self.device)
-        cache_cfg = settings.teacher_cache
-        self.cache_dir = cache_dir if cache_dir is not None else cache_cfg.dir
-        self.data = prepare_data(train_data, augmentation=bool(settings.augmentation))
+        self.data = prepare_data(train_data, augmentation=bool(self.settings.augmentation))
         if isinstance(self.data, CollatedData):
             self.data = self.data.to(self.device)
-        raw_stages = list(stages if stages is not None else settings.stages) or [default_stage()]
-        self.plans = [plan_stage(s) for s in raw_stages]
         # Fail early (before any trial) if the teacher lacks a mapped module.
         self._teacher_feature_keys = sorted({k for p in self.plans for k in p.teacher_keys if k is not None})
         self._teacher_layers = {k: self._teacher_term(k) for k in self._teacher_feature_keys}
         resolve_modules(self.teacher, {layer for layer, _ in self._teacher_layers.values()}, "teacher")
         use_eager_attention(self.teacher, self._teacher_layers.values())
         self._teacher_inputs = input_keys(self.teacher, self._fields())
-        self._cached: dict = {}  # teacher key (None = logits) -> array indexed by example index
-        self.matchers: Optional[FeatureMatchers] = None  # the last trial's projections (inspection only)
-        self.cache_status = "pending"
-        self.prepare_seconds = 0.0
-
-    @classmethod
-    def from_config(cls, config: Any, teacher: torch.nn.Module, train_data: Any, *,
-                    device: Any = None) -> "FlashDistiller":
-        """The distiller of a study: ``config.flash`` settings and stages, and the teacher cache in
-        ``config.flash.teacher_cache.dir`` or, by default, ``<config.study.run_dir>/teacher_cache``
-        (the folder every worker of the study on this machine shares)."""
-        import os
-
-        flash = config.flash
-        cache_dir = flash.teacher_cache.dir
-        if cache_dir is None:
-            cache_dir = os.path.join(config.study.run_dir, "teacher_cache")
-        return cls(teacher, train_data, flash, cache_dir=cache_dir, device=device)
 
     def _autocast(self):
         """bf16 autocast on CUDA (a fresh context each time: autocast objects hold their entry state)."""
@@ -181,6 +186,10 @@ class FlashDistiller:
         return contextlib.nullcontext()
 
     # ---- data / cache -------------------------------------------------------------------------
+    @property
+    def live(self) -> bool:
+        return self.data.live
+
     def _fields(self) -> list[str]:
         if isinstance(self.data, CollatedData):
             return list(self.data.fields)
@@ -193,28 +202,10 @@ class FlashDistiller:
                     return term.mapping.teacher_layer, term.mapping.teacher_output
         raise KeyError(key)
 
-    def _cache_enabled(self) -> bool:
-        return cache_store.cache_wanted(self.settings.teacher_cache, self.data.live)
+    def _fingerprint(self, extra: dict) -> str:
+        return cache_mod.fingerprint(self.teacher, self.data.fields, self._teacher_feature_keys, extra=extra)
 
-    def prepare(self) -> str:
-        """Load or build the teacher cache (once per distiller). Returns the cache status."""
-        if self.cache_status != "pending":
-            return self.cache_status
-        start = time.perf_counter()
-        if not self._cache_enabled():
-            self.cache_status = "bypassed" if self.data.live else "disabled"
-            return self.cache_status
-        entry, self.cache_status = cache_store.obtain_entry(
-            self.cache_dir, self.settings.teacher_cache, self.device.type,
-            lambda extra: cache_mod.fingerprint(self.teacher, self.data.fields, self._teacher_feature_keys,
-                                                extra=extra),
-            self._run_teacher_over_data, lock=cache_mod.fcntl is not None,
-        )
-        self._cached = self._to_device(entry.by_key())
-        self.prepare_seconds = time.perf_counter() - start
-        return self.cache_status
-
-    def _to_device(self, arrays: dict) -> dict:
+    def _hold_cached(self, arrays: dict) -> dict:
         if self.device.type == "cpu":
             return arrays  # memmaps: pages shared with the other workers through the OS cache
         return {k: torch.from_numpy(np.array(a)).to(self.device) for k, a in arrays.items()}
@@ -268,7 +259,7 @@ class FlashDistiller:
     # ---- training ------------------------------------------------------------------------------
     def check_student(self, student: torch.nn.Module) -> None:
         """Raise InvalidArchitecture when a mapped layer or a block is missing from ``student``."""
-        resolve_modules(student, {l for p in self.plans for l in p.student_layers}, "student")
+        resolve_modules(student, {layer for p in self.plans for layer in p.student_layers}, "student")
         names = [n for n, _ in student.named_parameters()]
         for plan in self.plans:
             for block in plan.block_names:
@@ -276,14 +267,7 @@ class FlashDistiller:
                     raise InvalidArchitecture(f"stage {plan.name!r}: block {block!r} matches no student "
                                               f"parameter")
 
-    def distill(self, student: torch.nn.Module, seed: int = 0) -> DistillResult:
-        """Train ``student`` in place through every stage; returns timings and final losses.
-
-        Same student weights + same ``seed`` give bit-identical results on CPU. Raises
-        :class:`DistillationDiverged` on a NaN/inf loss and InvalidArchitecture when the student lacks
-        a mapped layer or block.
-        """
-        self.prepare()
+    def _begin_trial(self, student: torch.nn.Module, seed: int) -> _Trial:
         self.check_student(student)
         student.to(self.device)
         was_training = student.training
@@ -294,111 +278,91 @@ class FlashDistiller:
         # implementation back afterwards (it changes the latency the evaluator measures).
         previous_attn = use_eager_attention(student, [(t.mapping.student_layer, t.mapping.student_output)
                                                       for p in self.plans for t in p.terms if t.mapping])
-        counter = _Counter(self.teacher)
-        result = DistillResult(teacher_cache=self.cache_status)
-        start = time.perf_counter()
-        try:
-            for i, plan in enumerate(self.plans):
-                result.stages.append(self._run_stage(student, plan, matchers, int(seed) * 1009 + i))
-        finally:
-            counter.remove()
-            student.train(was_training)
-            if previous_attn is not None:
-                student.set_attn_implementation(previous_attn)
-        result.seconds = time.perf_counter() - start
-        result.teacher_forward_calls = counter.calls
-        return result
+        return _Trial(matchers, was_training, previous_attn, _Counter(self.teacher))
 
-    def _run_stage(self, student, plan: StagePlan, matchers: FeatureMatchers, order_seed: int) -> StageResult:
+    def _end_trial(self, student: torch.nn.Module, trial: _Trial) -> int:
+        trial.counter.remove()
+        student.train(trial.was_training)
+        if trial.previous_attn is not None:
+            student.set_attn_implementation(trial.previous_attn)
+        return trial.counter.calls
+
+    def _run_stage(self, student, plan: StagePlan, trial: _Trial, order_seed: int) -> StageResult:
         s = self.settings
-        flags = {n: p.requires_grad for n, p in student.named_parameters()}
-        trainable = []
-        for n, p in student.named_parameters():
-            on = in_block(n, plan.block_names) if plan.block_names else True
-            p.requires_grad_(on)
-            if on:
-                trainable.append(p)
-        optimizer = make_optimizer(s.optimizer, trainable + list(matchers.parameters()),
-                                   float(s.learning_rate), float(s.weight_decay))
-        matchers.on_new_parameters = lambda ps: optimizer.add_param_group({"params": ps})
+        matchers = trial.matchers
         live_keys = [k for k in plan.teacher_keys if k not in self._cached]
         live_layers = {self._teacher_layers[k][0] for k in live_keys if k is not None}
         # Skip the layers after the deepest mapped one when a stage needs no logits from that model.
         student_needs_logits = plan.add_origin_loss or any(t.mapping is None for t in plan.terms)
-        student_caps = OutputCapture(student, plan.student_layers, "student",
-                                     stop_early=not student_needs_logits)
-        teacher_caps = OutputCapture(self.teacher, live_layers, "teacher", stop_early=None not in live_keys)
         student_inputs = input_keys(student, self._fields())
-        need_labels = plan.add_origin_loss
-        check_every = 1 if self.device.type == "cpu" else 25
-        losses: list[float] = []
-        last = torch.zeros(())
+        log = LossLog(plan, self._check_every())
         t0 = time.perf_counter()
-        try:
-            for step, idx in enumerate(batch_indices(len(self.data), int(s.batch_size), plan.train_steps,
-                                                     order_seed)):
-                if self.before_step is not None:
-                    self.before_step()
-                batch = self.data.batch(idx.to(self.device) if not self.data.live else idx)
-                # -- teacher targets: cache first, live teacher only for what the cache lacks
-                targets = {k: self._gather_cached(k, idx) for k in plan.teacher_keys if k in self._cached}
-                if live_keys:
-                    with torch.inference_mode(), self._autocast():
-                        t_out = teacher_caps.run(self.teacher, **{k: batch[k] for k in self._teacher_inputs})
-                    for k in live_keys:  # clone: inference tensors cannot be saved for backward
-                        v = model_logits(t_out) if k is None else teacher_caps.get(*self._teacher_layers[k])
-                        targets[k] = v.clone()
-                    teacher_caps.clear()
-                # -- student
-                with self._autocast():
-                    s_out = student_caps.run(student, **{k: batch[k] for k in student_inputs})
-                    loss = None
-                    for term in plan.terms:
-                        t_val = targets[term.teacher_key].to(self.device, non_blocking=True)
-                        if term.mapping is None:
-                            s_val = model_logits(s_out)
-                        else:
-                            s_val = student_caps.get(term.mapping.student_layer, term.mapping.student_output)
-                            if s_val.shape[:-1] != t_val.shape[:-1]:
-                                raise InvalidArchitecture(
-                                    f"stage {plan.name!r}, mapping {term.matcher_key}: student output "
-                                    f"shape {tuple(s_val.shape)} cannot be matched to the teacher's "
-                                    f"{tuple(t_val.shape)} (only the last dimension may differ)"
-                                )
-                            s_val = matchers(term.matcher_key, s_val, t_val.shape[-1])
-                        value = term.weight * distillation_loss(term.kind, s_val, t_val, plan.temperature)
-                        loss = value if loss is None else loss + value
-                    if need_labels:
-                        if "labels" not in batch:
-                            raise ValueError(f"stage {plan.name!r}: add_origin_loss needs 'labels' in the data")
-                        loss = loss + task_loss(model_logits(s_out), batch["labels"])
-                student_caps.clear()
-                if not loss.requires_grad:
-                    raise InvalidArchitecture(
-                        f"stage {plan.name!r}: the loss does not depend on any trainable parameter "
-                        f"(blocks {list(plan.block_names)} lie after every mapped student layer?)"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                last = loss.detach()
-                if step % check_every == 0 or step == plan.train_steps - 1:
-                    value = float(last)
-                    if not math.isfinite(value):
-                        raise DistillationDiverged(
-                            f"stage {plan.name!r}, step {step}: the loss is {value}; lower the learning "
-                            f"rate or check the data and the layer mappings"
+        with _train_only(student, plan.block_names) as trainable, \
+                OutputCapture(student, plan.student_layers, "student",
+                              stop_early=not student_needs_logits) as student_caps, \
+                OutputCapture(self.teacher, live_layers, "teacher",
+                              stop_early=None not in live_keys) as teacher_caps:
+            optimizer = make_optimizer(s.optimizer, trainable + list(matchers.parameters()),
+                                       float(s.learning_rate), float(s.weight_decay))
+            matchers.on_new_parameters = lambda ps: optimizer.add_param_group({"params": ps})
+            try:
+                for step, idx in self._steps(plan, order_seed):
+                    batch = self.data.batch(idx.to(self.device) if not self.data.live else idx)
+                    targets = self._targets(plan, idx, batch, live_keys, teacher_caps)
+                    with self._autocast():
+                        s_out = student_caps.run(student, **{k: batch[k] for k in student_inputs})
+                        loss = self._stage_loss(plan, matchers, student_caps, s_out, targets, batch)
+                    student_caps.clear()
+                    if not loss.requires_grad:
+                        raise InvalidArchitecture(
+                            f"stage {plan.name!r}: the loss does not depend on any trainable parameter "
+                            f"(blocks {list(plan.block_names)} lie after every mapped student layer?)"
                         )
-                    losses.append(value)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-        finally:
-            student_caps.remove()
-            teacher_caps.remove()
-            matchers.on_new_parameters = None
-            for n, p in student.named_parameters():
-                p.requires_grad_(flags[n])
-        seconds = time.perf_counter() - t0
-        tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
-        return StageResult(plan.name, plan.kind, plan.train_steps, seconds,
-                           losses[-1] if losses else float("nan"), float(np.mean(tail)))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    log.record(step, loss.detach())
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+            finally:
+                matchers.on_new_parameters = None
+        return log.result(time.perf_counter() - t0)
+
+    def _targets(self, plan: StagePlan, idx: torch.Tensor, batch: dict, live_keys: list,
+                 teacher_caps: OutputCapture) -> dict:
+        """The teacher's outputs for the batch: from the cache first, the live teacher only for what the
+        cache lacks."""
+        targets = {k: self._gather_cached(k, idx) for k in plan.teacher_keys if k in self._cached}
+        if live_keys:
+            with torch.inference_mode(), self._autocast():
+                t_out = teacher_caps.run(self.teacher, **{k: batch[k] for k in self._teacher_inputs})
+            for k in live_keys:  # clone: inference tensors cannot be saved for backward
+                v = model_logits(t_out) if k is None else teacher_caps.get(*self._teacher_layers[k])
+                targets[k] = v.clone()
+            teacher_caps.clear()
+        return targets
+
+    def _stage_loss(self, plan: StagePlan, matchers: FeatureMatchers, student_caps: OutputCapture,
+                    s_out: Any, targets: dict, batch: dict) -> torch.Tensor:
+        """The stage's loss on one batch: its weighted terms, plus the task loss with add_origin_loss."""
+        loss = None
+        for term in plan.terms:
+            t_val = targets[term.teacher_key].to(self.device, non_blocking=True)
+            if term.mapping is None:
+                s_val = model_logits(s_out)
+            else:
+                s_val = student_caps.get(term.mapping.student_layer, term.mapping.student_output)
+                if s_val.shape[:-1] != t_val.shape[:-1]:
+                    raise InvalidArchitecture(
+                        f"stage {plan.name!r}, mapping {term.matcher_key}: student output "
+                        f"shape {tuple(s_val.shape)} cannot be matched to the teacher's "
+                        f"{tuple(t_val.shape)} (only the last dimension may differ)"
+                    )
+                s_val = matchers(term.matcher_key, s_val, t_val.shape[-1])
+            value = term.weight * distillation_loss(term.kind, s_val, t_val, plan.temperature)
+            loss = value if loss is None else loss + value
+        if plan.add_origin_loss:
+            if "labels" not in batch:
+                raise ValueError(f"stage {plan.name!r}: add_origin_loss needs 'labels' in the data")
+            loss = loss + task_loss(model_logits(s_out), batch["labels"])
+        return loss

@@ -1,8 +1,6 @@
 """The old system's test setting, offline: a tiny BERT pre-training teacher built locally (saved with
 ``save_pretrained`` and loaded back), a small masked-LM dataset, students from ``builders.from_config``, and
 the old test's config (knowledge transfer on ``bert.encoder.layer.0``, regular distillation on ``cls``).
-
-Uniquely named (not ``conftest``) so ``from seed_compat_helpers import ...`` resolves to this file.
 """
 
 from __future__ import annotations
