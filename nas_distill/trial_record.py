@@ -12,12 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-<<<<<<< HEAD
-from .errors import environment_cause
-=======
-from . import study as study_mod
 from .environment import environment_cause
->>>>>>> main
 from .records import N_PARAMS
 from .store import worker_identity
 
