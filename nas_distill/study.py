@@ -6,21 +6,29 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .store import optuna_internals as _internals
+from .store import open as _open
 from .store.atomic import ANY_BEAT
-from .store.attrs import rdb_of as _rdb, worker_identity
-from .store.budget import (UNCOUNTED_ATTRS, budget_position, counted_complete, is_counted, record_budget,
-                           recorded_budget)
+from .store.attrs import rdb_of as _rdb
+from .store.attrs import worker_identity
+from .store.budget import UNCOUNTED_ATTRS, budget_position, counted_complete, is_counted, record_budget, recorded_budget
 from .store.files import artifact_store, check_writable
 from .store.handle import store_of
-from .store.heartbeat import HEARTBEAT_ATTR, heartbeat_settings as _heartbeat_settings
+from .store.heartbeat import HEARTBEAT_ATTR
+from .store.heartbeat import heartbeat_settings as _heartbeat_settings
 from .store.open import DEFAULT_STUDY_NAME, make_storage
-from .store import open as _open
 from .store.secrets import PASSWORD_ENV_VARS, mask_secrets, mask_url
-from .store.stale import (ORPHAN_AGE_S, RETRYABLE_ERRORS, RetryStaleTrial, fail_stale_trials,
-                          lost_running_trials, retry_trial)
-from .store.urls import (is_journal as _is_journal, journal_path as _journal_path, require_shared_storage,
-                         resolve_storage_url, sqlite_path as _sqlite_path, storage_file)
+from .store.stale import (
+    ORPHAN_AGE_S,
+    RETRYABLE_ERRORS,
+    RetryStaleTrial,
+    fail_stale_trials,
+    lost_running_trials,
+    retry_trial,
+)
+from .store.urls import is_journal as _is_journal
+from .store.urls import journal_path as _journal_path
+from .store.urls import require_shared_storage, resolve_storage_url, storage_file
+from .store.urls import sqlite_path as _sqlite_path
 
 __all__ = [
     "ANY_BEAT", "DEFAULT_STUDY_NAME", "HEARTBEAT_ATTR", "ORPHAN_AGE_S", "PASSWORD_ENV_VARS", "RETRYABLE_ERRORS",

@@ -109,7 +109,7 @@ def test_student_checkpoint_is_downloadable(server):
     assert body == (server["artifact_dir"] / artifact["artifact_id"]).read_bytes()
     archive = server["tmp"] / "student.tar"
     archive.write_bytes(body)
-    from nas_distill.runner import extract_student
+    from nas_distill.engines.students import extract_student
 
     folder = extract_student(archive, server["tmp"] / "student")
     arch = complete[trial["number"]].params

@@ -28,7 +28,8 @@ from optuna.trial import TrialState
 
 from _support.common import task_config, write_config
 from nas_distill import AutoDistillation
-from nas_distill.errors import EnvironmentFailure, environment_cause
+from nas_distill.environment import environment_cause
+from nas_distill.errors import EnvironmentFailure
 
 
 @contextlib.contextmanager

@@ -2,8 +2,8 @@
 
 Modules, one job each:
 
-* :mod:`~nas_distill.reporting.data`: read the study once into plain data (metrics, units, Pareto
-  trials, hypervolume history, importances). No plotting library is imported here.
+* :mod:`~nas_distill.reporting.data`: the study's records (:func:`nas_distill.records.read_study`: metrics,
+  units, trials, Pareto front) plus the hypervolume history and importances. No plotting library here.
 * :mod:`~nas_distill.reporting.table`: the trial table: its columns (CLI and HTML) and its text form.
 * :mod:`~nas_distill.reporting.figures`: plotly figures (the interactive HTML and the dashboard).
 * :mod:`~nas_distill.reporting.png`: matplotlib PNG copies of the same plots (no browser needed).

@@ -34,14 +34,14 @@ from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import Trial, TrialState
 
-from .algorithms import ALGORITHM_ALIASES
 from ..errors import SearchSpaceExhausted
 from ..store import optuna_internals
 from ..store.open import open_storage
+from ..vocabulary import DEFAULT_STUDY_NAME
+from .algorithms import ALGORITHM_ALIASES
 from .bo_sampler import SpaceBOSampler
 from .samplers import SpaceGridSampler, SpaceRandomSampler, _ClaimingSampler, space_exhausted
 from .space import SearchSpace
-from ..vocabulary import DEFAULT_STUDY_NAME
 
 __all__ = [
     "ALGORITHMS",

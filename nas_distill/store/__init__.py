@@ -17,7 +17,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "open_study": "open", "load_study": "open", "make_storage": "open", "open_storage": "open", "DEFAULT_STUDY_NAME": "open",
+    "open_study": "open", "load_study": "open", "make_storage": "open", "open_storage": "open",
+    "DEFAULT_STUDY_NAME": "open",
     "StudyStore": "handle", "store_of": "handle",
     "Heartbeat": "heartbeat", "HEARTBEAT_ATTR": "heartbeat",
     "resolve_storage_url": "urls", "storage_file": "urls", "require_shared_storage": "urls",

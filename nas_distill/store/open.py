@@ -50,7 +50,8 @@ _SCHEMA_RACE_ATTEMPTS = 8
 
 
 # ---------------------------------------------------------------------------------------- storage
-def make_storage(url: str, *, heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL, grace_period: float | None = DEFAULT_GRACE_PERIOD,
+def make_storage(url: str, *, heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+                 grace_period: float | None = DEFAULT_GRACE_PERIOD,
                  max_retry: int | None = 2, create: bool = True):
     """An Optuna storage for ``url`` with heartbeats and the stale-trial retry wired in.
 
@@ -161,7 +162,8 @@ def _with_retries(storage):
     return wrap(storage, mask_url(str(getattr(rdb, "url", "storage"))))
 
 
-def open_storage(storage: Any, *, heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL, grace_period: float | None = DEFAULT_GRACE_PERIOD,
+def open_storage(storage: Any, *, heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+                 grace_period: float | None = DEFAULT_GRACE_PERIOD,
                  create: bool = True):
     """A URL, a path or None (the default URL) opened by :func:`make_storage`; a storage object as is."""
     if isinstance(storage, (str, os.PathLike)) or storage is None:

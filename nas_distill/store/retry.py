@@ -329,10 +329,8 @@ def _backends(storage: Any) -> Iterator[Any]:
 
 def innermost(storage: Any) -> Any:
     """The storage at the bottom of a chain of wrappers (``_backend`` attributes)."""
-    last = storage
-    for last in _backends(storage):
-        pass
-    return last
+    chain = list(_backends(storage))
+    return chain[-1] if chain else storage
 
 
 def wrap(storage: Any, label: str, max_seconds: float | None = None) -> Any:

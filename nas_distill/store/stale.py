@@ -30,7 +30,8 @@ from .heartbeat import HEARTBEAT_ATTR, heartbeat_settings
 from .journal_lock import HolderJournalLock
 from .retry import call, policy_of
 
-__all__ = ["ORPHAN_AGE_S", "RETRYABLE_ERRORS", "RetryStaleTrial", "stale_trial_beats", "lost_running_trials", "fail_stale_trials",
+__all__ = ["ORPHAN_AGE_S", "RETRYABLE_ERRORS", "RetryStaleTrial", "stale_trial_beats", "lost_running_trials",
+           "fail_stale_trials",
            "retry_trial"]
 
 log = logging.getLogger(__name__)
