@@ -1,6 +1,6 @@
 """Whether an asked trial trains: the budget rule, and the answer from the store.
 
-Budget (:func:`nas_distill.study.budget_position`): a trial trains only if fewer than ``max_trials``
+Budget (:func:`nas_distill.store.budget.budget_position`): a trial trains only if fewer than ``max_trials``
 counted trials come before it. :class:`Budget` is one worker's view of that rule: it reads the study
 only near the end of the search, and says when to wait for a slot, when to give a slot to a retry, and
 when the budget is spent.
@@ -17,8 +17,10 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from . import study as study_mod
 from .records import N_PARAMS, parameter_count
+from .store import StudyStore
+from .store.budget import counted_complete, is_counted
+from .store.stale import RETRYABLE_ERRORS
 
 #: ``Budget.gate`` verdicts: stop, wait for a slot, ask.
 SPENT, FULL, OPEN = "spent", "full", "open"
@@ -47,28 +49,27 @@ class Budget:
     def spent_reason(self) -> str:
         return f"budget reached: {self.max_trials} trials complete"
 
-    def gate(self, study) -> str:
+    def gate(self, store: StudyStore) -> str:
         """Before asking: :data:`SPENT`, :data:`FULL` (every slot is held by a running trial: wait) or
         :data:`OPEN`. While ``done`` plus the trials seen running is below ``max_trials`` no read is
         needed. A WAITING retry keeps the gate open: only an ask pops it."""
         if self._read and self.done < self.max_trials and self.done + self.running < self.max_trials:
             return OPEN
         self._read = True
-        trials = study._storage.get_all_trials(
-            study._study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
-        self.done = study_mod.counted_complete(trials)
+        trials = store.all_trials(states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
+        self.done = counted_complete(trials)
         if self.done >= self.max_trials:
             return SPENT
-        self.running = sum(1 for t in trials if t.state == TrialState.RUNNING and study_mod.is_counted(t))
+        self.running = sum(1 for t in trials if t.state == TrialState.RUNNING and is_counted(t))
         if self.done + self.running >= self.max_trials and not any(t.state == TrialState.WAITING for t in trials):
             return FULL
         return OPEN
 
-    def place(self, study, number: int, snapshot: Sequence[Any] | None = None) -> tuple[str, list[Any]]:
+    def place(self, store: StudyStore, number: int, snapshot: Sequence[Any] | None = None) -> tuple[str, list[Any]]:
         """Where asked trial ``number`` stands: ``(verdict, the study's trials read)``; the verdict is
         :data:`SPENT`, :data:`HAS_SLOT`, :data:`YIELD` (a WAITING retry holds a slot: give ours up) or
         :data:`WAIT`. ``snapshot``: a read of the study made after this trial held its point."""
-        ahead, complete, trials = study_mod.budget_position(study, number, snapshot)
+        ahead, complete, trials = store.budget_position(number, snapshot)
         self.running = sum(1 for t in trials if t.state == TrialState.RUNNING)
         self.done = complete
         if complete >= self.max_trials:
@@ -79,12 +80,11 @@ class Budget:
             return YIELD, trials
         return WAIT, trials
 
-    def others_pending(self, study) -> str:
+    def others_pending(self, store: StudyStore) -> str:
         """Nothing new to ask: :data:`SPENT`, :data:`WAIT` (other workers' trials might still free
         points) or :data:`IDLE` (nothing will)."""
-        trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING,
-                                                          TrialState.COMPLETE))
-        if study_mod.counted_complete(trials) >= self.max_trials:
+        trials = store.all_trials(states=(TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE))
+        if counted_complete(trials) >= self.max_trials:
             return SPENT
         if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
             return WAIT
@@ -100,7 +100,7 @@ def known_trial(trials: Sequence[Any], arch: dict, number: int) -> Any:
     # the lower number trains, so two such trials never both step aside; if that worker dies, its
     # trial is failed and retried like any other.
     complete = running = failed = None
-    not_arch_errors = study_mod.RETRYABLE_ERRORS + ("Discarded",)
+    not_arch_errors = RETRYABLE_ERRORS + ("Discarded",)
     for t in trials:
         if t.number == number or not same_arch(t.params, arch):
             continue

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .latency_predictor import MIN_SAMPLES, MetricPredictor
+from .store import optuna_internals
 from .vocabulary import BUILTIN_ARCH_METRICS, base_metric
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def arch_key(arch: Mapping[str, Any]) -> str:
 
 def read_entries(study) -> dict[str, dict[str, Any]]:
     """Every stored measurement of the study: ``{attr key: entry}`` (one read of the storage)."""
-    attrs = study._storage.get_study_system_attrs(study._study_id)
+    attrs = optuna_internals.study_storage(study).get_study_system_attrs(optuna_internals.study_id(study))
     return {k: v for k, v in attrs.items() if k.startswith(ATTR_PREFIX) and isinstance(v, dict)}
 
 
@@ -245,7 +246,7 @@ class ArchMetrics:
             for arch in todo:
                 key = arch_key(arch)
                 entry = self._measure_one(arch)
-                self.ad.study._storage.set_study_system_attr(self.ad.study._study_id, key, entry)
+                self._store(key, entry)
                 self._remember(key, entry)
                 count += 1
                 if count % GC_EVERY == 0:
@@ -287,8 +288,12 @@ class ArchMetrics:
         if len(values) != len(self.names):
             return
         entry = {"arch": dict(arch), "metrics": values, "trained": True, **_who(), "ended": time.time()}
-        self.ad.study._storage.set_study_system_attr(self.ad.study._study_id, arch_key(arch), entry)
+        self._store(arch_key(arch), entry)
         self._remember(arch_key(arch), entry)
+
+    def _store(self, key: str, entry: dict[str, Any]) -> None:
+        study = self.ad.study
+        optuna_internals.study_storage(study).set_study_system_attr(optuna_internals.study_id(study), key, entry)
 
 
 def _who() -> dict[str, Any]:

@@ -44,6 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from . import study as study_mod
 from .errors import ConfigError
+from .store import optuna_internals
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +346,7 @@ class AutoDistillation:
         trial = getattr(self.searcher, "current_trial", None)
         if trial is None:  # a searcher of the user's own, not asking the study: nothing to keep alive
             return arch
-        heartbeat = study_mod.Heartbeat(self.study, trial._trial_id, attrs={"arch": arch}).__enter__()
+        heartbeat = study_mod.Heartbeat(self.study, optuna_internals.trial_id(trial), attrs={"arch": arch}).__enter__()
         self._proposal = (trial, heartbeat, weakref.finalize(
             self, _abandon, self.study, trial, heartbeat, "the agent was closed before feedback"))
         return arch
@@ -746,9 +747,10 @@ def _abandon(study, trial, heartbeat, reason: str) -> None:
 
     heartbeat.__exit__(None, None, None)
     try:
-        if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+        trial_id = optuna_internals.trial_id(trial)
+        if optuna_internals.study_storage(study).get_trial(trial_id).state != TrialState.RUNNING:
             return
-        study_mod.set_user_attrs(study, trial._trial_id, {"error_type": "Abandoned", "error": reason})
+        study_mod.set_user_attrs(study, trial_id, {"error_type": "Abandoned", "error": reason})
         study.tell(trial, state=TrialState.FAIL)
     except Exception as exc:  # noqa: BLE001 - at interpreter exit the storage may be gone: the sweep will do
         log.debug("could not fail abandoned trial %s: %s", getattr(trial, "number", "?"), exc)
@@ -782,7 +784,8 @@ class _LazySearcher:
                     from optuna.trial import TrialState
 
                     trial = pending[0]
-                    if agent.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                    storage = optuna_internals.study_storage(agent.study)
+                    if storage.get_trial(optuna_internals.trial_id(trial)).state != TrialState.RUNNING:
                         agent._proposal_told()
                 return out
 

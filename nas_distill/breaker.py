@@ -16,7 +16,7 @@ checks it before asking for a trial and stops, and ``nas-distill status`` shows 
 the next trial number in :data:`SINCE_ATTR`, so failures of an earlier run are not counted again.
 
 Trials that failed for reasons that say nothing about the setup are not counted: killed or interrupted
-workers and trials given up at the budget (:data:`nas_distill.study.RETRYABLE_ERRORS`). Neither is
+workers and trials given up at the budget (:data:`nas_distill.store.stale.RETRYABLE_ERRORS`). Neither is
 ``InvalidArchitecture``: an architecture the model builder refuses is that architecture's verdict, and a
 space may hold many (the dry run already proved that every value of every key builds).
 """
@@ -29,7 +29,9 @@ import os
 import time
 from typing import Any, Iterable, Optional
 
-from . import study as study_mod
+from .store import store_of
+from .store.budget import is_counted
+from .store.stale import RETRYABLE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ def _own_failure(trial) -> bool:
     from optuna.trial import TrialState
 
     return trial.state == TrialState.FAIL and \
-        str(trial.user_attrs.get("error_type") or "") not in study_mod.RETRYABLE_ERRORS + ("Discarded",)
+        str(trial.user_attrs.get("error_type") or "") not in RETRYABLE_ERRORS + ("Discarded",)
 
 
 def _counted_failure(trial) -> bool:
@@ -61,7 +63,7 @@ def verdict(trials: Iterable[Any], k: int, since: int = 0) -> Optional[str]:
         return None
     finished = _distinct_archs(sorted(
         (t for t in trials if t.number >= since
-         and (t.state == TrialState.COMPLETE and study_mod.is_counted(t) or _counted_failure(t))),
+         and (t.state == TrialState.COMPLETE and is_counted(t) or _counted_failure(t))),
         key=lambda t: t.number))
     failed = [t for t in finished if t.state == TrialState.FAIL]
     if len(failed) >= k and len(failed) == len(finished):
@@ -104,17 +106,18 @@ def _first_error(trials: list) -> str:
 
 
 def check(study, k: int, worker: str = "") -> Optional[str]:
-    """Read the study; trip the breaker when :func:`verdict` says so. Returns the reason, or None."""
+    """Read the study (an Optuna study or its :class:`~nas_distill.store.StudyStore`); trip the breaker
+    when :func:`verdict` says so. Returns the reason, or None."""
     from optuna.trial import TrialState
 
-    attrs = study.user_attrs
+    store = store_of(study)
+    attrs = store.study.user_attrs
     if attrs.get(STOPPED_ATTR):
-        return attrs[STOPPED_ATTR].get("reason") if isinstance(attrs[STOPPED_ATTR], dict) else str(attrs[STOPPED_ATTR])
-    trials = study._storage.get_all_trials(study._study_id, deepcopy=False,
-                                           states=(TrialState.COMPLETE, TrialState.FAIL))
+        return _reason(attrs[STOPPED_ATTR])
+    trials = store.all_trials(states=(TrialState.COMPLETE, TrialState.FAIL))
     reason = verdict(trials, k, int(attrs.get(SINCE_ATTR) or 0))
     if reason:
-        trip(study, reason, worker)
+        trip(store.study, reason, worker)
     return reason
 
 
@@ -125,19 +128,24 @@ def trip(study, reason: str, worker: str = "") -> None:
 
 
 def stopped(study) -> Optional[str]:
-    """The reason the study was stopped, or None (one read of the study's user attrs)."""
-    value = study._storage.get_study_user_attrs(study._study_id).get(STOPPED_ATTR)
-    if not value:
-        return None
+    """The reason the study (an Optuna study or its handle) was stopped, or None (one read of the
+    study's user attrs)."""
+    store = store_of(study)
+    value = store.storage.get_study_user_attrs(store.study_id).get(STOPPED_ATTR)
+    return _reason(value) if value else None
+
+
+def _reason(value: Any) -> str:
     return value.get("reason") if isinstance(value, dict) else str(value)
 
 
 def rearm(study) -> None:
     """A new run starts: forget an earlier stop; count failures from the next trial on."""
-    attrs = study.user_attrs
-    if attrs.get(STOPPED_ATTR):
+    store = store_of(study)
+    study = store.study
+    if study.user_attrs.get(STOPPED_ATTR):
         log.info("the previous run of study %r was stopped (%s); starting again", study.study_name,
-                 stopped(study))
-    next_number = len(study._storage.get_all_trials(study._study_id, deepcopy=False))
+                 stopped(store))
+    next_number = len(store.all_trials())
     study.set_user_attr(STOPPED_ATTR, None)
     study.set_user_attr(SINCE_ATTR, next_number)

@@ -26,9 +26,10 @@ def study_counts(study) -> dict[str, int]:
     from optuna.trial import TrialState
 
     from . import breaker
+    from .store import optuna_internals
     from .study import counted_complete, is_counted
 
-    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    trials = optuna_internals.study_storage(study).get_all_trials(optuna_internals.study_id(study), deepcopy=False)
     return {
         "done": counted_complete(trials),
         "running": sum(1 for t in trials if t.state == TrialState.RUNNING and is_counted(t)),
@@ -58,8 +59,14 @@ class LiveProgress:
     def __enter__(self) -> "LiveProgress":
         if not self.enabled:
             return self
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -32,6 +32,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas_distill.search.pareto import find_pareto_front
 
+from .store import optuna_internals
+
 __all__ = ["N_PARAMS", "MetricInfo", "StudyRecords", "TrialRecord", "metric_unit", "parameter_count",
            "read_study"]
 
@@ -263,7 +265,7 @@ def _record(trial: FrozenTrial) -> TrialRecord:
         duration_s=trial.duration.total_seconds() if trial.duration is not None else None,
         worker=str(worker) if worker is not None else None,
         error=error,
-        trial_id=trial._trial_id,
+        trial_id=optuna_internals.trial_id(trial),
         attrs=attrs,
     )
 

@@ -46,10 +46,12 @@ from typing import Any
 from optuna.trial import TrialState
 
 from . import admission, breaker, console, distributed, run_end, trial_record
-from . import study as study_mod
 from .engines import engine_of, parameter_count
 from .engines.students import rebuild_with, save_student_artifact
 from .errors import ConfigError, EnvironmentFailure, SearchSpaceExhausted
+from .store import Heartbeat, StudyStore, artifact_store, check_writable, store_of
+from .store.budget import record_budget
+from .store.optuna_internals import trial_id
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,7 @@ class TrialRunner:
         self.summary = RunSummary()
         self._trial_seconds: list[float] = []
         self._rank, self._world = distributed.rank_and_world()
+        self._store: StudyStore | None = None  # the study's storage handle, once the study is open
         self._last_sweep = -1e9
         self._sweep_every: float | None = None  # read from the storage's heartbeat settings on first use
         self._last_environment: str | None = None  # the previous trial's environmental failure, if any
@@ -153,13 +156,19 @@ class TrialRunner:
         return self.ad.study
 
     @property
+    def store(self) -> StudyStore:
+        if self._store is None:
+            self._store = store_of(self.study)
+        return self._store
+
+    @property
     def max_trials(self) -> int:
         return self.budget.max_trials
 
     @property
     def artifact_store(self):
         if self._artifact_store is None:
-            self._artifact_store = study_mod.artifact_store(self.ad.run_dir)
+            self._artifact_store = artifact_store(self.ad.run_dir)
         return self._artifact_store or None
 
     def _report(self, stage: str, number: int | None = None, **last: Any) -> None:
@@ -191,17 +200,17 @@ class TrialRunner:
         self._check_folders()
         if self._rank == 0:
             if self.new_run:
-                breaker.rearm(self.study)
-            study_mod.record_budget(self.study, self.max_trials)
+                breaker.rearm(self.store)
+            record_budget(self.study, self.max_trials)
         if self._world > 1:
             distributed.run(self, self._rank)
         else:
             self.loop(self.train)
             if self.summary.stop_reason.startswith("budget reached"):
-                run_end.settle(self.study, self._sweep)
+                run_end.settle(self.store, self._sweep)
         if self._rank == 0:
             self.summary.study_complete, self.summary.budget_met = run_end.budget_met(
-                self.study, self.max_trials, getattr(self.ad.advisor, "space", None))
+                self.store, self.max_trials, getattr(self.ad.advisor, "space", None))
         else:
             self.summary.budget_met = True  # rank 0 alone talks to the study, and says how it ended
         self._report("done")
@@ -211,12 +220,12 @@ class TrialRunner:
         """The run folder and the artifact store exist and take a file, before any trial trains: a
         trial whose student cannot be saved would be trained for nothing."""
         field = "auto_distillation.study.run_dir"
-        study_mod.check_writable(self.ad.run_dir, field)
+        check_writable(self.ad.run_dir, field)
         if self._artifact_store is None:  # the default store, <run_dir>/artifacts
-            study_mod.check_writable(Path(self.ad.run_dir) / "artifacts", field)
+            check_writable(Path(self.ad.run_dir) / "artifacts", field)
         base = getattr(self.artifact_store, "_base_path", None)  # a FileSystemArtifactStore's folder
         if base is not None:
-            study_mod.check_writable(base, field)
+            check_writable(base, field)
 
     def loop(self, train: Callable[[Any, dict], None]) -> None:
         """Ask, admit, ``train`` (which tells), until the budget is spent or nothing is left to ask."""
@@ -242,21 +251,21 @@ class TrialRunner:
                     log.warning(self.summary.stop_reason)
                     return
 
-    def _heartbeat(self, trial, arch: dict) -> study_mod.Heartbeat:
+    def _heartbeat(self, trial, arch: dict) -> Heartbeat:
         """The trial's heartbeat, as a context manager; its first beat also records who runs which arch
         (one transaction on RDB storages)."""
-        return study_mod.Heartbeat(self.study, trial._trial_id, attrs={"arch": arch, "worker": self._worker()})
+        return self.store.heartbeat(trial, attrs={"arch": arch, "worker": self._worker()})
 
     # ------------------------------------------------------------------ ask
     def _ask(self) -> tuple[Any, dict] | None:
         """The next trial and its architecture, or None to stop (``summary.stop_reason`` says why)."""
         while True:
             self._sweep()
-            reason = breaker.stopped(self.study)
+            reason = breaker.stopped(self.store)
             if reason:
                 self.summary.stop_reason = f"study stopped by the circuit breaker: {reason}"
                 return None
-            gate = self.budget.gate(self.study)
+            gate = self.budget.gate(self.store)
             if gate == admission.SPENT:
                 self.summary.stop_reason = self.budget.spent_reason
                 return None
@@ -285,23 +294,22 @@ class TrialRunner:
         With cheap trials and many workers a once-a-second sweep was one storage read per trial
         (``bench/load.py``); a tenth of the grace period delays the detection of a dead worker by 10%."""
         if self._sweep_every is None:
-            _, grace, _ = study_mod._heartbeat_settings(self.study._storage)
-            self._sweep_every = max(1.0, float(grace or 0) / 10)
+            self._sweep_every = max(1.0, float(self.store.grace_period or 0) / 10)
         now = time.monotonic()
         if now - self._last_sweep >= self._sweep_every:
             self._last_sweep = now
-            study_mod.fail_stale_trials(self.study)
+            self.store.fail_stale_trials()
 
     def _pop_waiting(self) -> dict | None:
         """Ask the study for its oldest WAITING trial (an enqueued retry); its arch, or None."""
         study = self.study
-        if not study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        if not self.store.all_trials(states=(TrialState.WAITING,)):
             return None
         advisor = self.ad.advisor
         space = getattr(advisor, "space", None)
         with _no_heartbeat_warning():
             trial = study.ask()
-        frozen = study._storage.get_trial(trial._trial_id)
+        frozen = self.store.trial(trial_id(trial))
         # an enqueue_trial() retry has fixed_params; a RetryStaleTrial copy has its params already
         fixed = frozen.system_attrs.get("fixed_params") or frozen.params
         if not fixed or space is None:
@@ -319,7 +327,7 @@ class TrialRunner:
 
     def _wait_for_others(self, reason: str) -> bool:
         """Nothing new to ask: wait while other workers' trials might still free points. False = stop."""
-        pending = self.budget.others_pending(self.study)
+        pending = self.budget.others_pending(self.store)
         if pending == admission.WAIT:
             self._report("waiting")
             time.sleep(self.poll_interval)
@@ -345,7 +353,7 @@ class TrialRunner:
         take = getattr(getattr(self.ad.advisor, "sampler", None), "take_snapshot", None)
         snapshot = take(trial.number) if callable(take) else None
         while True:
-            place, trials = self.budget.place(self.study, trial.number, snapshot)
+            place, trials = self.budget.place(self.store, trial.number, snapshot)
             snapshot = None
             if place == admission.SPENT:
                 self._discard(trial, f"budget reached: {self.budget.done} of {self.max_trials} trials complete")
@@ -443,7 +451,7 @@ class TrialRunner:
         self.ad.arch_metrics.record_trained(arch, dict(zip(self.ad.metrics, values)))
         attrs.update(self._save(trial, arch, model, clock))
         attrs["timings"] = clock.stop()
-        study_mod.set_user_attrs(self.study, trial._trial_id, attrs)
+        self.store.set_user_attrs(trial_id(trial), attrs)
         self._tell(trial, values)
         self._last_environment = None
         self.summary.completed += 1
@@ -478,7 +486,7 @@ class TrialRunner:
 
     def _answer_from_store(self, trial, arch: dict, known) -> None:
         attrs = admission.answer_attrs(known, arch, self.ad.metrics, self._worker())
-        study_mod.set_user_attrs(self.study, trial._trial_id, attrs)
+        self.store.set_user_attrs(trial_id(trial), attrs)
         self._tell(trial, state=TrialState.PRUNED)
         self.summary.repeats += 1
         console.trial_pruned(trial.number, attrs.get("note") or attrs["error"])
@@ -489,8 +497,8 @@ class TrialRunner:
         from .search.samplers import CLAIM_KEY, RELEASED
 
         try:
-            study_mod.set_user_attrs(self.study, trial._trial_id, {"pruned_reason": reason})
-            self.study._storage.set_trial_system_attr(trial._trial_id, CLAIM_KEY, RELEASED)
+            self.store.set_user_attrs(trial_id(trial), {"pruned_reason": reason})
+            self.store.storage.set_trial_system_attr(trial_id(trial), CLAIM_KEY, RELEASED)
             (tell or self._tell)(trial, state=TrialState.PRUNED)
         except Exception as exc:  # noqa: BLE001 - already finished by a stale sweep: nothing to undo
             log.debug("discarding trial %d: %s", trial.number, exc)
@@ -508,14 +516,14 @@ class TrialRunner:
         try:
             attrs = {"error_type": error_type, "error": message[:2000]}
             attrs.update(extra or {})
-            study_mod.set_user_attrs(self.study, trial._trial_id, attrs)
+            self.store.set_user_attrs(trial_id(trial), attrs)
             frozen = self._tell(trial, state=TrialState.FAIL)
         except Exception as exc:  # noqa: BLE001 - e.g. a stale sweep failed it first
             log.warning("could not record the failure of trial %d: %s", trial.number, exc)
             return
         if retry and frozen is not None:
             try:
-                study_mod.retry_trial(self.study, frozen)
+                self.store.retry_trial(frozen)
             except Exception as exc:  # noqa: BLE001
                 log.warning("could not enqueue a retry of trial %d: %s", trial.number, exc)
 
@@ -523,7 +531,7 @@ class TrialRunner:
         """After a failure of ours: trip the circuit breaker when the study's failures say the setup is
         broken (see :mod:`nas_distill.breaker`); every worker stops before its next ask."""
         try:
-            breaker.check(self.study, self.stop_after_failures, self.worker_label)
+            breaker.check(self.store, self.stop_after_failures, self.worker_label)
         except Exception as exc:  # noqa: BLE001 - the breaker must never fail a trial of its own
             log.warning("circuit breaker check failed: %s", exc)
 

@@ -33,9 +33,9 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import study as study_mod
 from .config_file import config_and_task
 from .errors import ConfigError
+from .store import require_shared_storage, resolve_storage_url
 
 TASK_KEYS = ("model_builder", "train_func", "eval_func", "teacher_model", "train_dataset", "eval_dataset",
              "metric_fn", "model_cls", "preprocessor")
@@ -118,6 +118,5 @@ def shared_settings(data: Mapping[str, Any], storage: str | None, run_dir: str |
     from .autodistill import load_config
 
     cfg = load_config(data)
-    study_mod.require_shared_storage(study_mod.resolve_storage_url(storage or cfg.study.storage,
-                                                                   run_dir or cfg.study.run_dir))
+    require_shared_storage(resolve_storage_url(storage or cfg.study.storage, run_dir or cfg.study.run_dir))
     return cfg

@@ -12,9 +12,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import study as study_mod
 from .environment import environment_cause
 from .records import N_PARAMS
+from .store import worker_identity
 
 
 class Clock:
@@ -66,7 +66,7 @@ def failure_kind(exc: BaseException) -> tuple[str, str, str | None]:
 
 def worker_attrs(label: str, world_size: int) -> dict[str, Any]:
     """The ``worker`` attribute: this machine and process, the worker's label, the group's size."""
-    ident = study_mod.worker_identity()
+    ident = worker_identity()
     ident["worker"] = label
     if world_size > 1:
         ident["world_size"] = world_size

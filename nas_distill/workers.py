@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from . import breaker
-from . import study as study_mod
 from .config_file import config_and_task, read_config_file, split_task  # noqa: F401 - the last two: imported from here by tests
+from .store.budget import record_budget
 from .task_entry import build_autodistill, shared_settings
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def prepare_study(config, *, task=None, storage=None, study_name=None, run_dir=N
                           run_dir=run_dir or cfg.study.run_dir, max_trials=max_trials)
     study = ad.study  # creates the study and records the config once
     breaker.rearm(study)  # a new run: an earlier circuit-breaker stop no longer holds
-    study_mod.record_budget(study, ad.max_trials)
+    record_budget(study, ad.max_trials)
     return ad.storage_url, ad.study_name, str(Path(ad.run_dir).resolve()), ad.max_trials
 
 

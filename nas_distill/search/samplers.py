@@ -46,6 +46,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import SearchSpaceExhausted
+from ..store import optuna_internals
 from .space import SearchSpace
 
 __all__ = [
@@ -165,7 +166,8 @@ class _ClaimingSampler(BaseSampler):
         if all(key in fixed for key in self._space.keys):
             # An enqueued architecture: it is what the user asked for; just record it as our claim.
             index = self._space.index_of(fixed)
-            study._storage.set_trial_system_attr(trial._trial_id, CLAIM_KEY, index)
+            storage = optuna_internals.study_storage(study)
+            storage.set_trial_system_attr(optuna_internals.trial_id(trial), CLAIM_KEY, index)
             return self._space.point(index)
         return self._space.point(self._claim(study, trial))
 
@@ -191,7 +193,7 @@ class _ClaimingSampler(BaseSampler):
         return space_exhausted(study, self._space)
 
     def _claim(self, study: Study, trial: FrozenTrial) -> int:
-        storage, trial_id = study._storage, trial._trial_id
+        storage, trial_id = optuna_internals.study_storage(study), optuna_internals.trial_id(trial)
         for attempt in range(_MAX_CLAIM_ROUNDS):
             held = self._remembered_held(study) if attempt == 0 else None
             if held is None:
@@ -207,7 +209,7 @@ class _ClaimingSampler(BaseSampler):
             if not self._conflicts(index, verified):
                 trials = getattr(verified, "trials", None)
                 self._snapshot = (trial.number, trials) if trials is not None else None
-                self._last_held = (study._study_id, set(verified) | {index})
+                self._last_held = (optuna_internals.study_id(study), set(verified) | {index})
                 return index
             # Conflict: yield, whoever else it is (see the module docstring for why).
             storage.set_trial_system_attr(trial_id, CLAIM_KEY, None)
@@ -233,7 +235,7 @@ class _ClaimingSampler(BaseSampler):
         read. Saves one read of the study per trial (``bench/load.py``).
         """
         last = self._last_held
-        if not self._REUSE_OLD_READ or last is None or last[0] != study._study_id:
+        if not self._REUSE_OLD_READ or last is None or last[0] != optuna_internals.study_id(study):
             return None
         if len(self._space) - len(last[1]) < _REUSE_MIN_FREE:
             return None
