@@ -25,7 +25,7 @@ browser:
 
 # pyproject.toml's [tool.ruff] rules. The import contracts ([tool.importlinter]) and the import-cycle check
 # run in the suite: tests/test_layers.py.
-RUFF_PATHS ?= tests/test_layers.py tests/_support
+RUFF_PATHS ?= .
 lint: install
 	$(VENV)/bin/ruff check --no-cache $(RUFF_PATHS)
 

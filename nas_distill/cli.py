@@ -388,7 +388,7 @@ def cmd_report(args) -> int:
 
 def cmd_dashboard(args) -> int:
     try:
-        import optuna_dashboard
+        import optuna_dashboard  # noqa: F401 - only checks that the extra is installed
     except ImportError:
         raise CLIError("optuna-dashboard is not installed (pip install 'nas-distill[dashboard]')") from None
     from .reporting.dashboard import check_port_free, launch_dashboard
@@ -507,7 +507,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         from .errors import ConfigError
-
         from .store.classify import storage_error_text
         from .store.secrets import mask_url
 

@@ -35,12 +35,28 @@ from typing import Any, Mapping, Optional
 from . import checks
 from .errors import ConfigError
 from .search_section import SEARCH_KEYS, validate_search
-from .settings import (DistillStage, EvaluationSettings, FlashDistillationConfig, FlashSettings, Metric,
-                       ModelSection, StudySettings, TeacherCacheSettings, keys_of, settings_dict,
-                       study_name_error, validate_section)
+from .settings import (
+    DistillStage,
+    EvaluationSettings,
+    FlashDistillationConfig,
+    FlashSettings,
+    Metric,
+    ModelSection,
+    StudySettings,
+    TeacherCacheSettings,
+    keys_of,
+    settings_dict,
+    study_name_error,
+    validate_section,
+)
 from .stages import build_stages, plain, stage_section, stages_from_objects, stages_to_section
-from .vocabulary import FRAMEWORK_ALIASES, KNOWLEDGE_TRANSFER, LOWER_IS_BETTER_METRICS, REGULAR_DISTILLATION, \
-    STAGE_KINDS
+from .vocabulary import (
+    FRAMEWORK_ALIASES,
+    KNOWLEDGE_TRANSFER,
+    LOWER_IS_BETTER_METRICS,
+    REGULAR_DISTILLATION,
+    STAGE_KINDS,
+)
 from .yamlio import read_config_file
 
 __all__ = [

@@ -301,7 +301,7 @@ def parse_results_text(path: str | os.PathLike, search_space: Mapping[str, Seque
     end = lines.index(BEST_HEADER) if BEST_HEADER in lines else len(lines)
     keys = sorted(search_space)
     trials = []
-    for number, line in enumerate(l for l in lines[start:end] if l.strip()):
+    for number, line in enumerate(text for text in lines[start:end] if text.strip()):
         where = f"{path}: line {line!r:.80}"
         head, sep, params = line.rpartition(" Paras: ")
         arch_text, sep2, metrics_text = head.partition(": ")

@@ -22,19 +22,39 @@ import dataclasses
 import functools
 import json
 import typing
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema, create_model
-from pydantic import model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+)
 
 from . import checks
 from .checks import MAX_STUDY_NAME_LENGTH, study_name_error
 from .distill.mappings import LayerMapping
 from .errors import ConfigError
-from .vocabulary import (CACHE_DTYPES, DEFAULT_GRACE_PERIOD, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_TRIALS,
-                         DEFAULT_RUN_DIR, DEFAULT_SEED, DEFAULT_STUDY_NAME, DEFAULT_TRAIN_STEPS, FRAMEWORK_ALIASES, FRAMEWORKS, LOSS_TYPES, OPTIMIZERS)
+from .vocabulary import (
+    CACHE_DTYPES,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_MAX_TRIALS,
+    DEFAULT_RUN_DIR,
+    DEFAULT_SEED,
+    DEFAULT_STUDY_NAME,
+    DEFAULT_TRAIN_STEPS,
+    FRAMEWORK_ALIASES,
+    FRAMEWORKS,
+    LOSS_TYPES,
+    OPTIMIZERS,
+)
 
 __all__ = [
     "Metric", "FlashDistillationConfig", "DistillStage", "TeacherCacheSettings", "FlashSettings",

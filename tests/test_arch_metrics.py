@@ -263,10 +263,9 @@ DEMO_LATENCY_RANK_BOUND = 0.6
 def test_latency_predictor_on_held_out_demo_students(tmp_path):
     """60 of the demo's ViT students measured untrained by the pipeline; 40 fit, 20 predicted: the median
     held-out error and the rank correlation of predicted and measured latencies are within the bounds."""
-    from nas_distill.tasks import digits
-
     from _support.arch_metrics_task import config as task_config
     from nas_distill import AutoDistillation
+    from nas_distill.tasks import digits
 
     _, val, _ = digits.datasets()
     cfg = task_config(tmp_path, space=digits.STUDENT_SPACE)

@@ -182,7 +182,8 @@ def test_the_sweep_never_fails_a_trial_whose_owner_beat_after_its_read(tmp_path,
     for trial in (owner, dead):
         sm.Heartbeat(study, trial._trial_id).beat()
     time.sleep(2.2)
-    beats = stale.stale_trial_beats(store_of(study).storage, store_of(study).study_id, 1.0)  # what a sweep reads: both late
+    handle = store_of(study)
+    beats = stale.stale_trial_beats(handle.storage, handle.study_id, 1.0)  # what a sweep reads: both late
     assert set(beats) == {owner._trial_id, dead._trial_id}
     sm.Heartbeat(study, owner._trial_id).beat()  # the owner was alive after all
     reason = {"error_type": "WorkerLost"}

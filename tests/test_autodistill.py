@@ -298,7 +298,7 @@ def test_torch_mlp_students_on_digits(tmp_path):
     def train_func(model):
         torch.manual_seed(0)
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for step in range(30):
+        for _ in range(30):
             idx = torch.randint(0, len(x_tr), (64,))
             loss = torch.nn.functional.cross_entropy(model(x_tr[idx]), y_tr[idx])
             opt.zero_grad()
@@ -390,4 +390,5 @@ def test_missing_pieces_fail_the_trial_with_a_clear_reason(tmp_path):
     # its arch waits for the fixed setup, and is trained then
     agent.train_func = lambda m: None
     agent.search()
-    assert [t.state for t in agent.study.trials] == [TrialState.FAIL, TrialState.COMPLETE], [t.user_attrs for t in agent.study.trials]
+    trials = agent.study.trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], [t.user_attrs for t in trials]

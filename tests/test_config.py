@@ -14,6 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _support.config import KT, RD, SEARCH, SPACE
 from nas_distill import config as config_module
 from nas_distill.config import (
     AutoDistillationConfig,
@@ -26,13 +27,12 @@ from nas_distill.config import (
     TeacherCacheSettings,
 )
 from nas_distill.distill.mappings import LayerMapping
+from nas_distill.errors import ConfigError
 from nas_distill.search.algorithms import ALGORITHM_ALIASES
 from nas_distill.search_section import SEARCH_KEYS
 from nas_distill.settings import keys_of
 from nas_distill.stages import STAGE_KEYS
 from nas_distill.vocabulary import LOSS_ALIASES, OPTIMIZERS
-from _support.config import KT, RD, SEARCH, SPACE
-from nas_distill.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO_ROOT / "examples" / "seed_layout.yaml"
@@ -700,7 +700,7 @@ def test_the_json_schema_accepts_every_example_and_marks_what_the_loader_refuses
 
 
 def test_the_readme_config_reference_is_generated_from_the_settings():
-    from nas_distill.settings import keys_of, reference_table, EvaluationSettings, StudySettings
+    from nas_distill.settings import EvaluationSettings, StudySettings, keys_of, reference_table
 
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     start = readme.index("<!-- config-reference:")

@@ -28,7 +28,6 @@ from _support.torch_models import (  # noqa: E402
     save_and_load,
     vit_config,
 )
-
 from nas_distill.autodistill import AutoDistillation  # noqa: E402
 from nas_distill.builders import from_config  # noqa: E402
 from nas_distill.dryrun import check_dataset, dry_run, num_labels  # noqa: E402

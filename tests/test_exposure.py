@@ -26,9 +26,16 @@ from urllib.parse import urlsplit, urlunsplit
 import optuna
 import pytest
 import yaml
-from _support.common import (REPO_ROOT, free_port, listening_addresses, stop_server, task_config,
-                             wait_for_server_json, write_config)
 
+from _support.common import (
+    REPO_ROOT,
+    free_port,
+    listening_addresses,
+    stop_server,
+    task_config,
+    wait_for_server_json,
+    write_config,
+)
 from nas_distill.errors import ConfigError
 
 SECRET = "s3cret-" + "x9"  # spelled in two parts so the repository scan below never sees a literal

@@ -38,6 +38,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _support.config import KT, RD, SEARCH
 from nas_distill.autodistill import AutoDistillation
 from nas_distill.config import (
     AutoDistillationConfig,
@@ -48,7 +49,6 @@ from nas_distill.config import (
     StudySettings,
     TeacherCacheSettings,
 )
-from _support.config import KT, RD, SEARCH
 from nas_distill.errors import ConfigError
 
 # ----------------------------------------------------------------------------------- the valid base

@@ -16,8 +16,8 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from nas_distill.store import journal_lock
 from nas_distill import study as sm
+from nas_distill.store import journal_lock
 
 DIST = {"a": optuna.distributions.CategoricalDistribution([1, 2])}
 

@@ -25,7 +25,9 @@ from optuna.trial import TrialState
 
 from _support.common import free_port, task_config, write_config
 from nas_distill import study as sm
-from nas_distill.store import classify as classification, retry as storage_retry, stale
+from nas_distill.store import classify as classification
+from nas_distill.store import retry as storage_retry
+from nas_distill.store import stale
 
 OUTAGE_S = 20
 

@@ -210,7 +210,7 @@ def test_optuna_dashboard_lists_the_study_with_metric_names(tmp_path):
                 break
             except OSError:
                 if proc.poll() is not None:
-                    raise AssertionError(proc.stderr.read())
+                    raise AssertionError(proc.stderr.read()) from None
                 time.sleep(0.3)
         assert body is not None, "the dashboard never answered"
         studies = body["study_summaries"]

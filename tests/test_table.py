@@ -54,7 +54,7 @@ def parse_table(text: str) -> tuple[list[dict[str, str]], dict[str, str]]:
         spans = [m.span() for m in re.finditer(r"-+", rule)]
         ends = [a for a, _ in spans[1:]] + [None]
 
-        def cut(line: str) -> list[str]:
+        def cut(line: str, spans=spans, ends=ends) -> list[str]:
             return [line[a:end].strip() for (a, _), end in zip(spans, ends)]
 
         names = cut(header)

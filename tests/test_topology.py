@@ -26,8 +26,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from _support.common import (REPO_ROOT, free_port, get_json, stop_server, task_config, wait_for_server_json,
-                             write_config)
+from _support.common import REPO_ROOT, free_port, get_json, stop_server, task_config, wait_for_server_json, write_config
 
 WORKERS = 3
 MAX_TRIALS = 9

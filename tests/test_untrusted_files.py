@@ -24,9 +24,9 @@ import yaml
 
 from nas_distill.autodistill import AutoDistillation
 from nas_distill.config import AutoDistillationConfig
+from nas_distill.engines.students import extract_student
 from nas_distill.errors import ConfigError
 from nas_distill.results import read_results
-from nas_distill.engines.students import extract_student
 from nas_distill.workers import read_config_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

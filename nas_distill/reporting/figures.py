@@ -190,7 +190,8 @@ def importance_figure(data: StudyData):
     layout = dict(_LAYOUT)
     layout["height"] = max(320, 90 + 40 * len(params) * len(data.metrics))
     fig.update_layout(
-        title=_title("Parameter importance per objective", f"Optuna {optuna.__version__} default importance evaluator, normalised to sum 1"),
+        title=_title("Parameter importance per objective",
+                     f"Optuna {optuna.__version__} default importance evaluator, normalised to sum 1"),
         xaxis_title="importance (normalised, sum 1)", yaxis_title="architecture parameter",
         barmode="group", **layout,
     )

@@ -175,7 +175,7 @@ def render_text(columns: Sequence[Column], width: int | None = None) -> str:
     for b, block in enumerate(blocks):
         widths = [col_width(c, short) for c in block]
 
-        def line(cells: list[str]) -> str:
+        def line(cells: list[str], block=block, widths=widths) -> str:
             parts = [(_cut(t, w).rjust(w) if c.numeric else _cut(t, w).ljust(w))
                      for c, t, w in zip(block, cells, widths)]
             return _SEP.join(parts)[:width].rstrip()

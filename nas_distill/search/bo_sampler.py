@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from optuna.study import Study, StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from ..errors import SearchSpaceExhausted
 from .ehvi import expected_improvement_volume
@@ -300,7 +300,6 @@ class SpaceBOSampler(_ClaimingSampler):
 
 def _spread_order(n: int) -> list[int]:
     """0..n-1 in an order that covers the range early: middle, both ends, then midpoints between."""
-    order, pending = [], [(0, n - 1)]
     order = [n // 2, 0, n - 1] if n >= 3 else list(range(n))
     seen = set(order)
     spans = sorted(order)

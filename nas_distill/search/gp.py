@@ -1,10 +1,11 @@
 """A Gaussian process over architectures: Matern 5/2 on ordinal positions and categorical mismatches.
 
 Inputs are per-key values. An ordinal key (every value a number) enters as its value scaled to [0, 1]
-(log scale for positive values), so neighbouring sizes are near each other; a categorical key (strings, booleans, None, mixed)
-enters only as "same value or not" (a Hamming distance), since its order means nothing. The squared
-distance of two architectures is ``sum_d w_d delta_d^2`` with one inverse squared length scale ``w_d`` per
-key (ARD), and the kernel is ``s * matern52(distance) + noise * I`` on standardised targets.
+(log scale for positive values), so neighbouring sizes are near each other; a categorical key (strings,
+booleans, None, mixed) enters only as "same value or not" (a Hamming distance), since its order means
+nothing. The squared distance of two architectures is ``sum_d w_d delta_d^2`` with one inverse squared
+length scale ``w_d`` per key (ARD), and the kernel is ``s * matern52(distance) + noise * I`` on standardised
+targets.
 
 A degree-2 polynomial kernel on the centred ordinal inputs, ``poly * phi(x) . phi(x')`` with ``phi(x)`` =
 (1, every ``x_d - 0.5``, every product of two of them), is added: accuracy mostly grows with size, and

@@ -29,8 +29,9 @@ Claim protocol (Optuna has no atomic "claim a point"; trial numbers, however, ar
 
 Cost per suggestion: two reads of the study's trials and O(#trials) set work; never O(space size), so a
 10**9-point space costs no more than a 10-point one. Random search reads once while many points are free:
-its first round chooses from the previous claim's re-read (step 1 needs no fresh read; step 3 does). Random draws by rejection while less than half the
-space is held, and enumerates the free indices (then fewer than 2 x #trials) when more is.
+its first round chooses from the previous claim's re-read (step 1 needs no fresh read; step 3 does). Random
+draws by rejection while less than half the space is held, and enumerates the free indices (then fewer than
+2 x #trials) when more is.
 """
 
 from __future__ import annotations

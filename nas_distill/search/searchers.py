@@ -148,12 +148,14 @@ class Searcher:
         self._directions = _validate_directions(directions)
         self.sampler = self._resolve_sampler(sampler)
         self.storage = storage
-        self.study_name = study_name if study_name is not None else (DEFAULT_STUDY_NAME if storage is not None else None)
+        default_name = DEFAULT_STUDY_NAME if storage is not None else None
+        self.study_name = study_name if study_name is not None else default_name
         self._study = study
         if study is not None:
             study.sampler = self.sampler
             if self._directions is not None and list(study.directions) != self._directions:
-                raise ValueError(f"directions={_names(self._directions)} disagree with the study's {_names(study.directions)}")
+                raise ValueError(f"directions={_names(self._directions)} disagree with the study's "
+                                 f"{_names(study.directions)}")
         # In memory with unknown directions: fixed at the first feedback, rebuilding the study if needed.
         self._directions_open = study is None and storage is None and self._directions is None
         self.current_trial: Trial | None = None
@@ -167,7 +169,8 @@ class Searcher:
         if sampler is None:
             sampler = self._algorithm
         if not isinstance(sampler, (str, BaseSampler)):
-            raise ValueError(f"sampler must be an algorithm name {list(ALGORITHMS)} or an optuna sampler, got {sampler!r}")
+            raise ValueError(f"sampler must be an algorithm name {list(ALGORITHMS)} or an optuna sampler, "
+                             f"got {sampler!r}")
         return make_sampler(sampler, self.space, self.seed, **getattr(self, "model_hints", {}))
 
     # ------------------------------------------------------------------ the study
@@ -322,7 +325,8 @@ class Searcher:
         """Seed API: a value vector in sorted-key order -> architecture dict."""
         para_vec = list(para_vec)
         if len(para_vec) != len(self.space.keys):
-            raise ValueError(f"para_vec must have {len(self.space.keys)} values (keys {list(self.space.keys)}), got {para_vec!r}")
+            raise ValueError(f"para_vec must have {len(self.space.keys)} values (keys {list(self.space.keys)}), "
+                             f"got {para_vec!r}")
         return dict(zip(self.space.keys, para_vec))
 
     def indices2params_vec(self, indices: Sequence[int]) -> list[Any]:
@@ -331,7 +335,8 @@ class Searcher:
         return self.space.vector(self.space.index_of_indices(indices))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(keys={list(self.space.keys)}, size={len(self.space)}, sampler={type(self.sampler).__name__})"
+        return (f"{type(self).__name__}(keys={list(self.space.keys)}, size={len(self.space)}, "
+                f"sampler={type(self.sampler).__name__})")
 
 
 class GridSearcher(Searcher):

@@ -10,12 +10,11 @@ import threading
 import numpy as np
 import pytest
 
+from _support.flash import cache_entries, damage_cache_entry
+from _support.keras_models import digits, flash, mlp, stage
 from nas_distill.distill.keras import KerasFlashDistiller
 from nas_distill.distill.keras import cache as cache_mod
 from nas_distill.distill.keras.cache import read_entry
-
-from _support.flash import cache_entries, damage_cache_entry
-from _support.keras_models import digits, flash, mlp, stage
 
 KT = dict(name="kt", kind="knowledge_transfer", mappings=[("dense_1", "t_1"), ("dense_2", "t_2")], train_steps=3)
 STAGES = [stage(**KT), stage(train_steps=3, add_origin_loss=True, temperature=2.0)]

@@ -10,10 +10,9 @@ import keras
 import numpy as np
 import pytest
 
+from _support.keras_models import digits, flash, mlp, stage, weights_of
 from nas_distill.distill.keras import DistillationDiverged, KerasFlashDistiller
 from nas_distill.errors import ConfigError, InvalidArchitecture
-
-from _support.keras_models import digits, flash, mlp, stage, weights_of
 
 TEN = tuple([8] * 10)  # dense_1 ... dense_10: 'dense_1' is a prefix of 'dense_10'
 

@@ -8,11 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from _support.keras_models import mlp
 from nas_distill.config import EvaluationSettings
 from nas_distill.distill.keras.evaluate import evaluate
 from nas_distill.errors import ConfigError
-
-from _support.keras_models import mlp
 
 
 def test_accuracy_params_and_size_by_hand(eval_data):

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from _support.keras_models import digits, flash, mlp, stage
 from nas_distill.distill.keras import KerasFlashDistiller
 from nas_distill.distill.keras.losses import distillation_loss, task_loss
 from nas_distill.distill.losses_common import canonical_loss_type
-
-from _support.keras_models import digits, flash, mlp, stage
 
 LN3, LN2 = math.log(3.0), math.log(2.0)
 # Teacher probabilities (0.75, 0.25) vs student (0.5, 0.5):

@@ -14,9 +14,8 @@ import warnings
 import numpy as np
 import pytest
 
-from nas_distill.distill.keras import KerasFlashDistiller, evaluate
-
 from _support.keras_models import flash, mlp, stage
+from nas_distill.distill.keras import KerasFlashDistiller, evaluate
 
 WARMUP, TRIALS = 5, 25
 

@@ -8,9 +8,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from nas_distill import (AutoDistillation, AutoDistillationConfig, FlashDistillationConfig, Metric,
-                         SearchFailed)
 from _support.seed_compat import old_test_config
+from nas_distill import AutoDistillation, AutoDistillationConfig, FlashDistillationConfig, Metric, SearchFailed
 
 SPACE = {"a": [1, 2, 3], "b": ["x", "y"]}
 

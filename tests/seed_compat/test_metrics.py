@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from optuna.trial import TrialState
 from sklearn.metrics import f1_score
 
+from _support.seed_compat import VOCAB, Data, MaskedLMData, Net
 from nas_distill import AutoDistillation, ConfigError
 from nas_distill.config import EvaluationSettings
 from nas_distill.distill.torch.evaluate import evaluate
-from _support.seed_compat import VOCAB, Data, MaskedLMData, Net
 
 SPACE = {"width": [1, 2, 3]}
 

@@ -16,12 +16,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import transformers
 from optuna.trial import TrialState
 
-from nas_distill import AutoDistillation, Metric
-from nas_distill.study import artifact_store
 from _support.seed_compat import (
     SPACE,
     MaskedLMData,
@@ -32,6 +29,8 @@ from _support.seed_compat import (
     old_test_config,
     student_builder,
 )
+from nas_distill import AutoDistillation, Metric
+from nas_distill.study import artifact_store
 
 METRICS = [Metric(name="eval_loss", greater_is_better=False), Metric(name="latency", greater_is_better=False)]
 

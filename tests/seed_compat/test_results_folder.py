@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from nas_distill import AutoDistillation

@@ -12,9 +12,10 @@ import torch
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
+from _support.seed_compat import N_CLASSES, N_IN, Data, Net
 from nas_distill import AutoDistillation
 from nas_distill.study import artifact_store
-from _support.seed_compat import N_CLASSES, N_IN, Data, Net
+
 
 def oracle() -> Net:
     """A different, bigger model that gets every label right: what a train_func may hand back."""

@@ -4,10 +4,9 @@ import pytest
 import torch
 import transformers
 
+from _support.torch_models import bert_config, mobilebert_config, stage, vit_config
 from nas_distill.builders import apply_arch, check_layers, from_config
 from nas_distill.errors import InvalidArchitecture
-
-from _support.torch_models import bert_config, mobilebert_config, stage, vit_config
 
 
 def test_arch_keys_applied_to_a_copy():

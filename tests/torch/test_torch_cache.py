@@ -10,13 +10,20 @@ import numpy as np
 import pytest
 import torch
 
+from _support import torch_cache_worker
+from _support.flash import cache_entries, damage_cache_entry
+from _support.torch_models import (
+    ListDataset,
+    NoisyDataset,
+    flash,
+    make_image_examples,
+    save_and_load,
+    stage,
+    vit_config,
+)
 from nas_distill.distill.torch import FlashDistiller
 from nas_distill.distill.torch import cache as cache_mod
 from nas_distill.distill.torch.cache import read_entry, storage_dtype
-
-from _support import torch_cache_worker
-from _support.flash import cache_entries, damage_cache_entry
-from _support.torch_models import ListDataset, NoisyDataset, flash, make_image_examples, save_and_load, stage, vit_config
 
 KT = dict(name="kt", kind="knowledge_transfer",
           mappings=[("bert.encoder.layer.0", "bert.encoder.layer.1"), ("bert.encoder.layer.1",)],

@@ -6,9 +6,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nas_distill.distill.torch.data import CollatedData, LiveData, batch_indices, prepare_data
-
 from _support.torch_models import ListDataset, NoisyDataset, make_image_examples, make_text_examples
+from nas_distill.distill.torch.data import CollatedData, LiveData, batch_indices, prepare_data
 
 
 class FakeHFDataset:

@@ -6,12 +6,6 @@ import pytest
 import torch
 import transformers
 
-from nas_distill.builders import from_config
-from nas_distill.distill.torch import DistillationDiverged, FlashDistiller
-from nas_distill.distill.torch.distiller import in_block
-from nas_distill.errors import ConfigError, InvalidArchitecture
-from nas_distill.distill.torch.evaluate import evaluate
-
 from _support.torch_models import (
     ListDataset,
     bert_config,
@@ -23,6 +17,11 @@ from _support.torch_models import (
     stage,
     vit_config,
 )
+from nas_distill.builders import from_config
+from nas_distill.distill.torch import DistillationDiverged, FlashDistiller
+from nas_distill.distill.torch.distiller import in_block
+from nas_distill.distill.torch.evaluate import evaluate
+from nas_distill.errors import ConfigError, InvalidArchitecture
 
 
 def snapshot(model):

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
+from _support.torch_models import ListDataset
 from nas_distill.config import EvaluationSettings
 from nas_distill.distill.torch.evaluate import METRICS, evaluate, latency
-
-from _support.torch_models import ListDataset
 
 
 class FirstTokenClassifier(torch.nn.Module):

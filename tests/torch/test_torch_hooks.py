@@ -3,11 +3,10 @@
 import pytest
 import torch
 
+from _support.torch_models import SEQ, VOCAB
 from nas_distill.distill.mappings import parse_layer_mapping
 from nas_distill.distill.torch.hooks import OutputCapture
 from nas_distill.errors import InvalidArchitecture
-
-from _support.torch_models import VOCAB, SEQ
 
 
 @pytest.fixture(scope="module")

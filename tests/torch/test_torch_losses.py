@@ -5,10 +5,9 @@ import math
 import pytest
 import torch
 
+from _support.torch_models import stage
 from nas_distill.distill.torch.distiller import plan_stage
 from nas_distill.distill.torch.losses import canonical_loss_type, distillation_loss, task_loss
-
-from _support.torch_models import stage
 
 S = torch.tensor([[0.0, 0.0]])  # softmax = (1/2, 1/2)
 T = torch.tensor([[math.log(3.0), 0.0]])  # softmax = (3/4, 1/4)
