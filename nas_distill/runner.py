@@ -7,7 +7,7 @@ talks to the study (:mod:`nas_distill.distributed`).
 Per trial, in order:
 
 1. Sweep stale trials (dead workers) to FAIL; their archs come back as WAITING retries.
-2. Ask the searcher (``advisor``) for an architecture; the trial's heartbeat beats while the trial is
+2. Ask the searcher for an architecture; the trial's heartbeat beats while the trial is
    admitted and trained.
 3. Admit (:mod:`nas_distill.admission`). Budget: no trial is asked while every slot is held by a
    running trial; a trial trains only if fewer than ``max_trials`` counted trials come first; otherwise
@@ -210,7 +210,7 @@ class TrialRunner:
                 run_end.settle(self.store, self._sweep)
         if self._rank == 0:
             self.summary.study_complete, self.summary.budget_met = run_end.budget_met(
-                self.store, self.max_trials, getattr(self.ad.advisor, "space", None))
+                self.store, self.max_trials, getattr(self.ad.searcher, "space", None))
         else:
             self.summary.budget_met = True  # rank 0 alone talks to the study, and says how it ended
         self._report("done")
@@ -286,7 +286,7 @@ class TrialRunner:
                     if self._wait_for_others(f"search space exhausted ({exc})"):
                         continue
                     return None
-            return self.ad.advisor.current_trial, arch
+            return self.ad.searcher.current_trial, arch
 
     def _sweep(self) -> None:
         """Fail stale trials (dead workers), at most once per tenth of the grace period (at least 1 s
@@ -305,8 +305,8 @@ class TrialRunner:
         study = self.study
         if not self.store.all_trials(states=(TrialState.WAITING,)):
             return None
-        advisor = self.ad.advisor
-        space = getattr(advisor, "space", None)
+        searcher = self.ad.searcher
+        space = getattr(searcher, "space", None)
         with _no_heartbeat_warning():
             trial = study.ask()
         frozen = self.store.trial(trial_id(trial))
@@ -322,7 +322,7 @@ class TrialRunner:
         except BaseException:
             study.tell(trial, state=TrialState.FAIL)
             raise
-        advisor.current_trial = trial
+        searcher.current_trial = trial
         return {key: trial.params[key] for key in space.keys}
 
     def _wait_for_others(self, reason: str) -> bool:
@@ -350,7 +350,7 @@ class TrialRunner:
         waiting retry) or :data:`STOP` (budget spent); the last three tell the trial."""
         # The first check reuses the claim's read of the study (made after this trial existed and held
         # its point, so it sees every trial the budget rule must count); later ones read afresh.
-        take = getattr(getattr(self.ad.advisor, "sampler", None), "take_snapshot", None)
+        take = getattr(getattr(self.ad.searcher, "sampler", None), "take_snapshot", None)
         snapshot = take(trial.number) if callable(take) else None
         while True:
             place, trials = self.budget.place(self.store, trial.number, snapshot)
@@ -507,9 +507,9 @@ class TrialRunner:
         self.summary.discarded += 1
 
     def _tell(self, trial, values=None, state=None):
-        advisor = self.ad.advisor
-        if hasattr(advisor, "tell"):
-            return advisor.tell(trial, values, state)
+        searcher = self.ad.searcher
+        if hasattr(searcher, "tell"):
+            return searcher.tell(trial, values, state)
         return self.study.tell(trial, values, state)
 
     def _fail(self, trial, error_type: str, message: str, *, retry: bool, extra: dict | None = None) -> None:
