@@ -164,3 +164,40 @@ def test_dashboard_command_serves_a_journal_study(tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+def _open_at_barrier(url: str, barrier) -> None:
+    barrier.wait(timeout=60)
+    _open(url)  # an error here makes the exit code non-zero
+
+
+def test_processes_opening_a_fresh_sqlite_file_together_all_get_the_study(tmp_path):
+    """Each process runs Optuna's CREATE TABLE on the empty file; the losers of that race open again."""
+    import multiprocessing as mp
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    processes = [ctx.Process(target=_open_at_barrier, args=(url, barrier)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+        if process.is_alive():
+            process.kill()
+    assert [process.exitcode for process in processes] == [0] * 4
+    assert optuna.study.get_all_study_names(url) == ["s"]
+
+
+def test_only_a_schema_race_is_retried_when_opening():
+    import sqlalchemy.exc
+
+    from nas_distill.store.open import _schema_race
+
+    def error(cls, message):
+        return cls("CREATE TABLE studies", {}, Exception(message))
+
+    assert _schema_race(error(sqlalchemy.exc.OperationalError, "table studies already exists"))
+    assert _schema_race(error(sqlalchemy.exc.IntegrityError, 'duplicate key value violates unique constraint'))
+    assert not _schema_race(error(sqlalchemy.exc.OperationalError, "unable to open database file"))
+    assert not _schema_race(OSError("table studies already exists"))

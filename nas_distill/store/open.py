@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
+import tenacity
 from optuna.storages.journal import JournalFileBackend
 
 from ..checks import study_name_error
@@ -113,23 +112,30 @@ def _open_rdb(url: str, engine_kwargs: dict[str, Any], interval, grace, callback
     "table ... already exists" when processes open a fresh file together). Creating the schema is
     idempotent once it exists, so the losers open the storage again after a short random pause.
     """
-    for attempt in range(_SCHEMA_RACE_ATTEMPTS):
-        try:
-            return AtomicRDBStorage(
-                url,
-                engine_kwargs=dict(engine_kwargs),
-                heartbeat_interval=interval,
-                grace_period=grace,
-                heartbeat_stale_trial_callback=callback,
-                skip_table_creation=not create,
-            )
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
-            text = str(exc).lower()
-            racing = "already exists" in text or "duplicate key" in text or "unique" in text
-            if not racing or attempt == _SCHEMA_RACE_ATTEMPTS - 1:
-                raise
-            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
-    raise AssertionError("unreachable")  # pragma: no cover
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_schema_race),
+        stop=tenacity.stop_after_attempt(_SCHEMA_RACE_ATTEMPTS),
+        wait=tenacity.wait_random(0.05, 0.2) + tenacity.wait_incrementing(0.0, 0.1),
+        reraise=True,
+    )
+    return retrying(
+        AtomicRDBStorage,
+        url,
+        engine_kwargs=dict(engine_kwargs),
+        heartbeat_interval=interval,
+        grace_period=grace,
+        heartbeat_stale_trial_callback=callback,
+        skip_table_creation=not create,
+    )
+
+
+def _schema_race(exc: BaseException) -> bool:
+    """Whether opening failed only because another process created the same schema meanwhile."""
+    if not isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+                            sqlalchemy.exc.OperationalError)):
+        return False
+    text = str(exc).lower()
+    return "already exists" in text or "duplicate key" in text or "unique" in text
 
 
 def _tune_sqlite(storage) -> None:
