@@ -66,7 +66,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import math
@@ -142,7 +141,7 @@ NEGATION = 0.2
 
 def text_rows(n: int, seed: int) -> list[dict]:
     """Sentences of 4-8 filler words and three sentiment words, each negated by ``not`` with probability
-    0.4; label 1 when more of them are positive after negation."""
+    :data:`NEGATION`; label 1 when more of them are positive after negation."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
