@@ -206,11 +206,11 @@ def learning_curves_figure(data: StudyData):
         name, color, dash = curve_style(curve)
         end = "x" if curve.kind == "stopped" else "circle"
         fig.add_trace(go.Scatter(
-            x=curve.steps, y=curve.values, mode="lines+markers", name=name, legendgroup=name,
+            x=curve.steps, y=curve.values, mode="lines+markers", name=name, legendgroup=name, meta=curve.number,
             showlegend=name not in in_legend, line=dict(color=color, dash=dash, width=1.5),
             marker=dict(color=color, size=[7] * (len(curve.steps) - 1) + [10],
                         symbol=["circle"] * (len(curve.steps) - 1) + [end]),
-            hovertemplate=f"trial #{curve.number}<br>step %{{x}}<br>{metric.name} %{{y:.4g}}<extra></extra>",
+            hovertemplate=f"trial #%{{meta}}<br>step %{{x}}<br>{metric.name} %{{y:.4g}}<extra></extra>",
         ))
         in_legend.add(name)
     fig.update_layout(title=_title(f"Learning curves: {metric.described}", f"{data.study_name}: {CURVES_NOTE}"),
