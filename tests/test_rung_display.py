@@ -17,7 +17,6 @@ import wsgiref.util
 
 import numpy as np
 import optuna
-import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
@@ -50,26 +49,25 @@ def _plan(seed: int = 0) -> list[tuple[TrialState, dict, list[float] | None, dic
     archs = [{"width": w, "depth": d} for w in SPACE["width"] for d in SPACE["depth"]]
     plan = []
 
-    def add(state, values=None, rungs=None, **attrs):
+    def add(state, rungs=None, **attrs):
         arch = archs[len(plan)]
         latency = round(0.1 * arch["width"] + arch["depth"], 2)
         if rungs is not None:
             attrs["rungs"] = [_rung(rng, step, of, latency) for step, of in rungs]
-        if values is not None:
-            values = [round(float(rng.uniform(0.5, 0.95)), 3), latency]
+        values = [round(float(rng.uniform(0.5, 0.95)), 3), latency] if state == TrialState.COMPLETE else None
         plan.append((state, arch, values, attrs))
 
-    add(TrialState.COMPLETE, values=True, rungs=[(22, 200), (67, 200)])
+    add(TrialState.COMPLETE, rungs=[(22, 200), (67, 200)])
     add(TrialState.PRUNED, rungs=[(22, 200), (67, 200)], early_stop={"by": "pareto-asha", "step": 67, "of": 200})
     add(TrialState.PRUNED, rungs=[(20, 180)], early_stop={"by": "pareto-asha", "step": 20, "of": 180})
-    add(TrialState.COMPLETE, values=True)  # trained before pruning was switched on: no rung records
+    add(TrialState.COMPLETE)  # trained before pruning was switched on: no rung records
     add(TrialState.PRUNED, duplicate_of=1)
     add(TrialState.PRUNED, pruned_reason="lost the race for the last budget slot")
     add(TrialState.FAIL, rungs=[(22, 200)], error_type="RuntimeError", error="boom")
-    add(TrialState.COMPLETE, values=True, rungs=[(22, 200), (67, 200)])
-    add(TrialState.COMPLETE, values=True, rungs=[(22, 200), (67, 200)])
+    add(TrialState.COMPLETE, rungs=[(22, 200), (67, 200)])
+    add(TrialState.COMPLETE, rungs=[(22, 200), (67, 200)])
     add(TrialState.RUNNING, rungs=[(22, 200)])
-    for state, _, _, attrs in plan:
+    for *_, attrs in plan:
         if "early_stop" in attrs:
             stop = attrs["early_stop"]
             acc = attrs["rungs"][-1]["values"]["accuracy"]
@@ -183,6 +181,7 @@ def test_status_shows_the_rungs_the_stopped_trials_and_the_steps_saved(tmp_path,
     assert header.split()[-1] == "rungs"
     front = {t.number for t in study.best_trials}
     assert {int(r.split()[0]) for r in rows} == front
+    with_rungs = set()
     for row in rows:
         number = int(row.split()[0])
         cell = row[header.index("rungs"):]
@@ -190,6 +189,8 @@ def test_status_shows_the_rungs_the_stopped_trials_and_the_steps_saved(tmp_path,
         assert _rung_points(cell) == expected
         if not expected:
             assert cell.strip() == "-"
+        with_rungs.add(bool(expected))
+    assert with_rungs == {True, False}  # the front holds trials with and without rung records
 
     data = json.loads(_main(capsys, "status", *target, "--json"))
     assert data["stopped_early"] == sorted(stopped) and data["steps_saved"] == saved
