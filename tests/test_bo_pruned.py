@@ -221,3 +221,41 @@ def test_trials_without_rung_records_are_modelled_exactly_as_with_the_option_off
     study_on.sampler, study_off.sampler = on, off
     asked = [{k: t.suggest_categorical(k, v) for k, v in SPACE.items()} for t in (study_on.ask(), study_off.ask())]
     assert asked[0] == asked[1]
+
+
+def test_gp_fitted_on_some_points_is_a_map_optimum_of_those_and_conditions_on_all():
+    rng = np.random.default_rng(4)
+    x = np.column_stack([rng.integers(0, 4, 40) / 3.0, rng.integers(0, 4, 40) / 3.0, rng.integers(0, 2, 40)])
+    y = np.sin(3 * x[:, 0]) + x[:, 1] ** 2 + 0.2 * x[:, 2]
+    y[20:] += 0.3 * rng.standard_normal(20)  # the uncertain half
+    extra = np.where(np.arange(40) >= 20, 0.05, 0.0)
+    rows = np.arange(20)
+    model = gp.ArchGP(np.array([False, False, True])).fit(x, y, extra, fit_on=rows)
+    z, z_extra = (y - y.mean()) / y.std(), extra / y.std() ** 2
+    pairs = model._pairs(x, x)
+    some = (pairs[0][np.ix_(rows, rows)], pairs[1][np.ix_(rows, rows)])
+    # A stationary point of the posterior on the chosen rows, not of the one on all rows.
+    on_some = np.abs(gp._neg_log_posterior(model.params, some, z[rows], z_extra[rows])[1]).max()
+    on_all = np.abs(gp._neg_log_posterior(model.params, pairs, z, z_extra)[1]).max()
+    assert on_some < 1e-2 < on_all
+    # and the posterior conditions on every row: the closed form over all 40 points
+    cov = gp._kernel(model.params, pairs)[0] + np.diag(z_extra)
+    sq, products = model._pairs(x[25:30], x)
+    w, s, poly, _ = gp._unpack(model.params)
+    k_star = s * gp._matern52(sq @ w)[0] + poly * products
+    expected = y.mean() + y.std() * k_star @ np.linalg.solve(cov, z)
+    np.testing.assert_allclose(model.predict(x[25:30])[0], expected, rtol=1e-8, atol=1e-10)
+
+
+def test_many_stopped_trials_the_fit_takes_the_finished_and_the_least_uncertain_stopped_ones():
+    from nas_distill.search.bo_sampler import _MAP_POINTS, _map_points
+
+    variances = np.random.default_rng(0).uniform(0.01, 1.0, _MAP_POINTS)
+    assert _map_points(_MAP_POINTS // 2, variances[: _MAP_POINTS // 2]) is None  # few enough: all
+    n_complete = _MAP_POINTS - 30
+    rows = _map_points(n_complete, variances)
+    threshold = np.sort(variances)[29]
+    expected = list(range(n_complete)) + [n_complete + i for i in range(len(variances)) if variances[i] <= threshold]
+    assert rows.tolist() == expected
+    # more finished trials than the cap: all of them still, and no stopped one
+    assert _map_points(_MAP_POINTS + 5, variances).tolist() == list(range(_MAP_POINTS + 5))

@@ -49,6 +49,11 @@ from .space import SearchSpace
 
 __all__ = ["CandidateScores", "SpaceBOSampler"]
 
+# The GP's hyperparameter fit sees at most this many points once stopped trials join the data (every
+# finished trial always): a step of the fit costs O(n^3), and trials stopped early may outnumber the
+# finished ones several times; the posterior still conditions on all of them.
+_MAP_POINTS = 200
+
 
 @dataclass
 class CandidateScores:
@@ -322,14 +327,16 @@ class SpaceBOSampler(_ClaimingSampler):
             model = self._models.get(objective)
             if model is None or len(model.categorical) != len(categorical):
                 model = self._models[objective] = ArchGP(np.array(categorical))
-            x, y, noise = inputs_done, values[:, objective], None
+            x, y, noise, fit_on = inputs_done, values[:, objective], None, None
             if stopped is not None:
                 rows = ~np.isnan(stopped.targets[:, objective]) & ~np.isnan(inputs_stopped).any(axis=1)
                 if rows.any():
                     x = np.vstack([inputs_done, inputs_stopped[rows]])
                     y = np.concatenate([y, stopped.targets[rows, objective]])
-                    noise = np.concatenate([np.zeros(len(inputs_done)), stopped.variances[rows, objective]])
-            model.fit(x, y, noise)
+                    variances = stopped.variances[rows, objective]
+                    noise = np.concatenate([np.zeros(len(inputs_done)), variances])
+                    fit_on = _map_points(len(inputs_done), variances)
+            model.fit(x, y, noise, fit_on)
             mean[unknown, objective], sd[unknown, objective] = model.predict(inputs[unknown])
         return mean, sd
 
@@ -372,6 +379,17 @@ class _Stopped:
     digits: np.ndarray
     targets: np.ndarray
     variances: np.ndarray
+
+
+def _map_points(n_complete: int, variances: np.ndarray) -> np.ndarray | None:
+    """The rows the GP's hyperparameters are fitted on when stopped trials follow the ``n_complete``
+    finished ones: all while they number at most ``_MAP_POINTS``, else every finished trial and then the
+    stopped ones with the smallest variance (the latest rungs), up to ``_MAP_POINTS`` (None: all)."""
+    if n_complete + len(variances) <= _MAP_POINTS:
+        return None
+    extra = max(0, _MAP_POINTS - n_complete)
+    chosen = np.argsort(variances, kind="stable")[:extra]
+    return np.concatenate([np.arange(n_complete), n_complete + np.sort(chosen)])
 
 
 def _read_trials(study: Study) -> list[FrozenTrial]:

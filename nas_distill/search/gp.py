@@ -111,11 +111,15 @@ class ArchGP:
         return sq, _poly_features(a[:, ordinal]) @ _poly_features(b[:, ordinal]).T
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, x: np.ndarray, y: np.ndarray, noise: np.ndarray | None = None) -> "ArchGP":
+    def fit(self, x: np.ndarray, y: np.ndarray, noise: np.ndarray | None = None,
+            fit_on: np.ndarray | None = None) -> "ArchGP":
         """MAP fit on inputs ``x (n, dim)`` and targets ``y (n,)``; keeps the previous optimum as a start.
 
         ``noise``: a known variance per target, in the targets' units, on top of the fitted noise (0 for
-        a plain measurement); None: none.
+        a plain measurement); None: none. ``fit_on``: the indices of the points the hyperparameters are
+        fitted on (None: all); the posterior conditions on every point. Each step of the fit costs
+        O(n^3), conditioning once costs about one step: a caller with many uncertain points fits on the
+        reliable ones.
         """
         x = np.asarray(x, dtype=float)
         y = np.asarray(y, dtype=float)
@@ -124,6 +128,11 @@ class ArchGP:
         z = (y - self._mean) / self._scale
         extra = None if noise is None else np.asarray(noise, dtype=float) / self._scale**2
         pairs = self._pairs(x, x)
+        fit_pairs, fit_z, fit_extra = pairs, z, extra
+        if fit_on is not None:
+            rows = np.asarray(fit_on, dtype=np.int64)
+            fit_pairs = (pairs[0][np.ix_(rows, rows)], pairs[1][np.ix_(rows, rows)])
+            fit_z, fit_extra = z[rows], None if extra is None else extra[rows]
         dim = x.shape[1]
         bounds = [_BOUNDS_LOG_W] * dim + [_BOUNDS_LOG_S, _BOUNDS_LOG_POLY, _BOUNDS_LOG_NOISE]
         prior_mode = _prior_mode(dim)
@@ -131,13 +140,13 @@ class ArchGP:
         # The previous optimum moves little as points arrive; the prior's mode is tried too while data are
         # few (the posterior may have several modes then) and every _RESTART_EVERY fits after that.
         starts = [self.params] if warm else []
-        if not warm or len(y) < _FEW_POINTS or self._fits % _RESTART_EVERY == 0:
+        if not warm or len(fit_z) < _FEW_POINTS or self._fits % _RESTART_EVERY == 0:
             starts.append(prior_mode)
         self._fits += 1
         best = None
         for start in starts:
-            result = minimize(_neg_log_posterior, start, args=(pairs, z, extra), jac=True, method="L-BFGS-B",
-                              bounds=bounds, options={"maxiter": 200})
+            result = minimize(_neg_log_posterior, start, args=(fit_pairs, fit_z, fit_extra), jac=True,
+                              method="L-BFGS-B", bounds=bounds, options={"maxiter": 200})
             if best is None or result.fun < best.fun:
                 best = result
         self.params = best.x
