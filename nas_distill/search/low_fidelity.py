@@ -1,7 +1,8 @@
 """Trials the pruner stopped, as low-fidelity observations of their final values.
 
-A trial stopped at a rung (state PRUNED, user attrs ``early_stop`` and ``rungs``; docs/INTERNALS.md has
-the stored form) never reports final values, but its partial ones still say much about its architecture.
+A trial stopped at a rung (state PRUNED, user attrs ``early_stop`` and ``rungs``: a list in rung order of
+``{"step", "of", "values": {metric name: raw value}, "known": {...}}``) never reports final values, but its
+partial ones still say much about its architecture.
 Each trial that finished (COMPLETE, with ``rungs``) shows how far its values moved from a rung to the
 end of training: its *gain* at that rung, ``final - partial`` per objective in the higher-is-better form.
 For rung position ``k`` and objective ``j`` the gains of the finished trials give a mean ``g`` and a
