@@ -259,3 +259,19 @@ def test_many_stopped_trials_the_fit_takes_the_finished_and_the_least_uncertain_
     assert rows.tolist() == expected
     # more finished trials than the cap: all of them still, and no stopped one
     assert _map_points(_MAP_POINTS + 5, variances).tolist() == list(range(_MAP_POINTS + 5))
+
+
+def test_stopped_trials_the_model_can_use_count_toward_the_start_up_trials():
+    study = _study()
+    for arch, wobble in FINISHED[:3]:
+        final = _loss(arch)
+        partial = [{"loss": final + offset + w} for offset, w in zip(RUNG_OFFSETS, wobble)]
+        _add(study, arch, TrialState.COMPLETE, [final, _latency(arch)], {"rungs": _rungs(partial)})
+    for arch, partial in STOPPED:
+        _add(study, arch, TrialState.PRUNED, None, {"rungs": _rungs(partial), "early_stop": {"by": "pareto-asha"}})
+    # 3 finished + 2 stopped observations reach the 5 start-up observations; 3 finished alone do not.
+    on = SpaceBOSampler(SPACE, seed=0, known_objectives=_known, n_startup_trials=5)
+    off = SpaceBOSampler(SPACE, seed=0, known_objectives=_known, n_startup_trials=5, use_stopped_trials=False)
+    assert len(on.stopped_observations(study)) == 2
+    assert on.score_candidates(study).gain is not None
+    assert off.score_candidates(study).gain is None

@@ -15,11 +15,12 @@ Each suggestion
     2. Candidates: every point of the space when it has at most ``enumerate_up_to`` points; otherwise a
        fresh uniform sample of ``n_candidates`` points plus every one-key change of the points on the
        current front, so a space of 1e9 points costs what one of 1e4 does.
-    3. Before ``n_startup_trials`` COMPLETE trials: a random free candidate. Then one GP per objective
-       that some candidate does not know (targets in the higher-is-better sign, whatever the study's
-       direction); the front is the COMPLETE trials' values plus, for trials other workers are running,
-       their known values or the GP means (a "kriging believer", so parallel workers spread out); the
-       reference point lies 10% of each objective's range below its worst value seen.
+    3. Before ``n_startup_trials`` observations (COMPLETE trials, and stopped ones the model can use): a
+       random free candidate. Then one GP per objective that some candidate does not know (targets in
+       the higher-is-better sign, whatever the study's direction); the front is the COMPLETE trials'
+       values plus, for trials other workers are running, their known values or the GP means (a
+       "kriging believer", so parallel workers spread out); the reference point lies 10% of each
+       objective's range below its worst value seen.
     4. The claim protocol makes the choice unique: a point another worker claimed meanwhile is held at
        the re-read, and the next round chooses again without it.
 
@@ -78,7 +79,8 @@ class SpaceBOSampler(_ClaimingSampler):
         known_objectives: ``fn(arch) -> {objective index: value}``, higher is better; see the module doc.
         canonical_arch: ``key(arch) -> hashable``; archs with one key are one architecture.
         cost: ``fn(arch) -> predicted trial cost > 0``; the improvement is divided by it.
-        n_startup_trials: COMPLETE trials drawn at random before the model is used.
+        n_startup_trials: observations (COMPLETE trials, and stopped ones the model can use) drawn at
+            random before the model is used.
         enumerate_up_to: spaces of at most this many points are scored whole at every suggestion.
         n_candidates: the fresh sample per suggestion for larger spaces.
         use_stopped_trials: fit the model on the partial values of trials the pruner stopped too (see
@@ -144,12 +146,14 @@ class SpaceBOSampler(_ClaimingSampler):
         digits_done = self._digits([i for i, _ in complete])
         candidates = self._free_candidates(held, rng, digits_done, values)
         self.last_candidate_count = len(candidates)
-        if len(complete) < self._n_startup:
-            return CandidateScores(candidates, startup_position=len(complete) + len(pending))
+        stopped = self._stopped(study, trials)
+        n_stopped = 0 if stopped is None else len(stopped.digits)
+        if len(complete) + n_stopped < self._n_startup:
+            return CandidateScores(candidates, startup_position=len(complete) + len(pending) + n_stopped)
         # Candidates and the points other workers are running share one posterior.
         pool = self._digits(list(candidates) + pending)
         archs = [self._point(d) for d in pool]
-        mean, sd = self._posterior(archs, pool, digits_done, values, self._stopped(study, trials))
+        mean, sd = self._posterior(archs, pool, digits_done, values, stopped)
         n = len(candidates)
         front = np.vstack([values, mean[n:]])
         mean, sd, archs = mean[:n], sd[:n], archs[:n]
