@@ -231,6 +231,8 @@ def test_learning_curves_hold_exactly_the_rung_points(tmp_path):
     for number, trace in traces.items():
         assert (trace.line.dash == "dash") == (number in stopped)
         assert (list(trace.marker.symbol)[-1] == "x") == (number in stopped)
+        hover = " ".join(trace.hovertemplate.replace("<br>", " ").split())
+        assert (number in stopped) == (f"stopped early: {stopped.get(number, {}).get('reason')}" in hover)
     assert figure.layout.xaxis.title.text == "training step"
     assert figure.layout.yaxis.title.text == "accuracy (fraction)"
 

@@ -101,6 +101,8 @@ class Curve:
     steps: list[int]
     values: list[float]
     pareto: bool = False
+    #: Why the pruner stopped it (``"stopped"`` curves), else None.
+    reason: str | None = None
 
 
 def curve_metric(records: StudyRecords) -> MetricInfo | None:
@@ -130,7 +132,8 @@ def learning_curves(records: StudyRecords) -> tuple[MetricInfo | None, list[Curv
         if t.complete and index is not None:
             points.append((t.rungs[-1].of, t.values[index]))
         kind = "complete" if t.complete else "stopped" if t.stopped_early else "other"
-        curves.append(Curve(t.number, kind, [s for s, _ in points], [v for _, v in points], t.pareto))
+        reason = t.early_stop.reason if t.stopped_early else None
+        curves.append(Curve(t.number, kind, [s for s, _ in points], [v for _, v in points], t.pareto, reason))
     return metric, curves
 
 

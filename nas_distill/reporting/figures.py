@@ -193,6 +193,17 @@ def curve_style(curve: Curve) -> tuple[str, str, str]:
     return _CURVE_KINDS[curve.kind]
 
 
+def _stop_note(curve: Curve) -> str:
+    """The pruner's reason under a stopped trial's hover text, wrapped (plotly's hover is one line)."""
+    if curve.reason is None:
+        return ""
+    import html
+    import textwrap
+
+    lines = textwrap.wrap("stopped early: " + curve.reason, 60)
+    return "".join("<br>" + html.escape(line) for line in lines)
+
+
 def learning_curves_figure(data: StudyData):
     """The learning curves of every trial with rung records; ``None`` when no trial has any."""
     metric, curves = learning_curves(data)
@@ -210,7 +221,8 @@ def learning_curves_figure(data: StudyData):
             showlegend=name not in in_legend, line=dict(color=color, dash=dash, width=1.5),
             marker=dict(color=color, size=[7] * (len(curve.steps) - 1) + [10],
                         symbol=["circle"] * (len(curve.steps) - 1) + [end]),
-            hovertemplate=f"trial #%{{meta}}<br>step %{{x}}<br>{metric.name} %{{y:.4g}}<extra></extra>",
+            hovertemplate=f"trial #%{{meta}}<br>step %{{x}}<br>{metric.name} %{{y:.4g}}{_stop_note(curve)}"
+                          "<extra></extra>",
         ))
         in_legend.add(name)
     fig.update_layout(title=_title(f"Learning curves: {metric.described}", f"{data.study_name}: {CURVES_NOTE}"),
