@@ -19,9 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-PARETO_ASHA = "pareto-asha"
-NO_PRUNER = "none"
-PRUNERS = (PARETO_ASHA, NO_PRUNER)
+from nas_distill.vocabulary import NO_PRUNER, PARETO_ASHA, PRUNERS  # noqa: F401 - the pruner's names
 
 
 @dataclass(frozen=True)
