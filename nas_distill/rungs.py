@@ -11,7 +11,8 @@ user attr ``rungs``, one entry per rung reached, in order::
 
 ``values``: the metrics as measured (not sign-flipped); ``known``: the arch's architecture metrics as the
 pruner compared them (``{}`` when no objective is one). A trial the pruner stops ends PRUNED, without
-values, with the user attr ``early_stop``: ``{"by": "pareto-asha", "step": 200, "of": 600, "reason": ...}``.
+values, with the user attr ``early_stop``: ``{"by": "pareto-asha", "step": 200, "of": 600, "reason": ...,
+"compared_with": [trial numbers whose records at that rung it was compared with]}``.
 Every worker decides from what the study holds at that moment (the rung records of every trial, whatever
 its state), so no worker waits for a rung to fill.
 """
@@ -35,9 +36,10 @@ EARLY_STOP_ATTR = "early_stop"
 class StoppedEarly(NasDistillError):
     """The pruner stopped a student at a rung; the trial is recorded PRUNED with ``early_stop``."""
 
-    def __init__(self, step: int, of: int, reason: str):
+    def __init__(self, step: int, of: int, reason: str, compared_with: Sequence[int] = ()):
         super().__init__(f"stopped early at step {step} of {of}: {reason}")
-        self.record = {"by": PARETO_ASHA, "step": int(step), "of": int(of), "reason": reason}
+        self.record = {"by": PARETO_ASHA, "step": int(step), "of": int(of), "reason": reason,
+                       "compared_with": sorted(int(n) for n in compared_with)}
 
 
 def pruning_on(conf: Any) -> bool:
@@ -107,18 +109,20 @@ class RungMonitor:
         known = self._known_values()
         self.records.append({"step": done, "of": total, "values": values, "known": known})
         self.store.set_user_attrs(trial_id(self.trial), {RUNGS_ATTR: self.records})
-        decision = self.decide(done, total, values, known)
+        decision, others = self.decide(done, total, values, known)
         log.info("trial %d, step %d of %d: %s; %s", self.trial.number, done, total,
                  ", ".join(f"{k} {v:.4g}" for k, v in values.items()), decision.reason)
         if not decision.keep:
-            raise StoppedEarly(done, total, decision.reason)
+            raise StoppedEarly(done, total, decision.reason, [r.number for r in others])
 
-    def decide(self, step: int, of: int, values: Mapping[str, float], known: Mapping[str, float]) -> Decision:
+    def decide(self, step: int, of: int, values: Mapping[str, float],
+               known: Mapping[str, float]) -> tuple[Decision, list[RungResult]]:
+        """The pruner's decision from the rung records the study holds now, and the records compared."""
         own = RungResult(self.trial.number, minimize_form(self.partial_names, values, self.higher),
                          minimize_form(self.known_names, known, self.higher))
         others = [r for r in results_at(self.store.all_trials(), step, of, self.partial_names, self.known_names,
                                         self.higher) if r.number != own.number]
-        return decide(own, others, self.eta)
+        return decide(own, others, self.eta), others
 
     def _partial_values(self) -> dict[str, float]:
         measured = self.ad._evaluate(self.model, self.partial_names, data=self.ad.rung_data())
