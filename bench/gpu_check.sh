@@ -97,7 +97,7 @@ fi
 
 # ---- the GPU tests
 failed=0
-timeout 240 "$PY" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -rs \
+timeout 180 "$PY" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -rs \
     --junitxml=/tmp/gpu_check.xml >"$LOGS/gpu_check-pytest.log" 2>&1
 pytest_rc=$?
 tail -n 15 "$LOGS/gpu_check-pytest.log"
@@ -117,7 +117,7 @@ if [ "$pytest_rc" -ne 0 ] || [ "$failures" -ne 0 ] || [ "$skipped" -ne 0 ] || [ 
 fi
 
 # ---- the flash-distillation speed table on the GPU (short: 10 steps x 3 rounds)
-timeout 150 "$PY" bench/flash_speed.py --engine torch --device cuda --steps 10 --rounds 3 \
+timeout 100 "$PY" bench/flash_speed.py --engine torch --device cuda --steps 10 --rounds 3 \
     >"$LOGS/gpu_check-flash_speed.log" 2>&1
 bench_rc=$?
 tail -n 8 "$LOGS/gpu_check-flash_speed.log"
