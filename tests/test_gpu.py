@@ -243,41 +243,26 @@ def test_latency_on_cuda_waits_for_the_gpu():
 
 
 # ------------------------------------------------------------------------------------------ a search
-class DigitsNet(torch.nn.Module):
-    def __init__(self, hidden: int):
-        super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
-
-    def forward(self, x):
-        return self.body(x)
-
-
-class DigitsData:
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "labels": self.y[i]}
+def digits_mlp(hidden: int) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, hidden), torch.nn.ReLU(),
+                               torch.nn.Linear(hidden, 10))
 
 
 def test_search_on_cuda_end_to_end(tmp_path):
     from optuna.trial import TrialState
-    from sklearn.datasets import load_digits
 
     from nas_distill import AutoDistillation
+    from nas_distill.tasks.digits import load_splits
 
-    digits = load_digits()
-    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(digits.target, dtype=torch.long)
-    x_tr, y_tr, x_te, y_te = x[:1400], y[:1400], x[1400:], y[1400:]
+    s = load_splits()
+    # nn.Sequential's forward takes `input`: the field the engine passes by name
+    train = ListDataset([{"input": x, "labels": y} for x, y in zip(s.x_train, s.y_train)])
+    val = ListDataset([{"input": x, "labels": y} for x, y in zip(s.x_val, s.y_val)])
     torch.manual_seed(0)
-    teacher = DigitsNet(64).cuda()
+    teacher = digits_mlp(64).cuda()
     opt = torch.optim.Adam(teacher.parameters(), lr=1e-2)
     for _ in range(150):
-        loss = torch.nn.functional.cross_entropy(teacher(x_tr.cuda()), y_tr.cuda())
+        loss = torch.nn.functional.cross_entropy(teacher(s.x_train.cuda()), s.y_train.cuda())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -295,10 +280,9 @@ def test_search_on_cuda_end_to_end(tmp_path):
             "study": {"run_dir": str(run_dir), "study_name": "gpu"},
         },
     }
-    agent = AutoDistillation(lambda arch: DigitsNet(arch["hidden"]), conf)
+    agent = AutoDistillation(lambda arch: digits_mlp(arch["hidden"]), conf)
     agent.teacher_model = teacher
-    agent.train_dataset = DigitsData(x_tr, y_tr)
-    agent.eval_dataset = DigitsData(x_te, y_te)
+    agent.train_dataset, agent.eval_dataset = train, val
     agent.search()
     complete = [t for t in agent.study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 2, [t.user_attrs.get("error") for t in agent.study.trials]
