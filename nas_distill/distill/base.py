@@ -21,7 +21,7 @@ from nas_distill.distill import cache_store
 from nas_distill.distill.plans import StagePlan, default_stage, plan_stage
 from nas_distill.distill.results import DistillationDiverged, DistillResult, StageResult, stage_result
 from nas_distill.errors import ConfigError
-from nas_distill.vocabulary import OPTIMIZERS
+from nas_distill.vocabulary import KNOWLEDGE_TRANSFER, OPTIMIZERS
 
 
 def optimizer_key(name: Any) -> str:
@@ -81,6 +81,11 @@ class FlashDistillerBase:
         #: Called before every training step when set (the pipeline pauses there while a latency is
         #: being measured on the machine).
         self.before_step: Optional[Callable[[], None]] = None
+        #: Called after every training step with ``(steps done, steps of the trial)``, counted over every
+        #: stage (the pipeline evaluates the student at its rungs there; see :meth:`rung_steps`). What it
+        #: raises ends the trial's training; the student is in training mode when it is called.
+        self.after_step: Optional[Callable[[int, int], None]] = None
+        self._steps_done = 0
         self.cache_dir = cache_dir if cache_dir is not None else settings.teacher_cache.dir
         raw_stages = list(stages if stages is not None else settings.stages) or [default_stage()]
         self.plans = [plan_stage(s) for s in raw_stages]
@@ -164,6 +169,30 @@ class FlashDistillerBase:
             if self.before_step is not None:
                 self.before_step()
             yield step, idx
+            self._steps_done += 1
+            if self.after_step is not None:
+                self.after_step(self._steps_done, self.total_steps)
+
+    @property
+    def total_steps(self) -> int:
+        """The training steps of one trial, every stage included."""
+        return sum(plan.train_steps for plan in self.plans)
+
+    def rung_steps(self, fractions: Sequence[float]) -> list[int]:
+        """The steps (counted over every stage) at which a trial is evaluated part-way: each fraction of
+        the regular-distillation steps, after every knowledge-transfer stage. A student's predictions
+        mean nothing before its output layer has trained on the task, so no rung falls in knowledge
+        transfer; a trial of knowledge transfer alone places its rungs over all its steps."""
+        first = 0
+        for plan in self.plans:
+            if plan.kind != KNOWLEDGE_TRANSFER:
+                break
+            first += plan.train_steps
+        if first == self.total_steps:
+            first = 0
+        span = self.total_steps - first
+        steps = {first + min(max(1, round(f * span)), span - 1) for f in fractions if span > 1}
+        return sorted(steps)
 
     def distill(self, student: Any, seed: int = 0) -> DistillResult:
         """Train ``student`` in place through every stage; returns timings and final losses.
@@ -173,6 +202,7 @@ class FlashDistillerBase:
         mapped layer or block, or cannot be matched to the teacher.
         """
         self.prepare()
+        self._steps_done = 0
         trial = self._begin_trial(student, int(seed))
         result = DistillResult(teacher_cache=self.cache_status)
         start = time.perf_counter()

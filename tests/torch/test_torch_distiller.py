@@ -258,3 +258,41 @@ def test_block_that_cannot_affect_the_loss_is_reported(bert_teacher, text_data):
                mappings=[("bert.encoder.layer.0",)], train_steps=1)
     with pytest.raises(InvalidArchitecture, match="does not depend on any trainable parameter"):
         FlashDistiller(bert_teacher, text_data, flash([st])).distill(student)
+
+
+def test_after_step_counts_every_stage_and_an_evaluation_there_changes_nothing(bert_teacher, text_data):
+    """The pipeline evaluates a student at its rungs from ``after_step``, in the middle of a stage whose
+    capture hooks stop the student's forward early: that evaluation must see the whole forward, and the
+    training must end exactly as without it."""
+    kt = stage("kt", "knowledge_transfer", block_names=["bert.encoder.layer.0"],
+               mappings=[("bert.encoder.layer.0", "bert.encoder.layer.0")], train_steps=4)
+    rd = stage("rd", "regular_distillation", train_steps=5)
+    settings = flash([kt, rd], learning_rate=1e-2)
+
+    def trained(hook):
+        torch.manual_seed(0)
+        student = transformers.BertForSequenceClassification(bert_config(num_hidden_layers=2))
+        d = FlashDistiller(bert_teacher, text_data, settings)
+        d.after_step = hook(student) if hook else None
+        d.distill(student, seed=3)
+        return d, student
+
+    calls, accuracies = [], []
+
+    def evaluating(student):
+        def hook(done, total):
+            calls.append((done, total))
+            if done in (2, 6):  # one mid knowledge transfer, one mid regular distillation
+                accuracies.append(evaluate(student, text_data, ["accuracy"])["accuracy"])
+                student.train()
+        return hook
+
+    d, with_hook = trained(evaluating)
+    _, without = trained(None)
+    assert calls == [(i, 9) for i in range(1, 10)]
+    assert len(accuracies) == 2 and all(0.0 <= a <= 1.0 for a in accuracies)
+    for (name, a), (_, b) in zip(with_hook.named_parameters(), without.named_parameters()):
+        assert torch.equal(a, b), name
+    # Rungs fall in regular distillation only: 1/9 and 1/3 of its 5 steps, after the 4 of knowledge transfer.
+    assert d.total_steps == 9
+    assert d.rung_steps([1 / 9, 1 / 3]) == [5, 6]

@@ -299,9 +299,9 @@ class FlashDistiller(FlashDistillerBase):
         t0 = time.perf_counter()
         with _train_only(student, plan.block_names) as trainable, \
                 OutputCapture(student, plan.student_layers, "student",
-                              stop_early=not student_needs_logits) as student_caps, \
+                              stop_early=not student_needs_logits, only_in_run=True) as student_caps, \
                 OutputCapture(self.teacher, live_layers, "teacher",
-                              stop_early=None not in live_keys) as teacher_caps:
+                              stop_early=None not in live_keys, only_in_run=True) as teacher_caps:
             optimizer = make_optimizer(s.optimizer, trainable + list(matchers.parameters()),
                                        float(s.learning_rate), float(s.weight_decay))
             matchers.on_new_parameters = lambda ps: optimizer.add_param_group({"params": ps})

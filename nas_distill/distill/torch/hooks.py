@@ -44,11 +44,15 @@ class OutputCapture:
     """
 
     def __init__(self, model: torch.nn.Module, names: Iterable[str], role: str = "model",
-                 stop_early: bool = False):
+                 stop_early: bool = False, only_in_run: bool = False):
         self.outputs: dict[str, Any] = {}
         self._handles = []
         self._wanted = len(set(names))
         self.stop_early = stop_early and self._wanted > 0
+        # only_in_run: the hooks act only inside run(), so that another forward while they are installed
+        # (the pipeline evaluating the student at a rung, mid-stage) is neither captured nor stopped.
+        self.only_in_run = only_in_run
+        self._running = False
         for name, module in resolve_modules(model, sorted(set(names)), role).items():
             self._handles.append(module.register_forward_hook(self._make_hook(name)))
 
@@ -56,6 +60,8 @@ class OutputCapture:
         outputs = self.outputs
 
         def hook(module, args, output):
+            if self.only_in_run and not self._running:
+                return
             outputs[name] = output
             if self.stop_early and len(outputs) == self._wanted:
                 raise StopForward
@@ -64,10 +70,13 @@ class OutputCapture:
 
     def run(self, fn, *args, **kwargs) -> Any:
         """``fn(*args, **kwargs)``; ``None`` when the forward was stopped early (outputs are captured)."""
+        self._running = True
         try:
             return fn(*args, **kwargs)
         except StopForward:
             return None
+        finally:
+            self._running = False
 
     def get(self, name: str, output: Output = None) -> torch.Tensor:
         if name not in self.outputs:

@@ -1,0 +1,111 @@
+"""Pareto-aware successive halving: whether a student, evaluated part-way through its training, goes on.
+
+A generic pruner compares a trial's partial accuracy with every other trial's. In distillation that
+punishes the small, fast students: they learn slower and always trail the large ones early, yet they are
+exactly the ones the front needs. Here a student is compared only with its *peers*, the students whose
+architecture metrics (latency, size: known before any training) are no better than its own. A student
+goes on when it ranks in the top ``1/eta`` of its peers at that rung (asynchronous successive halving,
+per speed class), or when nothing at the rung dominates it in the joint space (partial values and known
+metrics), so a student on the current front is never stopped.
+
+Every value is in *minimize form* (a maximized metric enters negated). The decision is a function of its
+inputs alone: every worker reading the same study decides the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+PARETO_ASHA = "pareto-asha"
+NO_PRUNER = "none"
+PRUNERS = (PARETO_ASHA, NO_PRUNER)
+
+
+@dataclass(frozen=True)
+class RungResult:
+    """One trial at one rung."""
+
+    #: the trial's number: among equal values the lower number ranks first
+    number: int
+    #: the expensive objectives measured at this rung, minimize form
+    partial: tuple[float, ...]
+    #: the objectives fixed by the architecture, minimize form (may be empty)
+    known: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Decision:
+    keep: bool
+    reason: str
+
+
+def default_fractions(eta: int) -> list[float]:
+    """The rungs of a reduction factor: ``1/eta^2`` and ``1/eta`` of the step budget."""
+    return [1.0 / eta**2, 1.0 / eta]
+
+
+def rung_steps(total_steps: int, fractions: Sequence[float]) -> list[int]:
+    """The training steps at which a trial of ``total_steps`` is evaluated: each fraction's step, at least
+    1, below the end (the end is the trial's own evaluation), without repeats."""
+    steps = sorted({min(max(1, round(f * total_steps)), total_steps - 1) for f in fractions})
+    return [s for s in steps if 0 < s < total_steps]
+
+
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """``a`` is no worse than ``b`` everywhere and better somewhere (minimize form)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return bool(np.all(a <= b) and np.any(a < b))
+
+
+def _ranks(points: np.ndarray) -> np.ndarray:
+    """Non-dominated sorting rank of each row (0 = the front), minimize form."""
+    n = len(points)
+    ranks = np.full(n, -1)
+    remaining = np.arange(n)
+    level = 0
+    while remaining.size:
+        sub = points[remaining]
+        front = [i for i in range(len(sub))
+                 if not any(dominates(sub[j], sub[i]) for j in range(len(sub)) if j != i)]
+        ranks[remaining[front]] = level
+        remaining = np.delete(remaining, front)
+        level += 1
+    return ranks
+
+
+def _order(results: Sequence[RungResult]) -> list[RungResult]:
+    """``results`` best first: by value for one expensive objective, else by non-dominated rank, then by
+    the sum of values; the trial number breaks ties."""
+    points = np.array([r.partial for r in results], float)
+    if points.shape[1] == 1:
+        keys = [(p[0], r.number) for p, r in zip(points, results)]
+    else:
+        ranks = _ranks(points)
+        keys = [(rank, float(p.sum()), r.number) for rank, p, r in zip(ranks, points, results)]
+    return [r for _, r in sorted(zip(keys, results), key=lambda kr: kr[0])]
+
+
+def _at_least_as_slow(other: RungResult, own: RungResult) -> bool:
+    return all(o >= s for o, s in zip(other.known, own.known))
+
+
+def decide(own: RungResult, others: Sequence[RungResult], eta: int) -> Decision:
+    """Whether ``own`` trains on past this rung, given the ``others`` evaluated at the same rung."""
+    joint_own = own.partial + own.known
+    dominating = sum(1 for o in others if dominates(o.partial + o.known, joint_own))
+    peers = [own] + [o for o in others if _at_least_as_slow(o, own)]
+    kind = "trials at this rung" if not own.known else "trials at this rung at least as slow"
+    if len(peers) < eta:
+        return Decision(True, f"only {len(peers)} of the {kind} (own included): too few to compare")
+    keep = max(1, len(peers) // eta)
+    place = _order(peers).index(own) + 1
+    if place <= keep:
+        return Decision(True, f"ranks {place} of the {len(peers)} {kind}: in the top 1/{eta}")
+    if dominating == 0:
+        return Decision(True, f"ranks {place} of the {len(peers)} {kind}, but no trial at this rung "
+                              f"dominates it")
+    return Decision(False, f"ranks {place} of the {len(peers)} {kind} (the top 1/{eta} is {keep}), and "
+                           f"{dominating} trial{'s' if dominating > 1 else ''} at this rung dominate it")

@@ -1,0 +1,107 @@
+"""The Pareto-aware successive-halving rule (nas_distill/search/pruner.py), on hand-made rung results."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from nas_distill.search.pruner import RungResult, decide, default_fractions, dominates, rung_steps
+
+
+def result(number, accuracy, latency=None):
+    """A trial at a rung, in minimize form: accuracy negated; latency as it is."""
+    return RungResult(number, (-accuracy,), () if latency is None else (latency,))
+
+
+def test_a_dominated_slow_student_is_pruned_and_a_fast_one_at_the_same_accuracy_is_not():
+    # Six students at the rung: three fast (1 ms) and three slow (5 ms) ones, the slow ones learning faster.
+    others = [result(0, 0.80, 5.0), result(1, 0.78, 5.0), result(2, 0.76, 5.0),
+              result(3, 0.50, 1.0), result(4, 0.48, 1.0), result(5, 0.47, 1.0)]
+    slow = result(10, 0.55, 5.0)
+    fast = result(11, 0.55, 1.0)
+    slow_decision = decide(slow, others, eta=3)
+    fast_decision = decide(fast, others, eta=3)
+    assert not slow_decision.keep
+    assert "dominate" in slow_decision.reason
+    # The fast student has the best accuracy among the students at least as fast as... none are faster:
+    # every other is at least as slow, and it ranks 4th of 7 by accuracy, but nothing dominates it.
+    assert fast_decision.keep
+
+
+def test_a_fast_student_is_compared_only_with_students_at_least_as_slow():
+    # Everything slower is far more accurate: a plain ASHA would stop the fast student.
+    others = [result(i, 0.9 + i / 100, 10.0) for i in range(6)]
+    fast = result(9, 0.3, 0.5)
+    assert decide(fast, others, eta=3).keep
+    # A slow student as weak as the fast one is stopped: six peers, top 1/3 is 2, and dominated.
+    slow = result(9, 0.3, 10.0)
+    assert not decide(slow, others, eta=3).keep
+
+
+def test_too_few_peers_keeps_the_trial():
+    assert decide(result(5, 0.1, 3.0), [result(0, 0.9, 3.0)], eta=3).keep
+    assert "too few" in decide(result(5, 0.1, 3.0), [result(0, 0.9, 3.0)], eta=3).reason
+
+
+def test_without_known_metrics_it_is_asynchronous_successive_halving():
+    others = [result(i, acc) for i, acc in enumerate([0.9, 0.8, 0.7, 0.6, 0.5])]
+    # 6 peers, top 6 // 3 = 2: 0.85 is second, kept; 0.65 is fourth and dominated (one objective).
+    assert decide(result(9, 0.85), others, eta=3).keep
+    assert not decide(result(9, 0.65), others, eta=3).keep
+
+
+def test_ties_go_to_the_lower_trial_number():
+    others = [result(5, 0.9), result(6, 0.5), result(7, 0.1), result(8, 0.1), result(9, 0.1)]
+    # 6 peers, keep 2: 0.9 first, then the tie at 0.5 between trial 6 and own.
+    assert decide(result(2, 0.5), others, eta=3).keep
+    assert not decide(result(12, 0.5), others, eta=3).keep
+
+
+def brute_force(own, others, eta):
+    """The rule spelled out independently, by enumeration."""
+    def joint(r):
+        return np.array(r.partial + r.known)
+
+    peers = [own] + [o for o in others if all(a >= b for a, b in zip(o.known, own.known))]
+    if len(peers) < eta:
+        return True
+    better = sum(1 for p in peers if (p.partial[0], p.number) < (own.partial[0], own.number))
+    if better < max(1, len(peers) // eta):
+        return True
+    return not any(np.all(joint(o) <= joint(own)) and np.any(joint(o) < joint(own)) for o in others)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_rule_agrees_with_an_enumeration_on_random_rungs(seed):
+    rng = np.random.default_rng(seed)
+    results = [RungResult(i, (-float(rng.choice([0.2, 0.4, 0.5, 0.6, 0.8])),), (float(rng.choice([1, 2, 3])),))
+               for i in range(12)]
+    for own in results:
+        others = [r for r in results if r is not own]
+        for eta in (2, 3, 4):
+            assert decide(own, others, eta).keep == brute_force(own, others, eta), (own, eta)
+
+
+def test_the_decision_does_not_depend_on_the_order_of_the_others():
+    others = [result(i, acc, lat) for i, (acc, lat) in enumerate([(0.9, 3), (0.4, 1), (0.6, 2), (0.7, 3)])]
+    own = result(9, 0.5, 2)
+    decisions = {decide(own, list(p), 2) for p in itertools.permutations(others)}
+    assert len(decisions) == 1
+
+
+def test_several_expensive_objectives_rank_by_non_dominated_sorting():
+    # (accuracy, loss) both partial; own is dominated by two of five peers -> rank 1 (second front).
+    others = [RungResult(0, (-0.9, 0.1)), RungResult(1, (-0.8, 0.2)), RungResult(2, (-0.3, 0.9)),
+              RungResult(3, (-0.2, 0.95)), RungResult(4, (-0.1, 0.99))]
+    own = RungResult(9, (-0.7, 0.3))
+    assert dominates(others[0].partial, own.partial) and dominates(others[1].partial, own.partial)
+    # 6 peers, keep 2; the first front is trials 0 and 1 (the rest are dominated by them): own is not kept.
+    assert not decide(own, others, eta=3).keep
+    assert decide(RungResult(9, (-0.95, 0.05)), others, eta=3).keep
+
+
+def test_rung_steps_and_default_fractions():
+    assert default_fractions(3) == [1 / 9, 1 / 3]
+    assert rung_steps(450, default_fractions(3)) == [50, 150]
+    assert rung_steps(2, [0.1, 0.5, 0.9]) == [1]
+    assert rung_steps(1, [0.5]) == []
