@@ -238,7 +238,7 @@ def test_latency_on_cuda_waits_for_the_gpu():
             torch.cuda.synchronize()
             events.append(start.elapsed_time(end))
     gpu_ms = sorted(events)[len(events) // 2]
-    assert gpu_ms > 2  # enough GPU work for its 40 launches alone to take a small part of it
+    assert gpu_ms > 1  # GPU work for which its 40 launches (~0.2 ms) are a small part
     assert 0.7 * gpu_ms <= measured <= 5 * gpu_ms + 5, (measured, gpu_ms)
 
 
