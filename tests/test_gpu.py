@@ -153,6 +153,26 @@ def test_augmented_data_trains_on_cuda():
     assert not torch.equal(before["classifier.weight"], snapshot(student)["classifier.weight"])
 
 
+def test_a_rung_evaluated_on_the_cpu_does_not_stop_training_on_cuda():
+    """The pruner's rungs evaluate the student mid-training on ``evaluation.device``, which may differ."""
+    teacher, student = bert(1, hidden_size=48), bert(2)
+    data = ListDataset(make_text_examples())
+    d = FlashDistiller(teacher, data, flash([stage(train_steps=4, add_origin_loss=True)], device="cuda"))
+    rungs = {}
+
+    def rung(done, total):
+        if done == 2:
+            rungs[done] = evaluate(student, data, ["accuracy"], settings=EvaluationSettings(device="cpu"))
+            assert not on_cuda(student)  # the evaluator left it on the CPU
+
+    d.after_step = rung
+    before = snapshot(student)
+    result = d.distill(student, seed=0)
+    assert list(rungs) == [2] and 0 <= rungs[2]["accuracy"] <= 1
+    assert on_cuda(student) and all(torch.isfinite(torch.tensor(s.final_loss)) for s in result.stages)
+    assert not torch.equal(before["classifier.weight"], snapshot(student)["classifier.weight"])
+
+
 # ------------------------------------------------------------------------------------------ teacher cache
 def test_teacher_cache_built_on_cuda_reloads_and_matches_a_fresh_forward(tmp_path):
     teacher = bert(1, hidden_size=48)

@@ -307,6 +307,10 @@ class FlashDistiller(FlashDistillerBase):
             matchers.on_new_parameters = lambda ps: optimizer.add_param_group({"params": ps})
             try:
                 for step, idx in self._steps(plan, order_seed):
+                    if self.after_step is not None:
+                        # The callback may have measured the student on the evaluation device, which the
+                        # evaluator leaves it on: back to the training device (a no-op when it is there).
+                        student.to(self.device)
                     if self.data.live:  # re-read on the CPU example by example: moved like a collated one
                         batch = {k: v.to(self.device) for k, v in self.data.batch(idx).items()}
                     else:
