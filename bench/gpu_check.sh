@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The torch engine's CUDA paths in one call on a machine with an NVIDIA GPU (under 5 minutes):
 # `pytest -m gpu tests/test_gpu.py`, then bench/flash_speed.py's torch table on cuda, then ONE summary line
-#   gpu_check: tests 10 passed 0 failed 0 skipped; flash_speed (b)/(a) 1.02 (c)/(a) 2.10 by wall-clock; total 95 s
+#   gpu_check: tests N passed M failed K skipped; flash_speed (b)/(a) X (c)/(a) Y by wall-clock; total T s
 # Exit 0 when everything passed; 1 when a test or the bench failed; 2 when no CUDA device is usable (one
 # line saying why); 3 when the project's Python dependencies are missing and cannot be installed.
 #
