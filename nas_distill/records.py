@@ -38,10 +38,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas_distill.search.pareto import find_pareto_front
 
+from .rungs import EARLY_STOP_ATTR, RUNGS_ATTR
 from .store import optuna_internals
 
-__all__ = ["EARLY_STOP", "N_PARAMS", "RUNGS", "EarlyStop", "MetricInfo", "Rung", "StudyRecords", "TrialRecord",
-           "early_stop_of", "metric_unit", "parameter_count", "read_study", "rungs_of"]
+__all__ = ["N_PARAMS", "EarlyStop", "MetricInfo", "Rung", "StudyRecords", "TrialRecord", "early_stop_of",
+           "metric_unit", "parameter_count", "read_study", "rungs_of"]
 
 _log = logging.getLogger(__name__)
 
@@ -51,10 +52,6 @@ N_PARAMS = "n_params"
 _OLD_N_PARAMS = "params"
 #: The user attributes a results file keeps of each trial (besides arch and values).
 RESULT_ATTRS = ("timings", "worker", "artifact_id", "duplicate_of", "imported_from")
-#: The trial user attribute holding its rung records (partial evaluations during training).
-RUNGS = "rungs"
-#: The trial user attribute of a trial the pruner stopped.
-EARLY_STOP = "early_stop"
 
 
 def parameter_count(attrs: Mapping[str, Any]) -> int | None:
@@ -108,6 +105,8 @@ class EarlyStop:
     step: int
     of: int
     reason: str
+    #: The trials whose records at that rung it was compared with, when recorded.
+    compared_with: tuple[int, ...] | None = None
 
     @property
     def steps_saved(self) -> int:
@@ -115,17 +114,20 @@ class EarlyStop:
         return max(0, self.of - self.step)
 
     def to_json(self) -> dict[str, Any]:
-        return {"by": self.by, "step": self.step, "of": self.of, "reason": self.reason}
+        out: dict[str, Any] = {"by": self.by, "step": self.step, "of": self.of, "reason": self.reason}
+        if self.compared_with is not None:
+            out["compared_with"] = list(self.compared_with)
+        return out
 
 
 def rungs_of(attrs: Mapping[str, Any], number: int | None = None) -> list[Rung]:
     """The rung records in a trial's user attributes, in stored order; malformed entries (and entries
     without any value) left out."""
-    raw = attrs.get(RUNGS)
+    raw = attrs.get(RUNGS_ATTR)
     if raw is None:
         return []
     if not isinstance(raw, list):
-        _log.debug("trial %s: ignoring user attr %r (not a list): %.200r", number, RUNGS, raw)
+        _log.debug("trial %s: ignoring user attr %r (not a list): %.200r", number, RUNGS_ATTR, raw)
         return []
     rungs = []
     for i, entry in enumerate(raw):
@@ -134,7 +136,7 @@ def rungs_of(attrs: Mapping[str, Any], number: int | None = None) -> list[Rung]:
         values, known = _metric_map(entry.get("values")), _metric_map(entry.get("known", {}))
         if step is None or not of or not values or known is None:
             _log.debug("trial %s: ignoring %s[%d] (expected {step, of, values, known}): %.200r",
-                       number, RUNGS, i, raw[i])
+                       number, RUNGS_ATTR, i, raw[i])
             continue
         rungs.append(Rung(step, of, values, known))
     return rungs
@@ -142,16 +144,22 @@ def rungs_of(attrs: Mapping[str, Any], number: int | None = None) -> list[Rung]:
 
 def early_stop_of(attrs: Mapping[str, Any], number: int | None = None) -> EarlyStop | None:
     """The ``early_stop`` record in a trial's user attributes, or None (also when malformed)."""
-    raw = attrs.get(EARLY_STOP)
+    raw = attrs.get(EARLY_STOP_ATTR)
     if raw is None:
         return None
     raw_map = raw if isinstance(raw, Mapping) else {}
     step, of = _step(raw_map.get("step")), _step(raw_map.get("of"))
     if step is None or not of:
         _log.debug("trial %s: ignoring user attr %r (expected {by, step, of, reason}): %.200r",
-                   number, EARLY_STOP, raw)
+                   number, EARLY_STOP_ATTR, raw)
         return None
-    return EarlyStop(str(raw_map.get("by") or "pruner"), step, of, str(raw_map.get("reason") or ""))
+    compared = raw_map.get("compared_with")
+    if compared is not None and not (isinstance(compared, list) and all(_step(n) is not None for n in compared)):
+        _log.debug("trial %s: ignoring %s.compared_with (expected trial numbers): %.200r", number,
+                   EARLY_STOP_ATTR, compared)
+        compared = None
+    return EarlyStop(str(raw_map.get("by") or "pruner"), step, of, str(raw_map.get("reason") or ""),
+                     None if compared is None else tuple(compared))
 
 
 @dataclass(frozen=True)

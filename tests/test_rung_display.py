@@ -17,6 +17,7 @@ import wsgiref.util
 
 import numpy as np
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
@@ -58,8 +59,10 @@ def _plan(seed: int = 0) -> list[tuple[TrialState, dict, list[float] | None, dic
         plan.append((state, arch, values, attrs))
 
     add(TrialState.COMPLETE, rungs=[(22, 200), (67, 200)])
-    add(TrialState.PRUNED, rungs=[(22, 200), (67, 200)], early_stop={"by": "pareto-asha", "step": 67, "of": 200})
-    add(TrialState.PRUNED, rungs=[(20, 180)], early_stop={"by": "pareto-asha", "step": 20, "of": 180})
+    add(TrialState.PRUNED, rungs=[(22, 200), (67, 200)],
+        early_stop={"by": "pareto-asha", "step": 67, "of": 200, "compared_with": [0]})
+    add(TrialState.PRUNED, rungs=[(20, 180)],
+        early_stop={"by": "pareto-asha", "step": 20, "of": 180, "compared_with": []})
     add(TrialState.COMPLETE)  # trained before pruning was switched on: no rung records
     add(TrialState.PRUNED, duplicate_of=1)
     add(TrialState.PRUNED, pruned_reason="lost the race for the last budget slot")
@@ -292,7 +295,8 @@ def test_malformed_rung_records_are_ignored_with_a_debug_line(tmp_path, caplog):
                                                                                "values": {"accuracy": 1}}]}),
         (TrialState.PRUNED, {"rungs": [good], "early_stop": "soon"}),
         (TrialState.PRUNED, {"rungs": [good], "early_stop": {"step": -1, "of": 9, "reason": "x"}}),
-        (TrialState.PRUNED, {"rungs": None, "early_stop": {"step": 3, "of": 9}}),  # no reason: still read
+        # No reason: still read; a malformed list of the trials compared with: left out, the stop kept.
+        (TrialState.PRUNED, {"rungs": None, "early_stop": {"step": 3, "of": 9, "compared_with": "all"}}),
     ]
     archs = [{"width": w, "depth": 1} for w in SPACE["width"]] + [{"width": 8, "depth": 2}]
     for i, (state, attrs) in enumerate(bad_attrs):
@@ -305,10 +309,40 @@ def test_malformed_rung_records_are_ignored_with_a_debug_line(tmp_path, caplog):
     assert [t.number for t in records.stopped_early] == [4]
     assert records.reasons["PRUNED"] == {"pruned": 2, "stopped early": 1}
     ignored = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
-    assert sum("ignoring" in m for m in ignored) == 1 + 5 + 2  # per bad attr or bad entry
+    assert sum("ignoring" in m for m in ignored) == 1 + 5 + 2 + 1  # per bad attr or bad entry
+    assert records.trials[4].early_stop.to_json() == {"by": "pruner", "step": 3, "of": 9, "reason": ""}
     assert any(m.startswith("trial 0: ignoring user attr 'rungs'") for m in ignored)
     assert any(m.startswith("trial 2: ignoring user attr 'early_stop'") for m in ignored)
     # Every reader still works on it.
     assert "pruner: 1 trial stopped early, 6 training steps saved" in status_text(records, width=WIDE)
     write_report(study, tmp_path / "report", importances=False)
     assert push_figures(url) == {"bad": [HYPERVOLUME_FIGURE_ID, LEARNING_CURVES_FIGURE_ID]}
+
+
+@pytest.mark.slow
+def test_a_real_pruned_search_is_shown_from_what_it_stored(tmp_path, caplog, monkeypatch):
+    """The records the runner writes (a real search with the pruner on, tests/_support/pruning_task.py,
+    about 15 s) are all read, none left out, and shown as stored."""
+    import torch
+
+    from _support.pruning_task import make_ad
+
+    torch.set_num_threads(1)
+    ad = make_ad(tmp_path / "run")
+    ad.search()
+    study = ad.study
+    stopped = _stopped(study)
+    assert stopped, [(t.number, t.state.name) for t in study.trials]
+    with caplog.at_level(logging.DEBUG, logger="nas_distill.records"):
+        records = read_status(study)
+    assert not [r for r in caplog.records if "ignoring" in r.getMessage()]
+    assert {t.number: [r.to_json() for r in t.rungs] for t in records.trials if t.rungs} == \
+        {t.number: t.user_attrs["rungs"] for t in study.trials if "rungs" in t.user_attrs}
+    assert {t.number: t.early_stop.to_json() for t in records.stopped_early} == stopped
+    saved = sum(s["of"] - s["step"] for s in stopped.values())
+    assert records.steps_saved == saved
+    text = status_text(records, width=WIDE)
+    plural = "s" if len(stopped) != 1 else ""
+    assert f"pruner: {len(stopped)} trial{plural} stopped early, {saved} training steps saved" in text
+    figure = learning_curves_figure(collect(study, importances=False))
+    assert {t.meta: (list(t.x), list(t.y)) for t in figure.data} == _expected_curves(study)

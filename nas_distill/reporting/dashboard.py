@@ -39,7 +39,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from nas_distill.records import RUNGS
+from nas_distill.rungs import RUNGS_ATTR
 from nas_distill.store.open import open_storage as store_open_storage
 
 __all__ = ["HYPERVOLUME_FIGURE_ID", "LEARNING_CURVES_FIGURE_ID", "check_port_free", "push_figures",
@@ -62,7 +62,7 @@ def _progress_key(study: optuna.Study) -> tuple[int, int]:
     """What the pushed figures depend on: the finished trials, and the rung records of every trial."""
     trials = study.get_trials(deepcopy=False)
     finished = sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
-    rungs = sum(len(t.user_attrs.get(RUNGS) or ()) for t in trials if isinstance(t.user_attrs.get(RUNGS), list))
+    rungs = sum(len(t.user_attrs[RUNGS_ATTR]) for t in trials if isinstance(t.user_attrs.get(RUNGS_ATTR), list))
     return finished, rungs
 
 
