@@ -279,3 +279,33 @@ def test_stopped_trials_the_model_can_use_count_toward_the_start_up_trials():
     assert len(on.stopped_observations(study)) == 2
     assert on.score_candidates(study).gain is not None
     assert off.score_candidates(study).gain is None
+
+
+# ---------------------------------------------------------------------- the pipeline's own records
+@pytest.mark.slow
+def test_a_pipeline_search_with_the_pruner_feeds_bo_its_stopped_students(tmp_path):
+    """A real search (digits MLP students, torch engine, pareto-asha, bo): the records the pipeline
+    writes are the ones bo reads; every stopped student becomes an observation, computed here from the
+    stored attrs. About 25 s."""
+    torch = pytest.importorskip("torch")
+    from _support.pruning_task import SPACE as PIPELINE_SPACE
+    from _support.pruning_task import make_ad
+
+    torch.set_num_threads(1)
+    ad = make_ad(tmp_path / "run", algorithm="bo", max_trials=10)
+    ad.search()
+    study = ad.study
+    assert isinstance(study.sampler, SpaceBOSampler)
+    stopped = [t for t in study.trials if t.state == TrialState.PRUNED and "early_stop" in t.user_attrs]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert stopped and len(complete) >= 2
+    by_number = {o.number: o for o in study.sampler.stopped_observations(study)}
+    assert sorted(by_number) == [t.number for t in stopped]
+    for trial in stopped:
+        position = len(trial.user_attrs["rungs"]) - 1
+        gains = [t.values[0] - t.user_attrs["rungs"][position]["values"]["accuracy"] for t in complete]
+        partial = trial.user_attrs["rungs"][position]["values"]["accuracy"]
+        assert by_number[trial.number].value == pytest.approx(partial + np.mean(gains), abs=1e-12)
+        assert by_number[trial.number].objective == 0  # accuracy; params is known before training
+    held = {SearchSpace(PIPELINE_SPACE).index_of(t.params) for t in study.trials if t.state == TrialState.COMPLETE}
+    assert not held & {SearchSpace(PIPELINE_SPACE).index_of(t.params) for t in stopped}
