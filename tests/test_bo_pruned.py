@@ -45,6 +45,11 @@ def _rungs(values_per_rung):
             for step, values in zip(RUNG_STEPS, values_per_rung)]
 
 
+def _stop(partial):
+    """The pruner's record of a trial stopped at its last rung."""
+    return {"by": "pareto-asha", "step": RUNG_STEPS[len(partial) - 1], "of": 90, "reason": "dominated"}
+
+
 def _study(names=("loss", "latency")):
     study = optuna.create_study(directions=["minimize", "minimize"])
     if names is not None:
@@ -82,8 +87,7 @@ def _pipeline_study(names=("loss", "latency")):
         partial = [{"loss": final + offset + w} for offset, w in zip(RUNG_OFFSETS, wobble)]
         _add(study, arch, TrialState.COMPLETE, [final, _latency(arch)], {"rungs": _rungs(partial)})
     for arch, partial in STOPPED:
-        stop = {"by": "pareto-asha", "step": RUNG_STEPS[len(partial) - 1], "of": 90, "reason": "dominated"}
-        _add(study, arch, TrialState.PRUNED, None, {"rungs": _rungs(partial), "early_stop": stop})
+        _add(study, arch, TrialState.PRUNED, None, {"rungs": _rungs(partial), "early_stop": _stop(partial)})
     return study
 
 
@@ -124,7 +128,7 @@ def test_a_rung_fewer_than_two_finished_trials_passed_gives_no_observation():
         partial = [{"loss": _loss(arch) + 0.6}] + ([{"loss": _loss(arch) + 0.2}] if number == 0 else [])
         _add(study, arch, TrialState.COMPLETE, [_loss(arch), _latency(arch)], {"rungs": _rungs(partial)})
     for arch, partial in STOPPED:
-        _add(study, arch, TrialState.PRUNED, None, {"rungs": _rungs(partial), "early_stop": {"by": "pareto-asha"}})
+        _add(study, arch, TrialState.PRUNED, None, {"rungs": _rungs(partial), "early_stop": _stop(partial)})
     observations = SpaceBOSampler(SPACE, seed=0).stopped_observations(study)
     stopped_first = study.get_trials(states=(TrialState.PRUNED,))[0]
     assert [o.number for o in observations] == [stopped_first.number]
@@ -268,10 +272,40 @@ def test_stopped_trials_the_model_can_use_count_toward_the_start_up_trials():
         partial = [{"loss": final + offset + w} for offset, w in zip(RUNG_OFFSETS, wobble)]
         _add(study, arch, TrialState.COMPLETE, [final, _latency(arch)], {"rungs": _rungs(partial)})
     for arch, partial in STOPPED:
-        _add(study, arch, TrialState.PRUNED, None, {"rungs": _rungs(partial), "early_stop": {"by": "pareto-asha"}})
+        _add(study, arch, TrialState.PRUNED, None, {"rungs": _rungs(partial), "early_stop": _stop(partial)})
     # 3 finished + 2 stopped observations reach the 5 start-up observations; 3 finished alone do not.
     on = SpaceBOSampler(SPACE, seed=0, known_objectives=_known, n_startup_trials=5)
     off = SpaceBOSampler(SPACE, seed=0, known_objectives=_known, n_startup_trials=5, use_stopped_trials=False)
     assert len(on.stopped_observations(study)) == 2
     assert on.score_candidates(study).gain is not None
     assert off.score_candidates(study).gain is None
+
+
+# ---------------------------------------------------------------------- the pipeline's own records
+@pytest.mark.slow
+def test_a_pipeline_search_with_the_pruner_feeds_bo_its_stopped_students(tmp_path):
+    """A real search (digits MLP students, torch engine, pareto-asha, bo): the records the pipeline
+    writes are the ones bo reads; every stopped student becomes an observation, computed here from the
+    stored attrs. About 25 s."""
+    torch = pytest.importorskip("torch")
+    from _support.pruning_task import SPACE as PIPELINE_SPACE
+    from _support.pruning_task import make_ad
+
+    torch.set_num_threads(1)
+    ad = make_ad(tmp_path / "run", algorithm="bo", max_trials=10)
+    ad.search()
+    study = ad.study
+    assert isinstance(study.sampler, SpaceBOSampler)
+    stopped = [t for t in study.trials if t.state == TrialState.PRUNED and "early_stop" in t.user_attrs]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert stopped and len(complete) >= 2
+    by_number = {o.number: o for o in study.sampler.stopped_observations(study)}
+    assert sorted(by_number) == [t.number for t in stopped]
+    for trial in stopped:
+        position = len(trial.user_attrs["rungs"]) - 1
+        gains = [t.values[0] - t.user_attrs["rungs"][position]["values"]["accuracy"] for t in complete]
+        partial = trial.user_attrs["rungs"][position]["values"]["accuracy"]
+        assert by_number[trial.number].value == pytest.approx(partial + np.mean(gains), abs=1e-12)
+        assert by_number[trial.number].objective == 0  # accuracy; params is known before training
+    held = {SearchSpace(PIPELINE_SPACE).index_of(t.params) for t in study.trials if t.state == TrialState.COMPLETE}
+    assert not held & {SearchSpace(PIPELINE_SPACE).index_of(t.params) for t in stopped}

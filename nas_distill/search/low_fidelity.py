@@ -1,8 +1,8 @@
 """Trials the pruner stopped, as low-fidelity observations of their final values.
 
-A trial stopped at a rung (state PRUNED, user attrs ``early_stop`` and ``rungs``: a list in rung order of
-``{"step", "of", "values": {metric name: raw value}, "known": {...}}``) never reports final values, but its
-partial ones still say much about its architecture.
+A trial stopped at a rung (state PRUNED, user attrs ``early_stop`` and ``rungs``, read by
+:func:`nas_distill.records.rungs_of` / :func:`~nas_distill.records.early_stop_of`) never reports final
+values, but its partial ones still say much about its architecture.
 Each trial that finished (COMPLETE, with ``rungs``) shows how far its values moved from a rung to the
 end of training: its *gain* at that rung, ``final - partial`` per objective in the higher-is-better form.
 For rung position ``k`` and objective ``j`` the gains of the finished trials give a mean ``g`` and a
@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
+
+from ..records import Rung, early_stop_of, rungs_of
 
 __all__ = ["RungGain", "StoppedValue", "rung_gains", "stopped_values"]
 
@@ -69,7 +71,7 @@ def rung_gains(trials: Sequence[FrozenTrial], names: Sequence[str], signs: Seque
     for trial in trials:
         if trial.state != TrialState.COMPLETE or trial.values is None or len(trial.values) != len(names):
             continue
-        for position, rung in enumerate(_rungs(trial)):
+        for position, rung in enumerate(rungs_of(trial.user_attrs, trial.number)):
             for objective in objectives:
                 partial = _value(rung, names[objective])
                 if partial is not None:
@@ -91,9 +93,9 @@ def stopped_values(trials: Sequence[FrozenTrial], names: Sequence[str], signs: S
     gains = rung_gains(trials, names, signs, objectives)
     out = []
     for trial in trials:
-        if trial.state != TrialState.PRUNED or not isinstance(trial.user_attrs.get("early_stop"), dict):
+        if trial.state != TrialState.PRUNED or early_stop_of(trial.user_attrs, trial.number) is None:
             continue
-        rungs = _rungs(trial)
+        rungs = rungs_of(trial.user_attrs, trial.number)
         if not rungs:
             continue
         position = len(rungs) - 1
@@ -105,22 +107,6 @@ def stopped_values(trials: Sequence[FrozenTrial], names: Sequence[str], signs: S
     return out
 
 
-def _rungs(trial: FrozenTrial) -> list[dict[str, Any]]:
-    rungs = trial.user_attrs.get("rungs")
-    if not isinstance(rungs, list):
-        return []
-    # A record written by another tool may be partial: a rung without values ends the usable list, so
-    # positions keep meaning the same fraction of training.
-    out = []
-    for rung in rungs:
-        if not isinstance(rung, dict) or not isinstance(rung.get("values"), dict):
-            break
-        out.append(rung)
-    return out
-
-
-def _value(rung: dict[str, Any], name: str) -> float | None:
-    value = rung["values"].get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
+def _value(rung: Rung, name: str) -> float | None:
+    value = rung.values.get(name)
+    return value if value is not None and math.isfinite(value) else None
