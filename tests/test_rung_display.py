@@ -243,6 +243,10 @@ def test_learning_curves_hold_exactly_the_rung_points(tmp_path):
     write_report(study, out, importances=False)
     page = (out / "report.html").read_text()
     assert "<h2>Learning curves</h2>" in page
+    assert "<th>rungs</th>" in page
+    for number, stop in stopped.items():  # the trial table's rungs cell of each stopped trial ends with its stop
+        row = re.search(rf'<tr class="PRUNED" data-trial="{number}">(.*?)</tr>', page).group(1)
+        assert f"stopped at {stop['step']}/{stop['of']}</td>" in row
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     block = json.loads(re.search(rf'id="{DATA_BLOCK_ID}">(.*?)</script>', page, re.S).group(1))
     attrs = {t.number: t.user_attrs for t in study.trials}
@@ -280,6 +284,17 @@ def test_dashboard_gets_the_learning_curves(tmp_path):
     traces = figures[LEARNING_CURVES_FIGURE_ID]["data"]
     assert {t["meta"]: (t["x"], t["y"]) for t in traces} == \
         {n: (steps, values) for n, (steps, values) in _expected_curves(study).items()}
+
+    # A rung reached by a running trial changes what the live dashboard refreshes on; nothing else does.
+    from nas_distill.reporting.dashboard import _progress_key
+    from nas_distill.store.optuna_internals import study_storage, trial_id
+
+    before = _progress_key(study)
+    assert _progress_key(study) == before
+    (running,) = [t for t in study.trials if t.state == TrialState.RUNNING]
+    more = running.user_attrs["rungs"] + [{"step": 67, "of": 200, "values": {"accuracy": 0.6}, "known": {}}]
+    study_storage(study).set_trial_user_attr(trial_id(running), "rungs", more)
+    assert _progress_key(study) == (before[0], before[1] + 1)
 
 
 def test_malformed_rung_records_are_ignored_with_a_debug_line(tmp_path, caplog):
