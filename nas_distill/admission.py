@@ -6,8 +6,8 @@ only near the end of the search, and says when to wait for a slot, when to give 
 when the budget is spent.
 
 Answer from the store (:func:`known_trial`): an arch that is already COMPLETE, being trained by a
-lower-numbered trial, or that failed for a reason of its own is not trained again; :func:`answer_attrs`
-is what such a trial records.
+lower-numbered trial, that failed for a reason of its own, or that the pruner stopped is not trained
+again; :func:`answer_attrs` is what such a trial records.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from .records import N_PARAMS, parameter_count
+from .rungs import EARLY_STOP_ATTR
 from .store import StudyStore
 from .store.budget import counted_complete, is_counted
 from .store.stale import RETRYABLE_ERRORS
@@ -93,13 +94,13 @@ class Budget:
 
 def known_trial(trials: Sequence[Any], arch: dict, number: int) -> Any:
     """A COMPLETE trial of the same arch, else a lower-numbered RUNNING one training it now, else one
-    that failed for a reason of the arch's own; None when the arch is new."""
+    that failed for a reason of the arch's own, else one the pruner stopped; None when the arch is new."""
     # One pass over the study (it runs once per trial, and the study grows to thousands of trials),
     # the arch compared first: it rules out nearly every trial at its first key.
     # Another worker may be training this arch right now (two model-based proposals can coincide):
     # the lower number trains, so two such trials never both step aside; if that worker dies, its
     # trial is failed and retried like any other.
-    complete = running = failed = None
+    complete = running = failed = stopped = None
     not_arch_errors = RETRYABLE_ERRORS + ("Discarded",)
     for t in trials:
         if t.number == number or not same_arch(t.params, arch):
@@ -114,7 +115,9 @@ def known_trial(trials: Sequence[Any], arch: dict, number: int) -> Any:
             error_type = t.user_attrs.get("error_type")
             if error_type and error_type not in not_arch_errors:
                 failed = t
-    return next((t for t in (complete, running, failed) if t is not None), None)
+        elif t.state == TrialState.PRUNED and stopped is None and EARLY_STOP_ATTR in t.user_attrs:
+            stopped = t
+    return next((t for t in (complete, running, failed, stopped) if t is not None), None)
 
 
 def same_arch(params: dict, arch: dict) -> bool:
@@ -141,6 +144,8 @@ def answer_attrs(known: Any, arch: dict, metric_names: Sequence[str], worker: di
         attrs["note"] = f"same architecture as COMPLETE trial {known.number}: not trained again"
     elif known.state == TrialState.RUNNING:
         attrs["note"] = f"same architecture is being trained by trial {known.number}: not trained twice"
+    elif known.state == TrialState.PRUNED:
+        attrs["note"] = f"same architecture was stopped early in trial {known.number}: not trained again"
     else:
         attrs["error_type"] = known.user_attrs.get("error_type")
         attrs["error"] = f"same architecture failed in trial {known.number}: {known.user_attrs.get('error')}"

@@ -35,7 +35,7 @@ import numpy as np
 
 from .latency_predictor import MIN_SAMPLES, MetricPredictor
 from .store import optuna_internals
-from .vocabulary import BUILTIN_ARCH_METRICS, base_metric
+from .vocabulary import architecture_metric_names, base_metric
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,6 @@ INITIAL_SAMPLE = 32
 #: Measured students between two garbage collections: a model whose layers hold reference cycles (Keras)
 #: is freed only by a collection, and one collection costs ~50 ms next to a large torch heap.
 GC_EVERY = 16
-
-
-def architecture_metric_names(metrics: Sequence[str], declared: Iterable[str] = ()) -> list[str]:
-    """The metrics among ``metrics`` fixed by the architecture, in their order."""
-    declared = set(declared)
-    return [m for m in metrics if base_metric(m) in BUILTIN_ARCH_METRICS or m in declared]
 
 
 def timed_metric_names(metrics: Sequence[str], declared: Iterable[str] = ()) -> list[str]:

@@ -158,6 +158,7 @@ class AutoDistillation:
         self.flash_distillers: list[Any] = []
         self.regular_distillers: list[Any] = []
         self._distiller = None
+        self._rung_data = None  # (the evaluation set, its slice for the pruner's rungs)
         self.search_results: dict[tuple, dict[str, float]] = {}
         self.model_paras_num: dict[tuple, int] = {}  # arch vector -> parameter count (the seed's attribute)
         self.resumed_search_results: dict[tuple, dict[str, float]] = {}
@@ -468,11 +469,12 @@ class AutoDistillation:
 
         return engine(self.framework)
 
-    def _train(self, model) -> Any:
+    def _train(self, model, after_step: Callable[[int, int], None] | None = None) -> Any:
         """Train ``model``; returns the model to evaluate and save.
 
         As in the seed's loop (``model = train_func(model)``), a ``train_func`` that returns a model hands
         over that model (a new one, or a wrapper); one that returns ``None`` trained ``model`` in place.
+        ``after_step``: the built-in distiller's callback after every step (the pruner's rungs).
         """
         if self.train_func is not None:
             returned = self.train_func(model)
@@ -485,14 +487,17 @@ class AutoDistillation:
         # Shares the machine with other trainings, and pauses between steps while a latency is timed.
         with training_load() as load:
             self._distiller.before_step = load.pause_point
+            self._distiller.after_step = after_step
             try:
                 self._distiller.distill(model, seed=seed)
             finally:
                 self._distiller.before_step = None
+                self._distiller.after_step = None
         return model
 
-    def _evaluate(self, model, metrics: Sequence[str] | None = None) -> Any:
-        """Measure ``model`` (``metrics``: a subset of the config's; ``eval_func`` answers all of them).
+    def _evaluate(self, model, metrics: Sequence[str] | None = None, data: Any = None) -> Any:
+        """Measure ``model`` (``metrics``: a subset of the config's; ``eval_func`` answers all of them) on
+        ``data`` (default: the evaluation set; ``eval_func`` reads its own).
 
         Timed metrics (latency) are taken under the machine's measurement lock, so no two workers of a
         machine time a model at once (:mod:`nas_distill.machine_lock`)."""
@@ -515,7 +520,8 @@ class AutoDistillation:
                 return {}
             # compute_metrics costs a pass over the evaluation set: only for the names it answers
             others = any(base_metric(n) not in engine.metrics for n in subset)
-            return engine.evaluate(model, self.eval_dataset, subset, settings=self.conf.evaluation,
+            return engine.evaluate(model, self.eval_dataset if data is None else data, subset,
+                                   settings=self.conf.evaluation,
                                    metric_fn=self.metric_fn, compute_metrics=self.compute_metrics if others else None)
 
         out = measure([n for n in names if n not in timed])
@@ -523,6 +529,16 @@ class AutoDistillation:
             with measurement_lock():
                 out.update(measure(timed))
         return {n: out[n] for n in names}
+
+    def rung_data(self) -> Any:
+        """The evaluation slice of the pruner's rungs: the first ``search.rung_examples`` examples of the
+        evaluation set (None with an ``eval_func``: it reads its own data)."""
+        if self.eval_func is not None or self.eval_dataset is None:
+            return None
+        if self._rung_data is None or self._rung_data[0] is not self.eval_dataset:
+            self._rung_data = (self.eval_dataset, self.engine.first_rows(self.eval_dataset,
+                                                                         int(self.conf.rung_examples)))
+        return self._rung_data[1]
 
     def _estimate_overridden(self) -> bool:
         return type(self).estimate is not AutoDistillation.estimate

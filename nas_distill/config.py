@@ -54,6 +54,7 @@ from .vocabulary import (
     FRAMEWORK_ALIASES,
     KNOWLEDGE_TRANSFER,
     LOWER_IS_BETTER_METRICS,
+    NO_PRUNER,
     REGULAR_DISTILLATION,
     STAGE_KINDS,
 )
@@ -353,6 +354,10 @@ class AutoDistillationConfig:
     seed = _property("seed", "Seed of the searcher's sampler; None: a fresh seed per run (recorded in the study).")
     architecture_metrics = _property(
         "architecture_metrics", "Metrics (of ``metrics``) declared to depend on the architecture alone.")
+    pruner = _property("pruner", "'pareto-asha' or 'none' (see nas_distill.rungs).")
+    reduction_factor = _property("reduction_factor", "The pruner keeps the top 1/reduction_factor of a rung.")
+    rungs = _property("rungs", "Fractions of the regular-distillation steps at which the pruner evaluates.")
+    rung_examples = _property("rung_examples", "Evaluation examples of a rung (the first ones of the set).")
     knowledge_transfer = _property(
         "knowledge_transfer", "The seed's knowledge-transfer lists as given (FlashDistillationConfig) or None."
     )
@@ -418,6 +423,8 @@ class AutoDistillationConfig:
                     "seed": v["seed"],
                     **({"architecture_metrics": list(v["architecture_metrics"])}
                        if v["architecture_metrics"] else {}),
+                    **({"pruner": v["pruner"], "reduction_factor": v["reduction_factor"], "rungs": list(v["rungs"]),
+                        "rung_examples": v["rung_examples"]} if v["pruner"] != NO_PRUNER else {}),
                 },
                 "flash_distillation": flash,
                 "evaluation": settings_dict(v["evaluation"]),

@@ -17,10 +17,16 @@ Conventions:
 * Units come from the metric name (``accuracy`` -> fraction or %, ``latency`` -> ms, ``params`` ->
   count, ``model_size_mb`` -> MiB) unless the study's user attr ``metric_units`` (a ``{name: unit}``
   dict) says otherwise.
+* Rung records (the pruner's partial evaluations) are the trial user attribute ``rungs``, a list
+  ``[{"step", "of", "values": {metric: value}, "known": {metric: value}}, ...]`` in rung order; a trial the
+  pruner stopped is PRUNED with ``early_stop = {"by", "step", "of", "reason"}``. Both are read leniently:
+  an entry that does not have that form is left out (with a debug log line), so a reader never fails on
+  a study someone else wrote.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,10 +38,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas_distill.search.pareto import find_pareto_front
 
+from .rungs import EARLY_STOP_ATTR, RUNGS_ATTR
 from .store import optuna_internals
 
-__all__ = ["N_PARAMS", "MetricInfo", "StudyRecords", "TrialRecord", "metric_unit", "parameter_count",
-           "read_study"]
+__all__ = ["N_PARAMS", "EarlyStop", "MetricInfo", "Rung", "StudyRecords", "TrialRecord", "early_stop_of",
+           "metric_unit", "parameter_count", "read_study", "rungs_of"]
+
+_log = logging.getLogger(__name__)
 
 #: The trial user attribute holding the student's parameter count.
 N_PARAMS = "n_params"
@@ -54,6 +63,103 @@ def parameter_count(attrs: Mapping[str, Any]) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _step(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _metric_map(value: Any) -> dict[str, float] | None:
+    """``{name: number}``, or None when ``value`` is not a mapping of names to numbers."""
+    if not isinstance(value, Mapping):
+        return None
+    numbers = {str(k): _number(v) for k, v in value.items()}
+    return None if any(v is None for v in numbers.values()) else numbers
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One partial evaluation of a trial: at training step ``step`` of ``of``, the expensive metrics
+    ``values`` (raw, on the rung slice) and the architecture metrics ``known`` the pruner compared."""
+
+    step: int
+    of: int
+    values: dict[str, float]
+    known: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "of": self.of, "values": dict(self.values), "known": dict(self.known)}
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """Why and where the pruner stopped a trial's training."""
+
+    by: str
+    step: int
+    of: int
+    reason: str
+    #: The trials whose records at that rung it was compared with, when recorded.
+    compared_with: tuple[int, ...] | None = None
+
+    @property
+    def steps_saved(self) -> int:
+        """The training steps the trial did not run."""
+        return max(0, self.of - self.step)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"by": self.by, "step": self.step, "of": self.of, "reason": self.reason}
+        if self.compared_with is not None:
+            out["compared_with"] = list(self.compared_with)
+        return out
+
+
+def rungs_of(attrs: Mapping[str, Any], number: int | None = None) -> list[Rung]:
+    """The rung records in a trial's user attributes, in stored order; malformed entries (and entries
+    without any value) left out."""
+    raw = attrs.get(RUNGS_ATTR)
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        _log.debug("trial %s: ignoring user attr %r (not a list): %.200r", number, RUNGS_ATTR, raw)
+        return []
+    rungs = []
+    for i, entry in enumerate(raw):
+        entry = entry if isinstance(entry, Mapping) else {}
+        step, of = _step(entry.get("step")), _step(entry.get("of"))
+        values, known = _metric_map(entry.get("values")), _metric_map(entry.get("known", {}))
+        if step is None or not of or not values or known is None:
+            _log.debug("trial %s: ignoring %s[%d] (expected {step, of, values, known}): %.200r",
+                       number, RUNGS_ATTR, i, raw[i])
+            continue
+        rungs.append(Rung(step, of, values, known))
+    return rungs
+
+
+def early_stop_of(attrs: Mapping[str, Any], number: int | None = None) -> EarlyStop | None:
+    """The ``early_stop`` record in a trial's user attributes, or None (also when malformed)."""
+    raw = attrs.get(EARLY_STOP_ATTR)
+    if raw is None:
+        return None
+    raw_map = raw if isinstance(raw, Mapping) else {}
+    step, of = _step(raw_map.get("step")), _step(raw_map.get("of"))
+    if step is None or not of:
+        _log.debug("trial %s: ignoring user attr %r (expected {by, step, of, reason}): %.200r",
+                   number, EARLY_STOP_ATTR, raw)
+        return None
+    compared = raw_map.get("compared_with")
+    if compared is not None and not (isinstance(compared, list) and all(_step(n) is not None for n in compared)):
+        _log.debug("trial %s: ignoring %s.compared_with (expected trial numbers): %.200r", number,
+                   EARLY_STOP_ATTR, compared)
+        compared = None
+    return EarlyStop(str(raw_map.get("by") or "pruner"), step, of, str(raw_map.get("reason") or ""),
+                     None if compared is None else tuple(compared))
 
 
 @dataclass(frozen=True)
@@ -104,10 +210,20 @@ class TrialRecord:
     pareto: bool = False
     trial_id: int | None = None
     attrs: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    #: Its partial evaluations during training, in rung order (empty: none recorded).
+    rungs: list[Rung] = field(default_factory=list)
+    #: Set on a PRUNED trial the pruner stopped (see :attr:`stopped_early`).
+    early_stop: EarlyStop | None = None
 
     @property
     def complete(self) -> bool:
         return self.state == "COMPLETE" and self.values is not None
+
+    @property
+    def stopped_early(self) -> bool:
+        """PRUNED by the pruner during training; not a repeat (``duplicate_of``) nor a trial given up
+        before training (``pruned_reason``)."""
+        return self.state == "PRUNED" and self.early_stop is not None
 
     def to_json(self) -> dict[str, Any]:
         """The trial in the report's embedded JSON block (``params``: the architecture, as Optuna names it)."""
@@ -121,6 +237,8 @@ class TrialRecord:
             "worker": self.worker,
             "error": self.error,
             "pareto": self.pareto,
+            **({"rungs": [r.to_json() for r in self.rungs]} if self.rungs else {}),
+            **({"early_stop": self.early_stop.to_json()} if self.early_stop else {}),
         }
 
     def to_result(self) -> dict[str, Any]:
@@ -169,6 +287,21 @@ class StudyRecords:
         return list(dict.fromkeys(k for t in self.trials for k in t.arch))
 
     @property
+    def stopped_early(self) -> list[TrialRecord]:
+        """The trials the pruner stopped, in number order."""
+        return [t for t in self.trials if t.stopped_early]
+
+    @property
+    def steps_saved(self) -> int:
+        """Training steps the pruner saved: over the stopped trials, ``of - step`` of their early stop."""
+        return sum(t.early_stop.steps_saved for t in self.stopped_early)
+
+    @property
+    def has_rungs(self) -> bool:
+        """Whether some trial has rung records (the rung views are shown only then)."""
+        return any(t.rungs for t in self.trials)
+
+    @property
     def state_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for t in self.trials:
@@ -181,16 +314,16 @@ class StudyRecords:
 
     def state_reasons(self, lost_trial_ids: set[int] = frozenset()) -> dict[str, dict[str, int]]:
         """Why trials ended FAIL (their ``error_type``: ``WorkerLost``, an exception name...) or PRUNED
-        (``duplicate``: another trial had the arch; ``discarded``: given up untrained in a race for the
-        last budget slot), counted, so a status line can tell a crash from a trial that never trained; and
-        which RUNNING trials have no live worker any more (``lost_trial_ids``: no heartbeat for a grace
-        period)."""
+        (``duplicate``: another trial had the arch; ``stopped early``: the pruner stopped its training;
+        ``discarded``: given up untrained in a race for the last budget slot), counted, so a status line
+        can tell a crash from a trial that never trained; and which RUNNING trials have no live worker
+        any more (``lost_trial_ids``: no heartbeat for a grace period)."""
         reasons: dict[str, dict[str, int]] = {}
         for t in self.trials:
             if t.state == "FAIL":
                 why = str(t.attrs.get("error_type") or "unknown")
             elif t.state == "PRUNED":
-                why = "duplicate" if "duplicate_of" in t.attrs else \
+                why = "duplicate" if "duplicate_of" in t.attrs else "stopped early" if t.stopped_early else \
                     "discarded" if "pruned_reason" in t.attrs else "pruned"
             elif t.state == "RUNNING" and t.trial_id in lost_trial_ids:
                 why = "no heartbeat: worker lost"  # still RUNNING until a live worker's sweep fails it
@@ -267,6 +400,8 @@ def _record(trial: FrozenTrial) -> TrialRecord:
         error=error,
         trial_id=optuna_internals.trial_id(trial),
         attrs=attrs,
+        rungs=rungs_of(attrs, trial.number),
+        early_stop=early_stop_of(attrs, trial.number) if trial.state == TrialState.PRUNED else None,
     )
 
 

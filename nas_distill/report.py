@@ -8,8 +8,10 @@
   error). plotly.js is inlined, so the file works offline. The data behind it is embedded as JSON in
   ``<script type="application/json" id="nas-distill-data">`` (Pareto trial numbers, reference point,
   hypervolume history, every trial).
-* ``pareto.png``, ``hypervolume.png`` and ``importance.png`` (when importances could be computed),
-  drawn with matplotlib, so no browser is needed.
+* the learning curves (when some trial has rung records, the pruner's partial evaluations): the first
+  expensive metric against the training step, one line per trial, trials stopped early dashed.
+* ``pareto.png``, ``hypervolume.png``, ``importance.png`` (when importances could be computed) and
+  ``learning_curves.png`` (with rung records), drawn with matplotlib, so no browser is needed.
 
 A study with no complete trial still gets a page that says so (and lists the trials it has), no PNGs.
 
@@ -68,7 +70,12 @@ def write_report(
         The path of the HTML file.
     """
     from nas_distill.arch_metrics import summary as arch_metrics_summary
-    from nas_distill.reporting.figures import hypervolume_figure, importance_figure, pareto_figure
+    from nas_distill.reporting.figures import (
+        hypervolume_figure,
+        importance_figure,
+        learning_curves_figure,
+        pareto_figure,
+    )
     from nas_distill.reporting.html import render_page
 
     out = Path(out_dir)
@@ -82,8 +89,10 @@ def write_report(
             "hypervolume": hypervolume_figure(data),
             "importance": importance_figure(data),
         }
+    if data.has_rungs:
+        figures["learning_curves"] = learning_curves_figure(data)
     pngs: dict[str, str] = {}
-    if png and data.complete:
+    if png and (data.complete or data.has_rungs):
         try:
             from nas_distill.reporting.png import write_pngs
 

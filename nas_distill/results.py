@@ -25,6 +25,8 @@ from .reporting.table import terminal_width, trials_table
 FORMAT = "nas-distill-results/1"
 #: A results file is read in editors, not a terminal: its tables wrap at this width.
 TEXT_FILE_WIDTH = 100
+#: ``status`` lists at most this many of the latest trials the pruner stopped.
+STOPPED_SHOWN = 10
 
 
 # ----------------------------------------------------------------------------------- from a study
@@ -62,7 +64,8 @@ def study_results(study=None, *, records: StudyRecords | None = None) -> dict[st
 
 def status_data(records: StudyRecords, max_trials: int | None = None) -> dict[str, Any]:
     """What ``nas-distill status --json`` prints: the budget and where the study stands against it,
-    trial counts and reasons, the stop reason, and the Pareto-optimal trials."""
+    trial counts and reasons, the stop reason, the trials the pruner stopped and the training steps it
+    saved, and the Pareto-optimal trials."""
     complete = _trained(records)
     return {
         "study_name": records.study_name,
@@ -72,6 +75,8 @@ def status_data(records: StudyRecords, max_trials: int | None = None) -> dict[st
         "counts": records.state_counts,
         "reasons": records.reasons,
         "stopped": records.stopped,
+        "stopped_early": [t.number for t in records.stopped_early],
+        "steps_saved": records.steps_saved,
         "metrics": [m.name for m in records.metrics],
         "higher_is_better": [m.higher_is_better for m in records.metrics],
         "pareto": [t.to_result() for t in records.pareto],
@@ -205,9 +210,35 @@ def import_results(study, results: Mapping[str, Any], *, metrics, search_space, 
 
 # ---------------------------------------------------------------------------------------- text
 def _table(records: StudyRecords, trials: Sequence[TrialRecord], width: int | None,
-           leading: Sequence[str] = ()) -> str:
+           leading: Sequence[str] = (), metrics: bool = True) -> str:
+    """``trials`` in the one trial table; a ``rungs`` column when the study has rung records."""
     keys = list(records.search_space or {}) or None
-    return trials_table(trials, records.metrics, keys, leading=leading, width=width)
+    trailing = ("rungs",) if records.has_rungs else ()
+    return trials_table(trials, records.metrics if metrics else [], keys, leading=leading, trailing=trailing,
+                        width=width)
+
+
+def _pruner_line(records: StudyRecords) -> list[str]:
+    stopped = records.stopped_early
+    if not stopped:
+        return []
+    planned = sum(t.early_stop.of for t in stopped)
+    return [f"pruner: {len(stopped)} trial{'s' if len(stopped) != 1 else ''} stopped early, "
+            f"{records.steps_saved} training steps saved (of the {planned} they planned)"]
+
+
+def _stopped_section(records: StudyRecords, width: int) -> list[str]:
+    """The latest trials the pruner stopped: their arch and rungs, then why each was stopped."""
+    stopped = records.stopped_early
+    if not stopped:
+        return []
+    shown = stopped[-STOPPED_SHOWN:]
+    more = f" (latest {len(shown)} of {len(stopped)})" if len(shown) < len(stopped) else ""
+    lines = ["", f"Stopped early by the pruner{more}:", _table(records, shown, width, metrics=False)]
+    for t in shown:
+        why = f"#{t.number} at step {t.early_stop.step} of {t.early_stop.of}: {t.early_stop.reason or '-'}"
+        lines += textwrap.wrap(why, width, initial_indent="  ", subsequent_indent="    ")
+    return lines
 
 
 def pareto_table(records: StudyRecords, width: int | None = None) -> str:
@@ -236,6 +267,7 @@ def status_text(records: StudyRecords, max_trials: int | None = None, width: int
     ]
     from .arch_metrics import summary_lines
 
+    lines += _pruner_line(records)
     lines += summary_lines(records.architecture_metrics)
     if (reasons.get("FAIL") or {}).get("Discarded"):
         lines.insert(2, "  (Discarded: asked by a worker after the budget was spent; never trained.)")
@@ -247,6 +279,7 @@ def status_text(records: StudyRecords, max_trials: int | None = None, width: int
     lines = [part for line in lines for part in textwrap.wrap(line, width, subsequent_indent="  ")]
     if records.pareto:
         lines += ["", "Pareto front:", pareto_table(records, width)]
+    lines += _stopped_section(records, width)
     return "\n".join(lines)
 
 

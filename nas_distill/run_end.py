@@ -11,6 +11,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from .rungs import EARLY_STOP_ATTR
 from .store import StudyStore
 from .store.budget import counted_complete
 from .store.optuna_internals import trial_id
@@ -20,12 +21,14 @@ log = logging.getLogger(__name__)
 
 def budget_met(store: StudyStore, max_trials: int, space: Any) -> tuple[int, bool]:
     """``(counted COMPLETE trials of the whole study, whether it met its budget)``: ``max_trials``
-    counted COMPLETE trials, or every point of a smaller ``space`` (the searcher's, or None) COMPLETE."""
-    trials = store.all_trials(states=(TrialState.COMPLETE,))
+    counted COMPLETE trials, or every point of a smaller ``space`` (the searcher's, or None) COMPLETE or
+    stopped early by the pruner (a stopped arch is never trained again: the search has seen it)."""
+    trials = store.all_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     complete = counted_complete(trials)
+    decided = [t for t in trials if t.state == TrialState.COMPLETE or EARLY_STOP_ATTR in t.user_attrs]
     wanted = min(max_trials, len(space)) if space is not None else max_trials
     met = complete >= wanted or (
-        space is not None and len({json.dumps(t.params, sort_keys=True) for t in trials}) >= len(space))
+        space is not None and len({json.dumps(t.params, sort_keys=True) for t in decided}) >= len(space))
     return complete, met
 
 

@@ -45,7 +45,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from . import admission, breaker, console, distributed, run_end, trial_record
+from . import admission, breaker, console, distributed, run_end, rungs, trial_record
 from .engines import engine_of, parameter_count
 from .engines.students import rebuild_with, save_student_artifact
 from .errors import ConfigError, EnvironmentFailure, SearchSpaceExhausted
@@ -91,6 +91,8 @@ class RunSummary:
     failed: int = 0
     repeats: int = 0
     discarded: int = 0
+    #: trials the pruner stopped at a rung
+    stopped: int = 0
     stop_reason: str = ""
     #: COMPLETE trials of the whole study (every worker's) when this worker stopped.
     study_complete: int = 0
@@ -196,6 +198,9 @@ class TrialRunner:
         """
         if self.check_setup:
             check_setup(self.ad)
+        if self._world > 1 and rungs.pruning_on(self.ad.conf):
+            raise ConfigError("search.pruner", f"{self.ad.conf.pruner!r} cannot stop one student on every "
+                                               f"torch.distributed rank at once; set search.pruner: none")
         self.study  # noqa: B018 - opened first: an unreachable storage is reported before a folder is made
         self._check_folders()
         if self._rank == 0:
@@ -384,8 +389,10 @@ class TrialRunner:
         model = None
         console.trial_started(trial.number, arch)
         try:
-            model, metrics, values = (fit or self.fit)(arch, trial.number, clock)
+            model, metrics, values = (fit or self.fit)(arch, trial.number, clock, trial)
             self._tell_trained(trial, arch, model, metrics, values, clock)
+        except rungs.StoppedEarly as stop:
+            self._tell_stopped(trial, stop, clock)
         except UpdateFinishedTrialError:
             log.warning("trial %d was finished by another worker (stale?); its result is dropped", trial.number)
         except KeyboardInterrupt as exc:
@@ -405,8 +412,10 @@ class TrialRunner:
             if owner is not None:
                 owner.release()
 
-    def fit(self, arch: dict, number: int | None, clock: trial_record.Clock):
-        """Build, train and evaluate one student; returns ``(model, metrics, raw metric values)``."""
+    def fit(self, arch: dict, number: int | None, clock: trial_record.Clock, trial: Any = None):
+        """Build, train and evaluate one student; returns ``(model, metrics, raw metric values)``. With
+        ``trial`` and the pruner on, the student is evaluated at its rungs and may be stopped there
+        (:class:`~nas_distill.rungs.StoppedEarly`)."""
         t0 = time.perf_counter()
         self._report("build", number)
         model = self.ad.model_builder(dict(arch))
@@ -422,7 +431,8 @@ class TrialRunner:
         else:
             t0 = time.perf_counter()
             self._report("train", number)
-            model = self.ad._train(model)  # the model train_func returned, if it returned one
+            monitor = self._rung_monitor(trial, arch, model)
+            model = self.ad._train(model, after_step=monitor)  # the model train_func returned, if any
             self.ad.student_model = model
             clock.lap("train", t0)
             t0 = time.perf_counter()
@@ -431,6 +441,14 @@ class TrialRunner:
             clock.lap("eval", t0)
         values = self.ad.raw_metric_values(metrics)
         return model, metrics, values
+
+    def _rung_monitor(self, trial: Any, arch: dict, model: Any) -> rungs.RungMonitor | None:
+        if trial is None or not rungs.pruning_on(self.ad.conf):
+            return None
+        if self.ad._distiller is None:
+            self.ad.create_distillers()
+        steps = self.ad._distiller.rung_steps(self.ad.conf.rungs)
+        return rungs.RungMonitor(self.ad, self.store, trial, arch, model, steps)
 
     def _save(self, trial, arch: dict, model: Any, clock: trial_record.Clock) -> dict[str, Any]:
         """Save the student to the artifact store: ``{'artifact_id': ...}``, or nothing."""
@@ -483,6 +501,15 @@ class TrialRunner:
                                      f"a row ({message}); their architectures will be retried", exc) from exc
         self._last_environment = environment
         self._check_breaker()
+
+    def _tell_stopped(self, trial, stop: rungs.StoppedEarly, clock: trial_record.Clock) -> None:
+        """Record a student the pruner stopped: PRUNED with ``early_stop`` (its ``rungs`` are stored)."""
+        self.store.set_user_attrs(trial_id(trial), {rungs.EARLY_STOP_ATTR: stop.record, "timings": clock.stop()})
+        self._tell(trial, state=TrialState.PRUNED)
+        self._last_environment = None
+        self.summary.stopped += 1
+        console.trial_pruned(trial.number, str(stop))
+        self._report("stopped", trial.number)
 
     def _answer_from_store(self, trial, arch: dict, known) -> None:
         attrs = admission.answer_attrs(known, arch, self.ad.metrics, self._worker())
@@ -543,6 +570,7 @@ def check_setup(ad) -> None:
     from .dryrun import dry_run
     from .rehearsal import rehearse
 
+    rungs.check_pruning(ad)
     console.step_started("dry run", "the data, the models and a few students of the space")
     t0 = time.perf_counter()
     dry_run(ad)

@@ -19,7 +19,17 @@ from .errors import ConfigError
 from .search.algorithms import ALGORITHM_ALIASES, SEARCH_ALGORITHMS
 from .search.space import SearchSpace
 from .settings import Metric, SearchSection, keys_of
-from .vocabulary import DEFAULT_MAX_TRIALS, DEFAULT_SEED, LOWER_IS_BETTER_METRICS
+from .vocabulary import (
+    DEFAULT_MAX_TRIALS,
+    DEFAULT_PRUNER,
+    DEFAULT_REDUCTION_FACTOR,
+    DEFAULT_RUNG_EXAMPLES,
+    DEFAULT_SEED,
+    LOWER_IS_BETTER_METRICS,
+    NO_PRUNER,
+    PRUNERS,
+    architecture_metric_names,
+)
 
 SEARCH_KEYS = keys_of(SearchSection)
 #: Keys of a metric given as a mapping: the seed Metric's fields, and our spelling of its direction.
@@ -32,7 +42,8 @@ MAX_INDEXED_POINTS = 2**63 - 1
 
 def validate_search(value: Any, path: str = "search") -> dict[str, Any]:
     """The section as the config's attributes: ``search_space``, ``search_algorithm``, ``metrics``,
-    ``higher_is_better``, ``max_trials``, ``seed``, ``architecture_metrics``."""
+    ``higher_is_better``, ``max_trials``, ``seed``, ``architecture_metrics``, ``pruner``,
+    ``reduction_factor``, ``rungs``, ``rung_examples``."""
     search = checks.mapping(value, path, SEARCH_KEYS)
     space_path = checks.join(path, "search_space")
     space = _search_space(search.get("search_space"), space_path)
@@ -56,6 +67,8 @@ def validate_search(value: Any, path: str = "search") -> dict[str, Any]:
     seed = search["seed"] if "seed" in search else DEFAULT_SEED
     if seed is not None and (not checks.is_int(seed) or not 0 <= seed < 2**32):
         raise checks.fail(checks.join(path, "seed"), "an integer in [0, 2**32) or null (a fresh seed)", seed)
+    architecture_metrics = _architecture_metrics(search.get("architecture_metrics"), metrics,
+                                                 checks.join(path, "architecture_metrics"))
     return {
         "search_space": space,
         "search_algorithm": algorithm,
@@ -63,9 +76,41 @@ def validate_search(value: Any, path: str = "search") -> dict[str, Any]:
         "higher_is_better": higher,
         "max_trials": max_trials,
         "seed": None if seed is None else int(seed),
-        "architecture_metrics": _architecture_metrics(search.get("architecture_metrics"), metrics,
-                                                      checks.join(path, "architecture_metrics")),
+        "architecture_metrics": architecture_metrics,
+        **_pruning(search, metrics, architecture_metrics, path),
     }
+
+
+def _pruning(search: Mapping[str, Any], metrics: list[str], declared: list[str], path: str) -> dict[str, Any]:
+    """``pruner``, ``reduction_factor``, ``rungs`` (the fractions, defaults filled in), ``rung_examples``."""
+    pruner = search.get("pruner")
+    pruner = DEFAULT_PRUNER if pruner is None else checks.choice(
+        pruner, checks.join(path, "pruner"), {p.replace("-", ""): p for p in PRUNERS}, PRUNERS)
+    eta = search.get("reduction_factor")
+    eta = DEFAULT_REDUCTION_FACTOR if eta is None else checks.int_value(eta, checks.join(path, "reduction_factor"),
+                                                                        minimum=2)
+    examples = search.get("rung_examples")
+    examples = DEFAULT_RUNG_EXAMPLES if examples is None else checks.int_value(
+        examples, checks.join(path, "rung_examples"))
+    rungs_path = checks.join(path, "rungs")
+    rungs = search.get("rungs")
+    if rungs is None:
+        rungs = [1.0 / eta**2, 1.0 / eta]
+    else:
+        if not checks.is_seq(rungs) or not rungs:
+            raise checks.fail(rungs_path, "a non-empty list of fractions in (0, 1)", rungs)
+        rungs = [checks.number_value(f, f"{rungs_path}[{i}]") for i, f in enumerate(rungs)]
+        for i, f in enumerate(rungs):
+            if not 0 < f < 1:
+                raise checks.fail(f"{rungs_path}[{i}]", "a fraction in (0, 1) (the end of training is the "
+                                                        "trial's own evaluation)", f)
+            if i and f <= rungs[i - 1]:
+                raise checks.fail(f"{rungs_path}[{i}]", f"a fraction above the one before ({rungs[i - 1]})", f)
+    if pruner != NO_PRUNER and len(architecture_metric_names(metrics, declared)) == len(metrics):
+        raise ConfigError(checks.join(path, "pruner"), f"every objective ({metrics}) is fixed by the "
+                                                       f"architecture: there is nothing to compare part-way "
+                                                       f"through training; set it to 'none'")
+    return {"pruner": pruner, "reduction_factor": eta, "rungs": rungs, "rung_examples": examples}
 
 
 def _is_sampler(value: Any) -> bool:

@@ -46,7 +46,10 @@ from .vocabulary import (
     DEFAULT_GRACE_PERIOD,
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_MAX_TRIALS,
+    DEFAULT_PRUNER,
+    DEFAULT_REDUCTION_FACTOR,
     DEFAULT_RUN_DIR,
+    DEFAULT_RUNG_EXAMPLES,
     DEFAULT_SEED,
     DEFAULT_STUDY_NAME,
     DEFAULT_TRAIN_STEPS,
@@ -54,6 +57,7 @@ from .vocabulary import (
     FRAMEWORKS,
     LOSS_TYPES,
     OPTIMIZERS,
+    PRUNERS,
 )
 
 __all__ = [
@@ -354,6 +358,19 @@ class SearchSection:
     architecture_metrics: Annotated[_any({"type": "array", "items": {"type": "string"}}), Key(
         "names among `search.metrics` that depend on the architecture alone (measured untrained, once per "
         "arch; see below)", "`[]` (plus `latency`, `params`, `model_size_mb` always)")] = None
+    pruner: Annotated[_any(_choice_schema(PRUNERS)), Key(
+        "`pareto-asha` (stop a student at a rung when it trails the students at least as slow; see "
+        "\"Pruning\") or `none`", f"`{DEFAULT_PRUNER}`")] = DEFAULT_PRUNER
+    reduction_factor: Annotated[_any({**_INT, "minimum": 2}), Key(
+        "int >= 2: the pruner keeps the top 1/`reduction_factor` of a rung", f"`{DEFAULT_REDUCTION_FACTOR}`")] \
+        = DEFAULT_REDUCTION_FACTOR
+    rungs: Annotated[_any({"type": ["array", "null"], "items": {**_NUMBER, "exclusiveMinimum": 0,
+                                                                  "exclusiveMaximum": 1}}), Key(
+        "increasing fractions in (0, 1) of the regular-distillation steps at which the pruner evaluates a "
+        "student", "`null`: 1/`reduction_factor`^2 and 1/`reduction_factor`")] = None
+    rung_examples: Annotated[_any({**_INT, "minimum": 1}), Key(
+        "int > 0: a rung evaluates on the first this many examples of the evaluation set",
+        f"`{DEFAULT_RUNG_EXAMPLES}`")] = DEFAULT_RUNG_EXAMPLES
 
 
 # ---------------------------------------------------------------------------------------------------

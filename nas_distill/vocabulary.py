@@ -53,6 +53,12 @@ def base_metric(name: str, known: Sequence[str] = METRICS) -> str:
     return name
 
 
+def architecture_metric_names(metrics: Sequence[str], declared: Iterable[str] = ()) -> list[str]:
+    """The metrics among ``metrics`` fixed by the architecture, in their order."""
+    declared = set(declared)
+    return [m for m in metrics if base_metric(m) in BUILTIN_ARCH_METRICS or m in declared]
+
+
 def unknown_metrics(names: Iterable[str], known: Sequence[str] = METRICS) -> list[str]:
     """The names that none of ``known`` (with or without the ``eval_`` prefix) is."""
     return [name for name in names if base_metric(name, known) not in known]
@@ -92,3 +98,12 @@ DEFAULT_HEARTBEAT_INTERVAL = 10
 DEFAULT_GRACE_PERIOD = 30
 #: Seconds a storage call keeps retrying before its error is raised.
 DEFAULT_RETRY_SECONDS = 300.0
+
+
+# The pruner (search.pruner): names and defaults.
+PARETO_ASHA = "pareto-asha"
+NO_PRUNER = "none"
+PRUNERS = (PARETO_ASHA, NO_PRUNER)
+DEFAULT_PRUNER = NO_PRUNER
+DEFAULT_REDUCTION_FACTOR = 3
+DEFAULT_RUNG_EXAMPLES = 512

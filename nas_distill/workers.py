@@ -175,7 +175,8 @@ def _label_this_worker(label: str | None) -> None:
 
 def _worker_done(summary: Any, max_trials: int) -> int:
     """Log the worker's last line; its exit code."""
-    line = (f"worker done: {summary.completed} trained, {summary.failed} failed, "
+    stopped = f"{summary.stopped} stopped early, " if summary.stopped else ""
+    line = (f"worker done: {summary.completed} trained, {stopped}{summary.failed} failed, "
             f"{summary.repeats + summary.discarded} pruned; the study has {summary.study_complete} of "
             f"{max_trials} trials complete ({summary.stop_reason or 'nothing left to run'})")
     if summary.budget_met:

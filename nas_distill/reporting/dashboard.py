@@ -8,8 +8,11 @@ What it adds to a plain ``optuna-dashboard <storage>``:
   with ``optuna_dashboard.save_plotly_graph_object`` under a fixed id (``nas-distill-hypervolume``), so a
   relaunch replaces it instead of adding a copy; the dashboard shows it with the study's figures, and
   its API lists it under ``plotly_graph_objects`` of ``/api/studies/<id>``. While the server runs, a
-  daemon thread refreshes it every ``refresh_s`` seconds when the number of finished trials changed
-  (workers keep adding trials while the dashboard is up).
+  daemon thread refreshes it every ``refresh_s`` seconds when the number of finished trials (or of rung
+  records) changed (workers keep adding trials while the dashboard is up).
+* the learning curves of the report (id ``nas-distill-learning-curves``), pushed the same way when some
+  trial has rung records (the pruner's partial evaluations; Optuna's own intermediate values cannot hold
+  them in a multi-objective study).
 
 Binds 127.0.0.1 by default: the dashboard can edit notes and delete studies, so exposing it is a choice
 the caller makes explicitly (docker-compose passes ``--host 0.0.0.0`` inside the container and publishes
@@ -36,12 +39,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from nas_distill.rungs import RUNGS_ATTR
 from nas_distill.store.open import open_storage as store_open_storage
 
-__all__ = ["HYPERVOLUME_FIGURE_ID", "check_port_free", "push_figures", "launch_dashboard", "open_storage",
-           "DashboardGuard", "is_loopback"]
+__all__ = ["HYPERVOLUME_FIGURE_ID", "LEARNING_CURVES_FIGURE_ID", "check_port_free", "push_figures",
+           "launch_dashboard", "open_storage", "DashboardGuard", "is_loopback"]
 
 HYPERVOLUME_FIGURE_ID = "nas-distill-hypervolume"
+LEARNING_CURVES_FIGURE_ID = "nas-distill-learning-curves"
 
 _log = logging.getLogger(__name__)
 
@@ -53,42 +58,49 @@ def open_storage(storage: Any) -> Any:
     return store_open_storage(storage, create=False)
 
 
-def _finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
+def _progress_key(study: optuna.Study) -> tuple[int, int]:
+    """What the pushed figures depend on: the finished trials, and the rung records of every trial."""
+    trials = study.get_trials(deepcopy=False)
+    finished = sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
+    rungs = sum(len(t.user_attrs[RUNGS_ATTR]) for t in trials if isinstance(t.user_attrs.get(RUNGS_ATTR), list))
+    return finished, rungs
 
 
-def push_figures(storage: Any, study_name: str | None = None) -> dict[str, str]:
-    """Store the hypervolume-history figure in each study of ``storage`` (or only ``study_name``).
+def push_figures(storage: Any, study_name: str | None = None) -> dict[str, list[str]]:
+    """Store the hypervolume-history figure (studies with a complete trial) and the learning curves
+    (studies with rung records) in each study of ``storage`` (or only ``study_name``).
 
-    Studies without a complete trial are skipped. Returns ``{study name: graph object id}``.
+    Returns ``{study name: [graph object ids pushed]}``; studies given neither are left out.
     """
     from optuna_dashboard import save_plotly_graph_object
 
     from nas_distill.reporting.data import collect
-    from nas_distill.reporting.figures import hypervolume_figure
+    from nas_distill.reporting.figures import hypervolume_figure, learning_curves_figure
 
     storage = open_storage(storage)
     names = [study_name] if study_name else optuna.get_all_study_names(storage)
-    pushed: dict[str, str] = {}
+    pushed: dict[str, list[str]] = {}
     for name in names:
         study = optuna.load_study(study_name=name, storage=storage)
         data = collect(study, importances=False)
-        if not data.complete:
-            continue
-        pushed[name] = save_plotly_graph_object(
-            study, hypervolume_figure(data), graph_object_id=HYPERVOLUME_FIGURE_ID
-        )
+        figures = []
+        if data.complete:
+            figures.append((HYPERVOLUME_FIGURE_ID, hypervolume_figure(data)))
+        if data.has_rungs:
+            figures.append((LEARNING_CURVES_FIGURE_ID, learning_curves_figure(data)))
+        for figure_id, figure in figures:
+            pushed.setdefault(name, []).append(save_plotly_graph_object(study, figure, graph_object_id=figure_id))
     return pushed
 
 
 def _refresh_loop(storage: Any, study_name: str | None, interval: float, stop: threading.Event) -> None:
-    """Re-push the figures whenever the number of finished trials of some study changed."""
-    seen: dict[str, int] = {}
+    """Re-push the figures whenever the finished trials or the rung records of some study changed."""
+    seen: dict[str, tuple[int, int]] = {}
     while not stop.wait(interval):
         try:
             names = [study_name] if study_name else optuna.get_all_study_names(storage)
             for name in names:
-                count = _finished_count(optuna.load_study(study_name=name, storage=storage))
+                count = _progress_key(optuna.load_study(study_name=name, storage=storage))
                 if seen.get(name) != count:
                     push_figures(storage, name)
                     seen[name] = count
@@ -223,8 +235,8 @@ def launch_dashboard(
             dashboard can also take uploads. ``None``: no artifact store.
         host: interface to bind; 127.0.0.1 unless you mean to expose the dashboard.
         port: TCP port.
-        study_name: push the hypervolume figure to this study only (default: every study).
-        refresh_s: how often to refresh the pushed figure while serving; ``None`` or 0: only once.
+        study_name: push the figures to this study only (default: every study).
+        refresh_s: how often to refresh the pushed figures while serving; ``None`` or 0: only once.
         allow_writes: serve optuna-dashboard's write API (notes, deleting studies, uploads); by default
             the dashboard is read-only. Either way :class:`DashboardGuard` checks ``Host`` / ``Origin``.
     """
@@ -239,7 +251,7 @@ def launch_dashboard(
         Path(artifact_dir).mkdir(parents=True, exist_ok=True)
         store = FileSystemArtifactStore(os.fspath(artifact_dir))
     pushed = push_figures(storage, study_name)
-    _log.info("pushed the hypervolume figure to %d studies", len(pushed))
+    _log.info("pushed the hypervolume / learning-curve figures to %d studies", len(pushed))
     stop = threading.Event()
     if refresh_s:
         threading.Thread(

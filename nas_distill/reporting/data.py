@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import optuna
 
-from nas_distill.records import MetricInfo, StudyRecords, TrialRecord, read_study
+from nas_distill.records import MetricInfo, StudyRecords, TrialRecord, metric_unit, read_study
 from nas_distill.search.pareto import find_pareto_front, hypervolume
 
-__all__ = ["StudyData", "collect", "format_value", "format_arch"]
+__all__ = ["Curve", "StudyData", "collect", "curve_metric", "format_value", "format_arch", "learning_curves"]
 
 
 @dataclass
@@ -88,6 +88,53 @@ def format_arch(arch: dict[str, Any] | None, *, sep: str = ", ") -> str:
     if not arch:
         return "-"
     return sep.join(f"{key}={format_value(value)}" for key, value in arch.items())
+
+
+# ------------------------------------------------------------------------------------- learning curves
+@dataclass(frozen=True)
+class Curve:
+    """One trial's learning curve: its rung points, then (COMPLETE trials) the final value at the end of
+    training. ``kind``: ``"complete"``, ``"stopped"`` (by the pruner) or ``"other"`` (running, failed)."""
+
+    number: int
+    kind: str
+    steps: list[int]
+    values: list[float]
+    pareto: bool = False
+    #: Why the pruner stopped it (``"stopped"`` curves), else None.
+    reason: str | None = None
+
+
+def curve_metric(records: StudyRecords) -> MetricInfo | None:
+    """The metric the learning curves show: the first of the study's metrics measured at the rungs (the
+    first expensive one), else the first name in the rung records; None without rung records."""
+    measured = list(dict.fromkeys(name for t in records.trials for r in t.rungs for name in r.values))
+    for m in records.metrics:
+        if m.name in measured:
+            return m
+    if not measured:
+        return None
+    observed = [r.values[measured[0]] for t in records.trials for r in t.rungs if measured[0] in r.values]
+    return MetricInfo(measured[0], "maximize", metric_unit(measured[0], observed))
+
+
+def learning_curves(records: StudyRecords) -> tuple[MetricInfo | None, list[Curve]]:
+    """The metric of :func:`curve_metric` and one :class:`Curve` per trial that measured it at a rung."""
+    metric = curve_metric(records)
+    if metric is None:
+        return None, []
+    index = next((i for i, m in enumerate(records.metrics) if m.name == metric.name), None)
+    curves = []
+    for t in records.trials:
+        points = [(r.step, r.values[metric.name]) for r in t.rungs if metric.name in r.values]
+        if not points:
+            continue
+        if t.complete and index is not None:
+            points.append((t.rungs[-1].of, t.values[index]))
+        kind = "complete" if t.complete else "stopped" if t.stopped_early else "other"
+        reason = t.early_stop.reason if t.stopped_early else None
+        curves.append(Curve(t.number, kind, [s for s, _ in points], [v for _, v in points], t.pareto, reason))
+    return metric, curves
 
 
 # -------------------------------------------------------------------------------------------- collect

@@ -12,6 +12,10 @@ Which Pareto plot:
 * 3 or more: a scatter matrix of every pair of metrics, Pareto trials coloured.
 
 Every point's hover text carries the trial number, the architecture and all metrics.
+
+Learning curves (studies with rung records only): the first expensive metric against the training step,
+one line per trial: its rung points, then its final value at the end of training for a COMPLETE trial.
+A trial the pruner stopped is a grey dashed line ending with an ``x``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from nas_distill.records import MetricInfo, TrialRecord
-from nas_distill.reporting.data import StudyData, format_arch, format_value
+from nas_distill.reporting.data import Curve, StudyData, format_arch, format_value, learning_curves
 
 __all__ = [
     "PARETO_COLOR",
@@ -29,6 +33,8 @@ __all__ = [
     "pareto_figure",
     "hypervolume_figure",
     "importance_figure",
+    "learning_curves_figure",
+    "curve_style",
     "reference_text",
 ]
 
@@ -169,6 +175,58 @@ def hypervolume_figure(data: StudyData):
         ),
         xaxis_title="trial number", yaxis_title=f"hypervolume ({units})", **_LAYOUT,
     )
+    return fig
+
+
+#: Legend name, colour and line dash of each kind of learning curve (:class:`~nas_distill.reporting.data.Curve`).
+_CURVE_KINDS = {"complete": ("complete", LINE_COLOR, "solid"),
+                "stopped": ("stopped early", DOMINATED_COLOR, "dash"),
+                "other": ("running or failed", DOMINATED_COLOR, "dot")}
+CURVES_NOTE = ("rung points are measured on the rung slice of the evaluation set; a complete trial ends "
+               "at its final evaluation; trials stopped early are dashed and end with x")
+
+
+def curve_style(curve: Curve) -> tuple[str, str, str]:
+    """``(legend name, colour, dash)`` of a curve; Pareto-optimal complete trials in the Pareto colour."""
+    if curve.pareto:
+        return "Pareto-optimal", PARETO_COLOR, "solid"
+    return _CURVE_KINDS[curve.kind]
+
+
+def _stop_note(curve: Curve) -> str:
+    """The pruner's reason under a stopped trial's hover text, wrapped (plotly's hover is one line)."""
+    if curve.reason is None:
+        return ""
+    import html
+    import textwrap
+
+    lines = textwrap.wrap("stopped early: " + curve.reason, 60)
+    return "".join("<br>" + html.escape(line) for line in lines)
+
+
+def learning_curves_figure(data: StudyData):
+    """The learning curves of every trial with rung records; ``None`` when no trial has any."""
+    metric, curves = learning_curves(data)
+    if not curves:
+        return None
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    in_legend: set[str] = set()
+    for curve in curves:
+        name, color, dash = curve_style(curve)
+        end = "x" if curve.kind == "stopped" else "circle"
+        fig.add_trace(go.Scatter(
+            x=curve.steps, y=curve.values, mode="lines+markers", name=name, legendgroup=name, meta=curve.number,
+            showlegend=name not in in_legend, line=dict(color=color, dash=dash, width=1.5),
+            marker=dict(color=color, size=[7] * (len(curve.steps) - 1) + [10],
+                        symbol=["circle"] * (len(curve.steps) - 1) + [end]),
+            hovertemplate=f"trial #%{{meta}}<br>step %{{x}}<br>{metric.name} %{{y:.4g}}{_stop_note(curve)}"
+                          "<extra></extra>",
+        ))
+        in_legend.add(name)
+    fig.update_layout(title=_title(f"Learning curves: {metric.described}", f"{data.study_name}: {CURVES_NOTE}"),
+                      xaxis_title="training step", yaxis_title=metric.label, **_LAYOUT)
     return fig
 
 

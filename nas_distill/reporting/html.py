@@ -17,6 +17,7 @@ from typing import Any
 
 from nas_distill.arch_metrics import summary_lines
 from nas_distill.reporting.data import StudyData
+from nas_distill.reporting.figures import CURVES_NOTE
 from nas_distill.reporting.table import table_columns
 
 __all__ = ["render_page", "DATA_BLOCK_ID"]
@@ -84,8 +85,9 @@ def _cell(value: Any, shown: str | None = None, cls: str = "") -> str:
 def _table(data: StudyData) -> str:
     """Every trial, with the columns of the CLI's tables (:func:`~nas_distill.reporting.table.table_columns`);
     metric headers carry their units here."""
+    trailing = ("time_s", "worker", "error") + (("rungs",) if data.has_rungs else ())
     columns = table_columns(data.trials, data.metrics, data.param_names, leading=("state", "pareto"),
-                            trailing=("time_s", "worker", "error"))
+                            trailing=trailing)
     units = {f"{m.name} {arrow}": f"{m.label} {arrow}" for m in data.metrics for arrow in "↑↓"}
     out = ['<div class="tablewrap"><table class="trials" id="trials"><thead><tr>']
     out += [f"<th>{_esc(units.get(c.title, c.title))}</th>" for c in columns]
@@ -135,8 +137,9 @@ def render_page(data: StudyData, figures: dict[str, Any], pngs: dict[str, str]) 
 
     Args:
         data: the collected study.
-        figures: ``{"pareto": fig, "hypervolume": fig, "importance": fig or None}`` (plotly figures);
-            empty when the study has no complete trial.
+        figures: ``{"pareto": fig, "hypervolume": fig, "importance": fig or None}`` (plotly figures;
+            absent when the study has no complete trial), plus ``"learning_curves"`` when some trial
+            has rung records.
         pngs: ``{plot name: file name}`` of the PNG copies, linked from the page.
     """
     counts = data.state_counts
@@ -182,9 +185,13 @@ def render_page(data: StudyData, figures: dict[str, Any], pngs: dict[str, str]) 
             parts.append(_figure_div(figures["importance"], first))
         else:
             parts.append(f'<p class="note">{_esc(data.importance_note or "Not computed.")}</p>')
-        if pngs:
-            links = " ".join(f'<a href="{_esc(f)}">{_esc(f)}</a>' for f in pngs.values())
-            parts.append(f"<p>PNG copies: {links}</p>")
+    if figures.get("learning_curves") is not None:
+        parts.append("<h2>Learning curves</h2>")
+        parts.append(f'<p id="learning-curves-note">{_esc(CURVES_NOTE.capitalize())}.</p>')
+        parts.append(_figure_div(figures["learning_curves"], n_complete == 0))
+    if pngs:
+        links = " ".join(f'<a href="{_esc(f)}">{_esc(f)}</a>' for f in pngs.values())
+        parts.append(f"<p>PNG copies: {links}</p>")
     parts.append("<h2>Trials</h2><p>Click a column header to sort. Pareto trials are highlighted.</p>")
     parts.append(_table(data))
     parts.append(_json_block(data))

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nas_distill.reporting.data import StudyData
+from nas_distill.reporting.data import StudyData, learning_curves
 from nas_distill.reporting.figures import (
+    CURVES_NOTE,
     DOMINATED_COLOR,
     LINE_COLOR,
     PARETO_COLOR,
+    curve_style,
     pareto_axes,
     reference_text,
 )
@@ -135,18 +137,44 @@ def _importance_png(data: StudyData, path: Path) -> None:
     fig.savefig(path)
 
 
-def write_pngs(data: StudyData, out_dir: Path) -> dict[str, Path]:
-    """Write ``pareto.png``, ``hypervolume.png`` and (when computed) ``importance.png`` into ``out_dir``.
+_DASHES = {"solid": "-", "dash": "--", "dot": ":"}
 
-    Returns ``{plot name: path}`` of the files written; nothing when the study has no complete trial.
+
+def _learning_curves_png(data: StudyData, path: Path) -> None:
+    import textwrap
+
+    metric, curves = learning_curves(data)
+    fig = _figure(9.0, 5.5)
+    ax = fig.add_subplot()
+    in_legend: set[str] = set()
+    for curve in curves:
+        name, color, dash = curve_style(curve)
+        ax.plot(curve.steps, curve.values, _DASHES[dash], color=color, marker="o", markersize=4, linewidth=1.2,
+                label=None if name in in_legend else name)
+        if curve.kind == "stopped":
+            ax.plot(curve.steps[-1:], curve.values[-1:], "x", color=color, markersize=9, markeredgewidth=2)
+        in_legend.add(name)
+    ax.set(title=f"Learning curves: {metric.described}\n" + textwrap.fill(f"{data.study_name}: {CURVES_NOTE}", 100),
+           xlabel="training step", ylabel=metric.label)
+    ax.title.set_fontsize(10)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(path)
+
+
+def write_pngs(data: StudyData, out_dir: Path) -> dict[str, Path]:
+    """Write ``pareto.png``, ``hypervolume.png``, (when computed) ``importance.png`` and (when some trial
+    has rung records) ``learning_curves.png`` into ``out_dir``.
+
+    Returns ``{plot name: path}`` of the files written; the first three need a complete trial.
     """
     written: dict[str, Path] = {}
-    if not data.complete:
-        return written
     out_dir = Path(out_dir)
-    jobs = [("pareto", _pareto_png), ("hypervolume", _hypervolume_png)]
-    if data.importances:
+    jobs = [("pareto", _pareto_png), ("hypervolume", _hypervolume_png)] if data.complete else []
+    if data.importances and data.complete:
         jobs.append(("importance", _importance_png))
+    if data.has_rungs:
+        jobs.append(("learning_curves", _learning_curves_png))
     for name, draw in jobs:
         path = out_dir / f"{name}.png"
         draw(data, path)

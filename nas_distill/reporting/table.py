@@ -3,8 +3,12 @@
 Columns, in order: ``#``, then what the view asks for (``state``, ``pareto``), **one column per
 architecture key**, one per metric, ``params`` (the parameter count; left out when ``params`` is itself
 an objective, so it never shows twice, and when no trial has one), then the view's trailing extras
-(``time_s``, ``worker``, ``error``). Every architecture key gets its column whether or not its values
+(``time_s``, ``worker``, ``error``, ``rungs``). Every architecture key gets its column whether or not its values
 differ, so no difference is ever hidden inside a clipped ``key=value`` string.
+
+The ``rungs`` column (:func:`rung_text`) shows a trial's partial evaluations as ``value@step`` per
+expensive metric, e.g. ``accuracy 0.41@22 0.55@67``, and ends with ``stopped at 67/200`` on a trial
+the pruner stopped.
 
 Numbers are plain (:func:`plain_number`): integers in full, other values to 4 significant digits, never
 ``1.2e-03`` nor ``12.3k``.
@@ -29,15 +33,15 @@ from typing import Any, Iterable, Sequence
 
 from nas_distill.records import MetricInfo, TrialRecord
 
-__all__ = ["Column", "key_abbreviations", "plain_number", "render_text", "table_columns", "terminal_width",
-           "trials_table"]
+__all__ = ["Column", "key_abbreviations", "plain_number", "render_text", "rung_text", "table_columns",
+           "terminal_width", "trials_table"]
 
 _SEP = "  "
 _ELLIPSIS = "..."
 DEFAULT_WIDTH = 100
 #: The columns a view may add: before the architecture keys, and after the metrics.
 LEADING = ("state", "pareto")
-TRAILING = ("time_s", "worker", "error")
+TRAILING = ("time_s", "worker", "error", "rungs")
 
 
 @dataclass
@@ -70,6 +74,18 @@ def plain_number(value: Any) -> str:
     decimals = max(0, 3 - math.floor(math.log10(abs(value))))
     text = f"{round(value, decimals):.{decimals}f}"
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def rung_text(row: TrialRecord) -> str | None:
+    """A trial's rung records in one cell (see the module docstring); None without any."""
+    parts = []
+    for name in dict.fromkeys(name for rung in row.rungs for name in rung.values):
+        points = " ".join(f"{plain_number(r.values[name])}@{r.step}" for r in row.rungs if name in r.values)
+        parts.append(f"{name} {points}")
+    text = "; ".join(parts)
+    if row.stopped_early:
+        text += f" stopped at {row.early_stop.step}/{row.early_stop.of}"
+    return text.strip() or None
 
 
 def key_abbreviations(keys: Sequence[str]) -> dict[str, str]:
@@ -122,6 +138,7 @@ def table_columns(rows: Sequence[TrialRecord], metrics: Sequence[MetricInfo], ke
                                             for r in rows]),
         "worker": lambda: column("worker", [r.worker for r in rows], numeric=False),
         "error": lambda: column("error", [r.error for r in rows], numeric=False),
+        "rungs": lambda: column("rungs", [rung_text(r) for r in rows], numeric=False),
     }
     cols += [extra_trailing[name]() for name in trailing]
     return cols

@@ -9,15 +9,18 @@ largest exact expected hypervolume improvement (:mod:`.ehvi`), optionally per un
 Each suggestion
     1. Reads the study (the claim protocol's read: :mod:`.samplers`): COMPLETE trials are the data, and
        every point held by a COMPLETE / RUNNING / WAITING / PRUNED trial is excluded, as is every point
-       ``canonical_arch`` maps onto the key of a held one.
+       ``canonical_arch`` maps onto the key of a held one. Trials the pruner stopped are data too, of
+       lower fidelity: their last partial values plus the gain finished trials showed from that rung to
+       the end, with that gain's scatter as extra noise (:mod:`.low_fidelity`); their points stay held.
     2. Candidates: every point of the space when it has at most ``enumerate_up_to`` points; otherwise a
        fresh uniform sample of ``n_candidates`` points plus every one-key change of the points on the
        current front, so a space of 1e9 points costs what one of 1e4 does.
-    3. Before ``n_startup_trials`` COMPLETE trials: a random free candidate. Then one GP per objective
-       that some candidate does not know (targets in the higher-is-better sign, whatever the study's
-       direction); the front is the COMPLETE trials' values plus, for trials other workers are running,
-       their known values or the GP means (a "kriging believer", so parallel workers spread out); the
-       reference point lies 10% of each objective's range below its worst value seen.
+    3. Before ``n_startup_trials`` observations (COMPLETE trials, and stopped ones the model can use): a
+       random free candidate. Then one GP per objective that some candidate does not know (targets in
+       the higher-is-better sign, whatever the study's direction); the front is the COMPLETE trials'
+       values plus, for trials other workers are running, their known values or the GP means (a
+       "kriging believer", so parallel workers spread out); the reference point lies 10% of each
+       objective's range below its worst value seen.
     4. The claim protocol makes the choice unique: a point another worker claimed meanwhile is held at
        the re-read, and the next round chooses again without it.
 
@@ -35,16 +38,22 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from optuna.study import Study, StudyDirection
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import SearchSpaceExhausted
 from .ehvi import expected_improvement_volume
 from .gp import ArchGP, encode_space
+from .low_fidelity import StoppedValue, stopped_values
 from .pareto import find_pareto_front
 from .samplers import _ClaimingSampler, held_indices, trial_index
 from .space import SearchSpace
 
 __all__ = ["CandidateScores", "SpaceBOSampler"]
+
+# The GP's hyperparameter fit sees at most this many points once stopped trials join the data (every
+# finished trial always): a step of the fit costs O(n^3), and trials stopped early may outnumber the
+# finished ones several times; the posterior still conditions on all of them.
+_MAP_POINTS = 200
 
 
 @dataclass
@@ -70,9 +79,12 @@ class SpaceBOSampler(_ClaimingSampler):
         known_objectives: ``fn(arch) -> {objective index: value}``, higher is better; see the module doc.
         canonical_arch: ``key(arch) -> hashable``; archs with one key are one architecture.
         cost: ``fn(arch) -> predicted trial cost > 0``; the improvement is divided by it.
-        n_startup_trials: COMPLETE trials drawn at random before the model is used.
+        n_startup_trials: observations (COMPLETE trials, and stopped ones the model can use) drawn at
+            random before the model is used.
         enumerate_up_to: spaces of at most this many points are scored whole at every suggestion.
         n_candidates: the fresh sample per suggestion for larger spaces.
+        use_stopped_trials: fit the model on the partial values of trials the pruner stopped too (see
+            :mod:`.low_fidelity`); False: COMPLETE trials only.
     """
 
     def __init__(
@@ -86,6 +98,7 @@ class SpaceBOSampler(_ClaimingSampler):
         n_startup_trials: int = 5,
         enumerate_up_to: int = 20_000,
         n_candidates: int = 2_000,
+        use_stopped_trials: bool = True,
     ):
         super().__init__(search_space, seed=seed)
         self._known = known_objectives
@@ -94,6 +107,7 @@ class SpaceBOSampler(_ClaimingSampler):
         self._n_startup = int(n_startup_trials)
         self._enumerate_up_to = int(enumerate_up_to)
         self._n_candidates = int(n_candidates)
+        self._use_stopped = bool(use_stopped_trials)
         self._levels, self._categorical = encode_space(self._space.values)
         # Flat index = sum(digit * stride), last key fastest (SearchSpace's order).
         radices = self._space.radices
@@ -125,26 +139,21 @@ class SpaceBOSampler(_ClaimingSampler):
         rng = rng if rng is not None else np.random.default_rng(self._seed)
         trials = getattr(held, "trials", None)
         if trials is None:
-            trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
-                                                              TrialState.WAITING))
-        directions = study.directions
-        complete = [(i, t) for t in trials if t.state == TrialState.COMPLETE and t.values is not None
-                    and len(t.values) == len(directions) and (i := trial_index(t, self._space)) is not None]
+            trials = _read_trials(study)
+        complete, values = self._complete(study, trials)
         pending = [i for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)
                    and t.number != number and (i := trial_index(t, self._space)) is not None]
-        # The study stores raw values in its own directions; the model works higher-is-better, as
-        # known_objectives does.
-        signs = np.array([1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in directions])
-        values = np.array([t.values for _, t in complete], dtype=float).reshape(-1, len(signs)) * signs
         digits_done = self._digits([i for i, _ in complete])
         candidates = self._free_candidates(held, rng, digits_done, values)
         self.last_candidate_count = len(candidates)
-        if len(complete) < self._n_startup:
-            return CandidateScores(candidates, startup_position=len(complete) + len(pending))
+        stopped = self._stopped(study, trials)
+        n_stopped = 0 if stopped is None else len(stopped.digits)
+        if len(complete) + n_stopped < self._n_startup:
+            return CandidateScores(candidates, startup_position=len(complete) + len(pending) + n_stopped)
         # Candidates and the points other workers are running share one posterior.
         pool = self._digits(list(candidates) + pending)
         archs = [self._point(d) for d in pool]
-        mean, sd = self._posterior(archs, pool, [self._point(d) for d in digits_done], digits_done, values)
+        mean, sd = self._posterior(archs, pool, digits_done, values, stopped)
         n = len(candidates)
         front = np.vstack([values, mean[n:]])
         mean, sd, archs = mean[:n], sd[:n], archs[:n]
@@ -153,6 +162,59 @@ class SpaceBOSampler(_ClaimingSampler):
         if self._cost is not None:
             gain = gain / np.array([_positive(self._cost(a), "cost", a) for a in archs])
         return CandidateScores(candidates, mean=mean, sd=sd, front=front, reference=reference, gain=gain)
+
+    def posterior(self, study: Study, archs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """The model a suggestion fits on ``study``, at ``archs`` (points of the space, held or not): the
+        mean and standard deviation per arch and objective, higher is better (a known objective: its
+        value, sd 0). Needs at least one COMPLETE trial."""
+        trials = _read_trials(study)
+        complete, values = self._complete(study, trials)
+        if not complete:
+            raise ValueError("the model needs at least one COMPLETE trial; the study has none")
+        digits = self._digits([self._space.index_of(dict(arch)) for arch in archs])
+        return self._posterior([self._point(d) for d in digits], digits,
+                               self._digits([i for i, _ in complete]), values, self._stopped(study, trials))
+
+    def stopped_observations(self, study: Study, trials: Sequence[FrozenTrial] | None = None) -> list[StoppedValue]:
+        """The stopped trials' predicted final values the model is fitted on (higher is better; see
+        :mod:`.low_fidelity`); empty when ``use_stopped_trials`` is off or the study names no metrics."""
+        names = study.metric_names
+        m = len(study.directions)
+        if not self._use_stopped or names is None or len(names) != m:
+            return []
+        trials = _read_trials(study) if trials is None else trials
+        return stopped_values(trials, list(names), list(_signs(study)), range(m))
+
+    def _complete(self, study: Study,
+                  trials: Sequence[FrozenTrial]) -> tuple[list[tuple[int, FrozenTrial]], np.ndarray]:
+        """The COMPLETE trials holding a point, and their values higher-is-better ``(n, m)``."""
+        signs = _signs(study)
+        complete = [(i, t) for t in trials if t.state == TrialState.COMPLETE and t.values is not None
+                    and len(t.values) == len(signs) and (i := trial_index(t, self._space)) is not None]
+        return complete, np.array([t.values for _, t in complete], dtype=float).reshape(-1, len(signs)) * signs
+
+    def _stopped(self, study: Study, trials: Sequence[FrozenTrial]) -> "_Stopped | None":
+        """The stopped trials' values as GP data: per stopped point, a target and an extra variance per
+        objective (NaN target: none for that objective); None when there are none."""
+        observations = self.stopped_observations(study, trials)
+        if not observations:
+            return None
+        index_of = {t.number: i for t in trials if t.state == TrialState.PRUNED
+                    and (i := trial_index(t, self._space)) is not None}
+        rows: dict[int, int] = {}
+        m = len(study.directions)
+        targets, variances = [], []
+        for seen in observations:
+            if seen.number not in index_of:
+                continue
+            row = rows.setdefault(seen.number, len(rows))
+            if row == len(targets):
+                targets.append(np.full(m, np.nan))
+                variances.append(np.zeros(m))
+            targets[row][seen.objective], variances[row][seen.objective] = seen.value, seen.variance
+        if not rows:
+            return None
+        return _Stopped(self._digits([index_of[number] for number in rows]), np.array(targets), np.array(variances))
 
     def _conflicts(self, index: int, held: set[int]) -> bool:
         if index in held:
@@ -235,17 +297,21 @@ class SpaceBOSampler(_ClaimingSampler):
         return key
 
     # ------------------------------------------------------------------ the model
-    def _posterior(self, archs: list[dict], digits: np.ndarray, archs_done: list[dict], digits_done: np.ndarray,
-                   values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _posterior(self, archs: list[dict], digits: np.ndarray, digits_done: np.ndarray, values: np.ndarray,
+                   stopped: "_Stopped | None" = None) -> tuple[np.ndarray, np.ndarray]:
         """Per arch and objective (higher is better): the known value with sd 0, or the GP's posterior.
 
         An objective known for every arch and every COMPLETE trial is also a GP input (scaled to [0, 1]):
         latency or size tracks capacity, which accuracy follows, more smoothly than any one key does.
+        A stopped point joins an objective's data where it has a target and every input.
         """
         m = values.shape[1]
-        mean, known_done = self._known_matrix(archs, m), self._known_matrix(archs_done, m)
+        mean, known_done = self._known_matrix(archs, m), self._known_matrix([self._point(d) for d in digits_done], m)
         sd = np.zeros_like(mean)
         inputs, inputs_done = self._inputs(digits), self._inputs(digits_done)
+        if stopped is not None:
+            known_stopped = self._known_matrix([self._point(d) for d in stopped.digits], m)
+            inputs_stopped = self._inputs(stopped.digits)
         categorical = list(self._categorical)
         for objective in range(m):
             column, done = mean[:, objective], known_done[:, objective]
@@ -255,6 +321,8 @@ class SpaceBOSampler(_ClaimingSampler):
             span = max(column.max(), done.max()) - low or 1.0
             inputs = np.column_stack([inputs, (column - low) / span])
             inputs_done = np.column_stack([inputs_done, (done - low) / span])
+            if stopped is not None:
+                inputs_stopped = np.column_stack([inputs_stopped, (known_stopped[:, objective] - low) / span])
             categorical.append(False)
         for objective in range(m):
             unknown = np.isnan(mean[:, objective])
@@ -263,7 +331,16 @@ class SpaceBOSampler(_ClaimingSampler):
             model = self._models.get(objective)
             if model is None or len(model.categorical) != len(categorical):
                 model = self._models[objective] = ArchGP(np.array(categorical))
-            model.fit(inputs_done, values[:, objective])
+            x, y, noise, fit_on = inputs_done, values[:, objective], None, None
+            if stopped is not None:
+                rows = ~np.isnan(stopped.targets[:, objective]) & ~np.isnan(inputs_stopped).any(axis=1)
+                if rows.any():
+                    x = np.vstack([inputs_done, inputs_stopped[rows]])
+                    y = np.concatenate([y, stopped.targets[rows, objective]])
+                    variances = stopped.variances[rows, objective]
+                    noise = np.concatenate([np.zeros(len(inputs_done)), variances])
+                    fit_on = _map_points(len(inputs_done), variances)
+            model.fit(x, y, noise, fit_on)
             mean[unknown, objective], sd[unknown, objective] = model.predict(inputs[unknown])
         return mean, sd
 
@@ -296,6 +373,38 @@ class SpaceBOSampler(_ClaimingSampler):
 
     def _point(self, digits: Sequence[int]) -> dict[str, Any]:
         return {key: values[int(d)] for key, values, d in zip(self._space.keys, self._space.values, digits)}
+
+
+@dataclass
+class _Stopped:
+    """Stopped trials as GP data: their points ``digits (s, keys)``, targets ``(s, m)`` higher-is-better
+    (NaN: none for that objective) and the targets' extra variances ``(s, m)``."""
+
+    digits: np.ndarray
+    targets: np.ndarray
+    variances: np.ndarray
+
+
+def _map_points(n_complete: int, variances: np.ndarray) -> np.ndarray | None:
+    """The rows the GP's hyperparameters are fitted on when stopped trials follow the ``n_complete``
+    finished ones: all while they number at most ``_MAP_POINTS``, else every finished trial and then the
+    stopped ones with the smallest variance (the latest rungs), up to ``_MAP_POINTS`` (None: all)."""
+    if n_complete + len(variances) <= _MAP_POINTS:
+        return None
+    extra = max(0, _MAP_POINTS - n_complete)
+    chosen = np.argsort(variances, kind="stable")[:extra]
+    return np.concatenate([np.arange(n_complete), n_complete + np.sort(chosen)])
+
+
+def _read_trials(study: Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING,
+                                                    TrialState.PRUNED))
+
+
+def _signs(study: Study) -> np.ndarray:
+    """+1 per objective the study maximises, -1 per one it minimises: the study stores raw values in its
+    own directions, the model works higher-is-better, as known_objectives does."""
+    return np.array([1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions])
 
 
 def _spread_order(n: int) -> list[int]:

@@ -5,7 +5,9 @@ Inputs are per-key values. An ordinal key (every value a number) enters as its v
 booleans, None, mixed) enters only as "same value or not" (a Hamming distance), since its order means
 nothing. The squared distance of two architectures is ``sum_d w_d delta_d^2`` with one inverse squared
 length scale ``w_d`` per key (ARD), and the kernel is ``s * matern52(distance) + noise * I`` on standardised
-targets.
+targets, plus a known per-point variance on the diagonal where a target is itself uncertain (a value
+predicted from a partial measurement; :mod:`.low_fidelity`): those points weigh less, the fitted ``noise``
+stays the noise of a plain measurement.
 
 A degree-2 polynomial kernel on the centred ordinal inputs, ``poly * phi(x) . phi(x')`` with ``phi(x)`` =
 (1, every ``x_d - 0.5``, every product of two of them), is added: accuracy mostly grows with size, and
@@ -109,14 +111,28 @@ class ArchGP:
         return sq, _poly_features(a[:, ordinal]) @ _poly_features(b[:, ordinal]).T
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "ArchGP":
-        """MAP fit on inputs ``x (n, dim)`` and targets ``y (n,)``; keeps the previous optimum as a start."""
+    def fit(self, x: np.ndarray, y: np.ndarray, noise: np.ndarray | None = None,
+            fit_on: np.ndarray | None = None) -> "ArchGP":
+        """MAP fit on inputs ``x (n, dim)`` and targets ``y (n,)``; keeps the previous optimum as a start.
+
+        ``noise``: a known variance per target, in the targets' units, on top of the fitted noise (0 for
+        a plain measurement); None: none. ``fit_on``: the indices of the points the hyperparameters are
+        fitted on (None: all); the posterior conditions on every point. Each step of the fit costs
+        O(n^3), conditioning once costs about one step: a caller with many uncertain points fits on the
+        reliable ones.
+        """
         x = np.asarray(x, dtype=float)
         y = np.asarray(y, dtype=float)
         self._mean = float(y.mean())
         self._scale = float(y.std()) or 1.0
         z = (y - self._mean) / self._scale
+        extra = None if noise is None else np.asarray(noise, dtype=float) / self._scale**2
         pairs = self._pairs(x, x)
+        fit_pairs, fit_z, fit_extra = pairs, z, extra
+        if fit_on is not None:
+            rows = np.asarray(fit_on, dtype=np.int64)
+            fit_pairs = (pairs[0][np.ix_(rows, rows)], pairs[1][np.ix_(rows, rows)])
+            fit_z, fit_extra = z[rows], None if extra is None else extra[rows]
         dim = x.shape[1]
         bounds = [_BOUNDS_LOG_W] * dim + [_BOUNDS_LOG_S, _BOUNDS_LOG_POLY, _BOUNDS_LOG_NOISE]
         prior_mode = _prior_mode(dim)
@@ -124,18 +140,18 @@ class ArchGP:
         # The previous optimum moves little as points arrive; the prior's mode is tried too while data are
         # few (the posterior may have several modes then) and every _RESTART_EVERY fits after that.
         starts = [self.params] if warm else []
-        if not warm or len(y) < _FEW_POINTS or self._fits % _RESTART_EVERY == 0:
+        if not warm or len(fit_z) < _FEW_POINTS or self._fits % _RESTART_EVERY == 0:
             starts.append(prior_mode)
         self._fits += 1
         best = None
         for start in starts:
-            result = minimize(_neg_log_posterior, start, args=(pairs, z), jac=True, method="L-BFGS-B",
-                              bounds=bounds, options={"maxiter": 200})
+            result = minimize(_neg_log_posterior, start, args=(fit_pairs, fit_z, fit_extra), jac=True,
+                              method="L-BFGS-B", bounds=bounds, options={"maxiter": 200})
             if best is None or result.fun < best.fun:
                 best = result
         self.params = best.x
         self._x = x
-        self._chol, self._alpha = _factorise(self.params, pairs, z)
+        self._chol, self._alpha = _factorise(self.params, pairs, z, extra)
         return self
 
     # ------------------------------------------------------------------ prediction
@@ -174,18 +190,23 @@ def _unpack(params: np.ndarray) -> tuple[np.ndarray, float, float, float]:
             _MIN_NOISE + float(np.exp(params[-1])))
 
 
-def _kernel(params: np.ndarray, pairs: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Covariance matrix with noise, the Matern values and their derivatives."""
+def _kernel(params: np.ndarray, pairs: tuple[np.ndarray, np.ndarray],
+            extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Covariance matrix with noise (the fitted one, plus ``extra`` per point), the Matern values and
+    their derivatives."""
     sq, products = pairs
     w, s, poly, noise = _unpack(params)
     value, derivative = _matern52(sq @ w)
     cov = s * value + poly * products
     cov[np.diag_indices_from(cov)] += noise
+    if extra is not None:
+        cov[np.diag_indices_from(cov)] += extra
     return cov, value, derivative
 
 
-def _factorise(params: np.ndarray, pairs, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    cov = _kernel(params, pairs)[0]
+def _factorise(params: np.ndarray, pairs, z: np.ndarray,
+               extra: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    cov = _kernel(params, pairs, extra)[0]
     chol = _cholesky(cov)
     return chol, cho_solve((chol, True), z, check_finite=False)
 
@@ -205,11 +226,13 @@ def _log_normal_prior(x: np.ndarray, mean: float, sd: float) -> tuple[float, np.
     return float(-0.5 * (((x - mean) / sd) ** 2).sum()), -(x - mean) / sd**2
 
 
-def _neg_log_posterior(params: np.ndarray, pairs, z: np.ndarray) -> tuple[float, np.ndarray]:
-    """Minus (log marginal likelihood + log prior) and its gradient in the log parameters."""
+def _neg_log_posterior(params: np.ndarray, pairs, z: np.ndarray,
+                       extra: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """Minus (log marginal likelihood + log prior) and its gradient in the log parameters (``extra``, the
+    known per-point variance, is a constant: it adds no gradient of its own)."""
     sq, products = pairs
     w, s, poly, noise = _unpack(params)
-    cov, value, derivative = _kernel(params, pairs)
+    cov, value, derivative = _kernel(params, pairs, extra)
     try:
         chol = np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:

@@ -19,9 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-PARETO_ASHA = "pareto-asha"
-NO_PRUNER = "none"
-PRUNERS = (PARETO_ASHA, NO_PRUNER)
+from nas_distill.vocabulary import NO_PRUNER, PARETO_ASHA, PRUNERS  # noqa: F401 - the pruner's names
 
 
 @dataclass(frozen=True)
@@ -108,4 +106,5 @@ def decide(own: RungResult, others: Sequence[RungResult], eta: int) -> Decision:
         return Decision(True, f"ranks {place} of the {len(peers)} {kind}, but no trial at this rung "
                               f"dominates it")
     return Decision(False, f"ranks {place} of the {len(peers)} {kind} (the top 1/{eta} is {keep}), and "
-                           f"{dominating} trial{'s' if dominating > 1 else ''} at this rung dominate it")
+                           f"{dominating} trial{'s' if dominating > 1 else ''} at this rung "
+                           f"dominate{'' if dominating > 1 else 's'} it")

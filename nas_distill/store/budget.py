@@ -27,7 +27,7 @@ __all__ = ["BUDGET_ATTR", "UNCOUNTED_ATTRS", "record_budget", "recorded_budget",
 BUDGET_ATTR = "max_trials"
 #: User attrs that mark a COMPLETE trial as not having cost a training slot.
 UNCOUNTED_ATTRS = ("duplicate_of", "imported_from")
-_STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL)
+_STATES = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL, TrialState.PRUNED)
 
 
 def record_budget(study: optuna.Study, max_trials: int) -> None:
@@ -57,12 +57,12 @@ def budget_position(study: optuna.Study, number: int,
     """``(ahead, complete, trials)`` for trial ``number``.
 
     ``trials``: the study's trials as read at any time after trial ``number`` was created (other states
-    than the four below are ignored); by default they are read now.
+    than the five below are ignored); by default they are read now.
 
     ``ahead``: counted COMPLETE and WAITING trials plus counted RUNNING trials numbered below ``number``;
     the trial may train iff ``ahead < max_trials``. ``complete``: counted COMPLETE trials. ``trials``:
-    the COMPLETE / RUNNING / WAITING / FAIL trials read (one read; callers reuse them, e.g. to spot
-    architectures already measured or already failed).
+    the COMPLETE / RUNNING / WAITING / FAIL / PRUNED trials read (one read; callers reuse them, e.g. to
+    spot architectures already measured, already failed or stopped early).
     """
     if trials is None:
         trials = internals.study_storage(study).get_all_trials(internals.study_id(study), deepcopy=False,
@@ -72,7 +72,7 @@ def budget_position(study: optuna.Study, number: int,
     complete = 0
     ahead = 0
     for t in trials:
-        if t.state == TrialState.FAIL or not is_counted(t):
+        if t.state in (TrialState.FAIL, TrialState.PRUNED) or not is_counted(t):
             continue
         if t.state == TrialState.COMPLETE:
             complete += 1

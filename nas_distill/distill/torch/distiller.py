@@ -307,7 +307,14 @@ class FlashDistiller(FlashDistillerBase):
             matchers.on_new_parameters = lambda ps: optimizer.add_param_group({"params": ps})
             try:
                 for step, idx in self._steps(plan, order_seed):
-                    batch = self.data.batch(idx.to(self.device) if not self.data.live else idx)
+                    if self.after_step is not None:
+                        # The callback may have measured the student on the evaluation device, which the
+                        # evaluator leaves it on: back to the training device (a no-op when it is there).
+                        student.to(self.device)
+                    if self.data.live:  # re-read on the CPU example by example: moved like a collated one
+                        batch = {k: v.to(self.device) for k, v in self.data.batch(idx).items()}
+                    else:
+                        batch = self.data.batch(idx.to(self.device))
                     targets = self._targets(plan, idx, batch, live_keys, teacher_caps)
                     with self._autocast():
                         s_out = student_caps.run(student, **{k: batch[k] for k in student_inputs})
