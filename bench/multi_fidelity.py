@@ -284,10 +284,12 @@ class Table:
         self.cache = cache / f"{space.name}.json" if cache else None
         if self.cache and self.cache.exists():
             stored = json.loads(self.cache.read_text())
-            self.runs = {k: Run(rungs={int(s): a for s, a in r["rungs"].items()}, accuracy=r["accuracy"],
-                                cpu_per_step=r["cpu_per_step"],
-                                rung_cpu={int(s): c for s, c in r["rung_cpu"].items()})
-                         for k, r in stored.items()}
+            runs = stored["runs"] if stored.get("total") == self.total else {}
+            for key, r in runs.items():
+                run = Run(rungs={int(s): a for s, a in r["rungs"].items()}, accuracy=r["accuracy"],
+                          cpu_per_step=r["cpu_per_step"], rung_cpu={int(s): c for s, c in r["rung_cpu"].items()})
+                if set(self.rung_steps) <= set(run.rungs):  # else trained again, for these rungs
+                    self.runs[key] = run
         started = time.process_time()
         self.latency = {arch_id(a): self._latency(a) for a in (self.points.point(i) for i in range(len(self.points)))}
         self.latency_cpu = time.process_time() - started
@@ -309,7 +311,8 @@ class Table:
             self.trained += 1
             if self.cache:
                 self.cache.parent.mkdir(parents=True, exist_ok=True)
-                self.cache.write_text(json.dumps({k: asdict(r) for k, r in self.runs.items()}))
+                self.cache.write_text(json.dumps({"total": self.total,
+                                                  "runs": {k: asdict(r) for k, r in self.runs.items()}}))
         return self.runs[key]
 
     def _train(self, arch: dict, hook: bool = True) -> tuple[Run, dict]:
@@ -405,7 +408,11 @@ def make_bo(table: Table, seed: int):
     def known(arch):  # the latency measured on the untrained student, higher-is-better sign
         return {1: -table.latency[arch_id(arch)]}
 
-    return make_searcher("bo", table.space.search_space, seed=seed, directions=DIRECTIONS, known_objectives=known)
+    searcher = make_searcher("bo", table.space.search_space, seed=seed, directions=DIRECTIONS,
+                             known_objectives=known)
+    # the names the rung records use: the searcher reads stopped trials' partial values by them
+    searcher.study.set_metric_names(METRICS)
+    return searcher
 
 
 def run_none(table: Table, seed: int, n_trials: int) -> Outcome:
@@ -420,50 +427,46 @@ def run_none(table: Table, seed: int, n_trials: int) -> Outcome:
     return out
 
 
-def rung_results_of(study, step: int, total: int, exclude: int) -> list:
-    """Every other trial's record at this rung, as the pruner compares them (read from the study)."""
-    from nas_distill.search.pruner import RungResult
-
-    out = []
-    for t in study.get_trials(deepcopy=False):
-        if t.number == exclude:
-            continue
-        for record in t.user_attrs.get("rungs") or []:
-            if record["step"] == step and record["of"] == total:
-                out.append(RungResult(t.number, (-record["values"]["accuracy"],), (record["known"]["latency"],)))
-    return out
-
-
 def run_ours(table: Table, seed: int, budget: int, eta: int) -> Outcome:
+    """The pipeline's rung step, on the table: the rung records are written to the trial and read back from
+    the study for the decision (``nas_distill.rungs``), a stopped trial is told PRUNED with ``early_stop``."""
     from optuna.trial import TrialState
 
-    from nas_distill.search.pruner import PARETO_ASHA, RungResult, decide
+    from nas_distill.errors import SearchSpaceExhausted
+    from nas_distill.rungs import EARLY_STOP_ATTR, RUNGS_ATTR, StoppedEarly, minimize_form, results_at
+    from nas_distill.search.pruner import RungResult, decide
 
     searcher = make_bo(table, seed)
     study = searcher.study
+    higher = {"accuracy": True, "latency": False}
     out = Outcome()
     spent = 0
     while spent < budget:
-        arch = searcher.suggestion()
+        try:
+            arch = searcher.suggestion()
+        except SearchSpaceExhausted:
+            break
         trial = searcher.current_trial
         run = table.get(arch)
-        latency = table.latency[arch_id(arch)]
+        known = {"latency": table.latency[arch_id(arch)]}
         records, stopped = [], None
         for step in table.rung_steps:
-            accuracy = run.rungs[step]
-            records.append({"step": step, "of": table.total, "values": {"accuracy": accuracy},
-                            "known": {"latency": latency}})
-            trial.set_user_attr("rungs", records)
-            others = rung_results_of(study, step, table.total, trial.number)
-            decision = decide(RungResult(trial.number, (-accuracy,), (latency,)), others, eta)
+            values = {"accuracy": run.rungs[step]}
+            records.append({"step": step, "of": table.total, "values": values, "known": known})
+            trial.set_user_attr(RUNGS_ATTR, records)
+            own = RungResult(trial.number, minimize_form(["accuracy"], values, higher),
+                             minimize_form(["latency"], known, higher))
+            others = [r for r in results_at(study.get_trials(deepcopy=False), step, table.total, ["accuracy"],
+                                            ["latency"], higher) if r.number != trial.number]
+            decision = decide(own, others, eta)
             if not decision.keep:
-                trial.set_user_attr("early_stop", {"by": PARETO_ASHA, "step": step, "of": table.total,
-                                                   "reason": decision.reason})
+                trial.set_user_attr(EARLY_STOP_ATTR, StoppedEarly(step, table.total, decision.reason,
+                                                                  [r.number for r in others]).record)
                 searcher.tell(trial, state=TrialState.PRUNED)
                 stopped = step
                 break
         if stopped is None:
-            searcher.feedback([run.accuracy, -latency])
+            searcher.feedback([run.accuracy, -known["latency"]])
         steps = stopped or table.total
         spent += steps
         out.trials.append(Trial(trial.number, arch, "PRUNED" if stopped else "COMPLETE", steps,
