@@ -282,8 +282,8 @@ class Table:
         self.trained = 0
         self.train_cpu = 0.0
         self.cache = cache / f"{space.name}.json" if cache else None
-        if self.cache and self.cache.exists():
-            stored = json.loads(self.cache.read_text())
+        stored = json.loads(self.cache.read_text()) if self.cache and self.cache.exists() else {}
+        if stored:
             runs = stored["runs"] if stored.get("total") == self.total else {}
             for key, r in runs.items():
                 run = Run(rungs={int(s): a for s, a in r["rungs"].items()}, accuracy=r["accuracy"],
@@ -291,7 +291,11 @@ class Table:
                 if set(self.rung_steps) <= set(run.rungs):  # else trained again, for these rungs
                     self.runs[key] = run
         started = time.process_time()
-        self.latency = {arch_id(a): self._latency(a) for a in (self.points.point(i) for i in range(len(self.points)))}
+        archs = [self.points.point(i) for i in range(len(self.points))]
+        # a cached table keeps its latencies too: a run from it then repeats the searches exactly
+        self.latency_cached = all(arch_id(a) in stored.get("latency", {}) for a in archs)
+        self.latency = {arch_id(a): stored["latency"][arch_id(a)] if self.latency_cached else self._latency(a)
+                        for a in archs}
         self.latency_cpu = time.process_time() - started
         slowest = max(self.latency.values())
         self.reference = np.array([space.reference_accuracy, -math.log10(slowest)])
@@ -311,7 +315,7 @@ class Table:
             self.trained += 1
             if self.cache:
                 self.cache.parent.mkdir(parents=True, exist_ok=True)
-                self.cache.write_text(json.dumps({"total": self.total,
+                self.cache.write_text(json.dumps({"total": self.total, "latency": self.latency,
                                                   "runs": {k: asdict(r) for k, r in self.runs.items()}}))
         return self.runs[key]
 
@@ -546,7 +550,8 @@ class Score:
 
 def score(outcome: Outcome, table: Table, target_hv: float, budget: int) -> Score:
     curve = outcome.curve(table)
-    reached = next(((s, c) for s, c, hv in curve if hv >= target_hv), (math.inf, math.inf))
+    # a trial that ends past the budget is not counted: the method had to stop there
+    reached = next(((s, c) for s, c, hv in curve if hv >= target_hv and s <= budget), (math.inf, math.inf))
     within = [hv for s, _, hv in curve if s <= budget]
     return Score(steps_to=reached[0], cpu_to=reached[1], final_hv=within[-1] if within else 0.0,
                  started=len(outcome.trials), completed=sum(t.state == "COMPLETE" for t in outcome.trials),
@@ -560,6 +565,24 @@ def median(values: list[float]) -> float:
 
 def fmt(value: float, spec: str) -> str:
     return "n/a" if not math.isfinite(value) else format(value, spec)
+
+
+def acceptance(figures: dict, budget: int, hv_ratio: float) -> str:
+    """The goal's figures for ``ours``: steps to 0.99 against the no-pruning run's budget and its own steps
+    to 0.99 (goal <= 0.5), final hypervolume against no pruning's (goal >= 0.99), steps against MO-ASHA's."""
+    def steps(method):
+        value = figures.get(method, {}).get("steps_to_099", None)
+        return math.inf if value is None else value
+
+    ours, none = steps("ours"), steps("none")
+    parts = [f"ours: steps to 0.99 = {fmt(ours / budget, '.2f')} of none's budget {budget} and "
+             f"{fmt(ours / none, '.2f')} of none's own steps to 0.99 (goal <= 0.5)",
+             f"final HV {hv_ratio:.3f} of none's (median over seeds; goal >= 0.99)"]
+    if "moasha" in figures:
+        moasha = steps("moasha")
+        parts.append(f"steps to 0.99 {'<=' if ours <= moasha else '>'} MO-ASHA's "
+                     f"({fmt(ours, '.0f')} vs {fmt(moasha, '.0f')})")
+    return "; ".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -618,7 +641,9 @@ def main(argv=None) -> int:
         print(f"  budget per trial {table.total} steps, rungs at steps {table.rung_steps} (fractions "
               f"{[round(f, 4) for f in fractions]} of the regular-distillation steps), eta {args.eta}, rung slice "
               f"{len(table.rung_slice)} examples; every method's budget {budget} steps ({args.trials} full trials)")
-        print(f"  latency of every student measured untrained in {table.latency_cpu:.0f} CPU s; reference "
+        how = "read from the table cache" if table.latency_cached else \
+            f"measured untrained in {table.latency_cpu:.0f} CPU s"
+        print(f"  latency of every student {how}; reference "
               f"point (accuracy {space.reference_accuracy}, latency {10 ** -table.reference[1]:.3f} ms)")
         print(f"  {check}")
         results: dict[str, list[Score]] = {m: [] for m in methods}
@@ -645,13 +670,14 @@ def main(argv=None) -> int:
         print("|--------|--------------:|--------------:|---------:|--------:|--------:|----------:|-------:"
               "|------------:|")
         summary[name] = {}
+        ratios: dict[str, float] = {}
         for method in methods:
             if method in skipped:
                 print(f"| {method} | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |  ({skipped[method]})")
                 continue
             scores = results[method]
             steps_to = median([s.steps_to for s in scores])
-            ratio = median([s.final_hv / hv for s, hv in zip(scores, none_hv)])
+            ratio = ratios[method] = median([s.final_hv / hv for s, hv in zip(scores, none_hv)])
             final = median([s.final_hv for s in scores])
             print(f"| {method} | {fmt(steps_to, '.0f')} | {fmt(median([s.cpu_to for s in scores]), '.1f')} "
                   f"| {final:.4f} | {ratio:.3f} | {median([s.started for s in scores]):.0f} "
@@ -662,6 +688,8 @@ def main(argv=None) -> int:
                   (f"; {'; '.join(sorted(set(notes[method])))}" if notes[method] else ""))
             summary[name][method] = {"steps_to_099": int(steps_to) if math.isfinite(steps_to) else None,
                                      "final_hv": round(final, 6)}
+        if "ours" in summary[name]:
+            print("  " + acceptance(summary[name], budget, ratios["ours"]))
     print(f"\ntotal: {time.perf_counter() - wall:.0f} s wall, {time.process_time() - cpu0:.0f} s CPU")
     print(json.dumps(summary))
     return 0
