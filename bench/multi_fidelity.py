@@ -383,7 +383,7 @@ class Trial:
 @dataclass
 class Outcome:
     trials: list[Trial] = field(default_factory=list)
-    note: str = ""
+    skipped: int = 0  # proposals of an architecture already tried, not started
 
     def curve(self, table: Table) -> list[tuple[int, float, float]]:
         """``(cumulative steps, cumulative CPU s, hypervolume of the COMPLETE front)`` after each trial."""
@@ -532,7 +532,7 @@ def run_moasha(table: Table, seed: int, budget: int, eta: int) -> Outcome:
         spent += steps
         out.trials.append(Trial(number, arch, "PRUNED" if stopped else "COMPLETE", steps,
                                 charge(table, arch, steps), stopped_at=stopped))
-    out.note = f"{skipped} repeated proposals skipped"
+    out.skipped = skipped
     return out
 
 
@@ -580,8 +580,11 @@ def acceptance(figures: dict, budget: int, hv_ratio: float) -> str:
              f"final HV {hv_ratio:.3f} of none's (median over seeds; goal >= 0.99)"]
     if "moasha" in figures:
         moasha = steps("moasha")
-        parts.append(f"steps to 0.99 {'<=' if ours <= moasha else '>'} MO-ASHA's "
-                     f"({fmt(ours, '.0f')} vs {fmt(moasha, '.0f')})")
+        if math.isinf(ours) and math.isinf(moasha):
+            parts.append("neither ours nor MO-ASHA reaches 0.99 (median)")
+        else:
+            parts.append(f"steps to 0.99 {'<=' if ours <= moasha else '>'} MO-ASHA's "
+                         f"({fmt(ours, '.0f')} vs {fmt(moasha, '.0f')})")
     return "; ".join(parts)
 
 
@@ -647,7 +650,7 @@ def main(argv=None) -> int:
               f"point (accuracy {space.reference_accuracy}, latency {10 ** -table.reference[1]:.3f} ms)")
         print(f"  {check}")
         results: dict[str, list[Score]] = {m: [] for m in methods}
-        notes: dict[str, list[str]] = {m: [] for m in methods}
+        skipped_proposals: dict[str, list[int]] = {m: [] for m in methods}
         for seed in range(args.seeds):
             none = run_none(table, seed, args.trials)
             target = TARGET * none.curve(table)[-1][2]
@@ -658,8 +661,7 @@ def main(argv=None) -> int:
                 outcomes["moasha"] = run_moasha(table, seed, budget, args.eta)
             for method, outcome in outcomes.items():
                 results[method].append(score(outcome, table, target, budget))
-                if outcome.note:
-                    notes[method].append(outcome.note)
+                skipped_proposals[method].append(outcome.skipped)
         none_hv = [s.final_hv for s in results["none"]]
         print(f"  training table: {table.trained} students distilled in {table.train_cpu:.0f} CPU s "
               f"(rung evaluations included), shared by every method and seed")
@@ -684,9 +686,10 @@ def main(argv=None) -> int:
                   f"| {median([s.completed for s in scores]):.0f} | {median([s.pruned for s in scores]):.0f} "
                   f"| {median([s.spent for s in scores]):.0f} |")
             per_seed = ", ".join(f"{fmt(s.steps_to, '.0f')}/{s.final_hv:.4f}" for s in scores)
+            repeats = skipped_proposals[method]
             print(f"    per seed (steps to 0.99 / final HV): {per_seed}" +
-                  (f"; {'; '.join(sorted(set(notes[method])))}" if notes[method] else ""))
-            summary[name][method] = {"steps_to_099": int(steps_to) if math.isfinite(steps_to) else None,
+                  (f"; repeated proposals skipped: median {median(repeats):.0f}" if any(repeats) else ""))
+            summary[name][method] = {"steps_to_099": round(steps_to) if math.isfinite(steps_to) else None,
                                      "final_hv": round(final, 6)}
         if "ours" in summary[name]:
             print("  " + acceptance(summary[name], budget, ratios["ours"]))
