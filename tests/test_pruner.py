@@ -50,11 +50,16 @@ def test_without_known_metrics_it_is_asynchronous_successive_halving():
     assert not decide(result(9, 0.65), others, eta=3).keep
 
 
-def test_ties_go_to_the_lower_trial_number():
+def test_a_tie_does_not_push_a_student_out_whatever_its_number():
     others = [result(5, 0.9), result(6, 0.5), result(7, 0.1), result(8, 0.1), result(9, 0.1)]
-    # 6 peers, keep 2: 0.9 first, then the tie at 0.5 between trial 6 and own.
+    # 6 peers, keep 2: only 0.9 is strictly better than 0.5, so 0.5 ranks second, asked before or after.
     assert decide(result(2, 0.5), others, eta=3).keep
-    assert not decide(result(12, 0.5), others, eta=3).keep
+    assert decide(result(12, 0.5), others, eta=3).keep
+    # Many students at one value (the majority-class rate early in training): none is stopped for a tie,
+    # but one below them is.
+    crowd = [result(i, 0.49) for i in range(8)]
+    assert decide(result(20, 0.49), crowd, eta=3).keep
+    assert not decide(result(21, 0.30), crowd, eta=3).keep
 
 
 def brute_force(own, others, eta):
@@ -65,7 +70,7 @@ def brute_force(own, others, eta):
     peers = [own] + [o for o in others if all(a >= b for a, b in zip(o.known, own.known))]
     if len(peers) < eta:
         return True
-    better = sum(1 for p in peers if (p.partial[0], p.number) < (own.partial[0], own.number))
+    better = sum(1 for p in peers if p.partial[0] < own.partial[0])
     if better < max(1, len(peers) // eta):
         return True
     return not any(np.all(joint(o) <= joint(own)) and np.any(joint(o) < joint(own)) for o in others)

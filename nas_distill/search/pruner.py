@@ -26,7 +26,7 @@ from nas_distill.vocabulary import NO_PRUNER, PARETO_ASHA, PRUNERS  # noqa: F401
 class RungResult:
     """One trial at one rung."""
 
-    #: the trial's number: among equal values the lower number ranks first
+    #: the trial's number (names it in records; the decision does not depend on it)
     number: int
     #: the expensive objectives measured at this rung, minimize form
     partial: tuple[float, ...]
@@ -74,16 +74,13 @@ def _ranks(points: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _order(results: Sequence[RungResult]) -> list[RungResult]:
-    """``results`` best first: by value for one expensive objective, else by non-dominated rank, then by
-    the sum of values; the trial number breaks ties."""
+def _sort_keys(results: Sequence[RungResult]) -> list[tuple]:
+    """Per result, a key that sorts best first: the value for one expensive objective, else the
+    non-dominated rank, then the sum of values."""
     points = np.array([r.partial for r in results], float)
     if points.shape[1] == 1:
-        keys = [(p[0], r.number) for p, r in zip(points, results)]
-    else:
-        ranks = _ranks(points)
-        keys = [(rank, float(p.sum()), r.number) for rank, p, r in zip(ranks, points, results)]
-    return [r for _, r in sorted(zip(keys, results), key=lambda kr: kr[0])]
+        return [(float(p[0]),) for p in points]
+    return [(int(rank), float(p.sum())) for rank, p in zip(_ranks(points), points)]
 
 
 def _at_least_as_slow(other: RungResult, own: RungResult) -> bool:
@@ -99,7 +96,10 @@ def decide(own: RungResult, others: Sequence[RungResult], eta: int) -> Decision:
     if len(peers) < eta:
         return Decision(True, f"only {len(peers)} of the {kind} (own included): too few to compare")
     keep = max(1, len(peers) // eta)
-    place = _order(peers).index(own) + 1
+    # Peers tied with it do not push it out: early in training many students sit at one value (the
+    # majority-class rate), and whichever of them happened to be asked later would be stopped otherwise.
+    keys = _sort_keys(peers)
+    place = 1 + sum(1 for key in keys[1:] if key < keys[0])
     if place <= keep:
         return Decision(True, f"ranks {place} of the {len(peers)} {kind}: in the top 1/{eta}")
     if dominating == 0:
