@@ -264,13 +264,10 @@ def test_model_cls_rebuilds_students_with_from_pretrained(tmp_path):
 
 # ------------------------------------------------------------------------- real torch students
 def _digits():
-    import torch
-    from sklearn.datasets import load_digits
+    from _support.pruning_task import digits
 
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target, dtype=torch.int64)
-    return x[:1400], y[:1400], x[1400:], y[1400:]
+    train, test = digits()
+    return train.x, train.y, test.x, test.y
 
 
 class MLP:
@@ -332,44 +329,18 @@ def test_builtin_flash_distiller_when_no_train_func(tmp_path):
     """teacher_model + train_dataset + eval_dataset, no train/eval func: the built-in engine runs."""
     import torch
 
+    from _support.pruning_task import Net, digits, teacher
+
     torch.set_num_threads(1)
-    x_tr, y_tr, x_te, y_te = _digits()
-
-    class Net(torch.nn.Module):
-        def __init__(self, hidden):
-            super().__init__()
-            self.body = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(),
-                                            torch.nn.Linear(hidden, 10))
-
-        def forward(self, x):
-            return self.body(x)
-
-    teacher = Net(64)
-    opt = torch.optim.Adam(teacher.parameters(), lr=1e-2)
-    for _ in range(100):
-        loss = torch.nn.functional.cross_entropy(teacher(x_tr), y_tr)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    class Data:
-        def __init__(self, x, y):
-            self.x, self.y = x, y
-
-        def __len__(self):
-            return len(self.y)
-
-        def __getitem__(self, i):
-            return {"x": self.x[i], "labels": self.y[i]}
-
+    train, test = digits()
     conf = seed_conf(tmp_path / "run", "Grid", 2, metrics=["accuracy", "params"], higher=[True, False],
                      space={"hidden": [8, 16]})
     conf["auto_distillation"]["flash_distillation"] = {"learning_rate": 0.01,
                                                        "regular_distillation": {"train_steps": 60}}
     agent = AutoDistillation(lambda arch: Net(arch["hidden"]), conf)
-    agent.teacher_model = teacher
-    agent.train_dataset = Data(x_tr, y_tr)
-    agent.eval_dataset = Data(x_te, y_te)
+    agent.teacher_model = teacher(train)
+    agent.train_dataset = train
+    agent.eval_dataset = test
     agent.search()
     complete = [t for t in agent.study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 2, [t.user_attrs.get("error") for t in agent.study.trials]

@@ -1,5 +1,5 @@
-"""A small torch task for the pruner's tests: MLP students of scikit-learn's digits, distilled from an MLP
-teacher trained here in a second.
+"""A small torch task for the pruner's tests (and other tests of real torch students): MLP students of
+scikit-learn's digits, distilled from an MLP teacher trained here in a second.
 
 Also a worker for the two-worker test::
 
