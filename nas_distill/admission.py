@@ -18,10 +18,10 @@ from typing import Any
 from optuna.trial import TrialState
 
 from .records import N_PARAMS, parameter_count
-from .rungs import EARLY_STOP_ATTR
 from .store import StudyStore
 from .store.budget import counted_complete, is_counted
 from .store.stale import RETRYABLE_ERRORS
+from .vocabulary import EARLY_STOP_ATTR
 
 #: ``Budget.gate`` verdicts: stop, wait for a slot, ask.
 SPENT, FULL, OPEN = "spent", "full", "open"

@@ -38,8 +38,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas_distill.search.pareto import find_pareto_front
 
-from .rungs import EARLY_STOP_ATTR, RUNGS_ATTR
 from .store import optuna_internals
+from .vocabulary import EARLY_STOP_ATTR, RUNGS_ATTR
 
 __all__ = ["N_PARAMS", "EarlyStop", "MetricInfo", "Rung", "StudyRecords", "TrialRecord", "early_stop_of",
            "metric_unit", "parameter_count", "read_study", "rungs_of"]

@@ -11,10 +11,10 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from .rungs import EARLY_STOP_ATTR
 from .store import StudyStore
 from .store.budget import counted_complete
 from .store.optuna_internals import trial_id
+from .vocabulary import EARLY_STOP_ATTR
 
 log = logging.getLogger(__name__)
 

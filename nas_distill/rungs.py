@@ -23,14 +23,14 @@ import logging
 from typing import Any, Mapping, Sequence
 
 from .errors import ConfigError, NasDistillError
+from .records import rungs_of
 from .search.pruner import NO_PRUNER, PARETO_ASHA, Decision, RungResult, decide
 from .store import StudyStore
 from .store.optuna_internals import trial_id
+from .vocabulary import EARLY_STOP_ATTR, RUNGS_ATTR  # noqa: F401 - the stored form's names, read from here too
 
 log = logging.getLogger(__name__)
 
-RUNGS_ATTR = "rungs"
-EARLY_STOP_ATTR = "early_stop"
 
 
 class StoppedEarly(NasDistillError):
@@ -65,21 +65,16 @@ def minimize_form(names: Sequence[str], values: Mapping[str, float], higher: Map
 
 def results_at(trials: Sequence[Any], step: int, of: int, partial_names: Sequence[str],
                known_names: Sequence[str], higher: Mapping[str, bool]) -> list[RungResult]:
-    """Every trial's record at rung ``step`` of ``of`` (trials of another step budget are not compared)."""
+    """Every trial's record at rung ``step`` of ``of`` (trials of another step budget are not compared;
+    a record lacking one of the names is left out)."""
     found = []
     for t in trials:
-        for record in t.user_attrs.get(RUNGS_ATTR) or ():
-            try:
-                if record["step"] != step or record["of"] != of:
-                    continue
-                partial = minimize_form(partial_names, record["values"], higher)
-                known = minimize_form(known_names, record.get("known") or {}, higher) \
-                    if set(known_names) <= set(record.get("known") or {}) else None
-            except (KeyError, TypeError, ValueError):
-                log.debug("trial %d: unreadable rung record %r", t.number, record)
+        for rung in rungs_of(t.user_attrs, t.number):
+            if rung.step != step or rung.of != of:
                 continue
-            if known is not None:
-                found.append(RungResult(t.number, partial, known))
+            if set(partial_names) <= set(rung.values) and set(known_names) <= set(rung.known):
+                found.append(RungResult(t.number, minimize_form(partial_names, rung.values, higher),
+                                        minimize_form(known_names, rung.known, higher)))
             break
     return found
 

@@ -107,3 +107,6 @@ PRUNERS = (PARETO_ASHA, NO_PRUNER)
 DEFAULT_PRUNER = NO_PRUNER
 DEFAULT_REDUCTION_FACTOR = 3
 DEFAULT_RUNG_EXAMPLES = 512
+#: Trial user attrs of the pruner's stored form (see nas_distill/rungs.py): the rung records, and the stop.
+RUNGS_ATTR = "rungs"
+EARLY_STOP_ATTR = "early_stop"

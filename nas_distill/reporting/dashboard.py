@@ -39,8 +39,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from nas_distill.rungs import RUNGS_ATTR
 from nas_distill.store.open import open_storage as store_open_storage
+from nas_distill.vocabulary import RUNGS_ATTR
 
 __all__ = ["HYPERVOLUME_FIGURE_ID", "LEARNING_CURVES_FIGURE_ID", "check_port_free", "push_figures",
            "launch_dashboard", "open_storage", "DashboardGuard", "is_loopback"]
