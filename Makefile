@@ -31,11 +31,11 @@ lint: install
 
 # The whole suite, slow tests and the throwaway PostgreSQL server included (tests/conftest.py starts it).
 test: install browser lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 # Everything but the tests marked slow, for a quick local loop.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=30
 
 # The fast tests on the lowest versions pyproject.toml allows (tools/lowest_versions.py pins every direct
 # dependency to its floor; torch stays at constraints-dev.txt's pin), in a venv of their own.
