@@ -8,6 +8,8 @@
   the server are missing the tests are skipped, except under ``CI=true`` where that is a failure.
 * ``own_postgres``: a server of the test's own, built the same way (a test that stops and restarts it).
 * ``free_port()``: a TCP port on 127.0.0.1 that nothing listens on right now.
+* ``pruned_run``: the run folder of one real search with the pruner on (tests/_support/pruning_task.py),
+  run once for the session; tests read it, or copy it before they change it.
 """
 
 from __future__ import annotations
@@ -57,6 +59,20 @@ def own_postgres():
 def fresh_pg_study_name(request) -> str:
     """A study name unique to the test, so tests sharing the server do not see each other's trials."""
     return "t-" + request.node.name.replace("[", "-").replace("]", "")[:60] + f"-{os.getpid()}-{time.time_ns()}"
+
+
+@pytest.fixture(scope="session")
+def pruned_run(tmp_path_factory):
+    """The run folder (``study.db`` inside) of one search of pruning_task's 15-point space with the pruner
+    on (about 15 s). Shared by every test that reads such a study: copy it before changing it."""
+    import torch
+
+    from _support.pruning_task import make_ad
+
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("pruned") / "run"
+    make_ad(run_dir).search()
+    return run_dir
 
 
 # ------------------------------------------------------------------------------ a task for workers

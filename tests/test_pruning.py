@@ -7,6 +7,7 @@ Real parts: MLP students of scikit-learn's digits flash-distilled by the built-i
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -59,11 +60,13 @@ def decisions_agree_with_the_rule(trials):
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
-    """One search of the 15-point space with the pruner on (about 10 s)."""
+def searched(pruned_run, tmp_path_factory):
+    """The session's search of the 15-point space with the pruner on, reopened on a copy of its run folder
+    (a test here searches on in it)."""
     torch.set_num_threads(1)
-    ad = make_ad(tmp_path_factory.mktemp("pruning") / "run")
-    ad.search()
+    run_dir = tmp_path_factory.mktemp("pruning") / "run"
+    shutil.copytree(pruned_run, run_dir)
+    ad = make_ad(run_dir)
     return ad
 
 

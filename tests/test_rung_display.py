@@ -335,17 +335,10 @@ def test_malformed_rung_records_are_ignored_with_a_debug_line(tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_a_real_pruned_search_is_shown_from_what_it_stored(tmp_path, caplog, monkeypatch):
-    """The records the runner writes (a real search with the pruner on, tests/_support/pruning_task.py,
-    about 15 s) are all read, none left out, and shown as stored."""
-    import torch
-
-    from _support.pruning_task import make_ad
-
-    torch.set_num_threads(1)
-    ad = make_ad(tmp_path / "run")
-    ad.search()
-    study = ad.study
+def test_a_real_pruned_search_is_shown_from_what_it_stored(pruned_run, caplog):
+    """The records the runner writes (the session's real search with the pruner on,
+    tests/_support/pruning_task.py) are all read, none left out, and shown as stored."""
+    study = optuna.load_study(study_name="pruning", storage=f"sqlite:///{pruned_run / 'study.db'}")
     stopped = _stopped(study)
     assert stopped, [(t.number, t.state.name) for t in study.trials]
     with caplog.at_level(logging.DEBUG, logger="nas_distill.records"):
