@@ -8,8 +8,8 @@
   the server are missing the tests are skipped, except under ``CI=true`` where that is a failure.
 * ``own_postgres``: a server of the test's own, built the same way (a test that stops and restarts it).
 * ``free_port()``: a TCP port on 127.0.0.1 that nothing listens on right now.
-* ``pruned_run``: the run folder of one real search with the pruner on (tests/_support/pruning_task.py),
-  run once for the session; tests read it, or copy it before they change it.
+* ``pruned_search``: one real search with the pruner on (tests/_support/pruning_task.py), run once for the
+  session: the AutoDistillation after its search. Tests read it, or copy its run folder to change it.
 """
 
 from __future__ import annotations
@@ -62,17 +62,18 @@ def fresh_pg_study_name(request) -> str:
 
 
 @pytest.fixture(scope="session")
-def pruned_run(tmp_path_factory):
-    """The run folder (``study.db`` inside) of one search of pruning_task's 15-point space with the pruner
-    on (about 15 s). Shared by every test that reads such a study: copy it before changing it."""
+def pruned_search(tmp_path_factory):
+    """pruning_task's SHARED_SEARCH with the pruner on (about 15 s): the AutoDistillation after its search
+    (its study, and the sampler that ran it). Shared by every test that reads such a search: a test that
+    changes it copies ``run_dir`` and reopens the copy."""
     import torch
 
-    from _support.pruning_task import make_ad
+    from _support.pruning_task import SHARED_SEARCH, make_ad
 
     torch.set_num_threads(1)
-    run_dir = tmp_path_factory.mktemp("pruned") / "run"
-    make_ad(run_dir).search()
-    return run_dir
+    ad = make_ad(tmp_path_factory.mktemp("pruned") / "run", **SHARED_SEARCH)
+    ad.search()
+    return ad
 
 
 # ------------------------------------------------------------------------------ a task for workers

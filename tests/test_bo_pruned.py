@@ -283,18 +283,14 @@ def test_stopped_trials_the_model_can_use_count_toward_the_start_up_trials():
 
 # ---------------------------------------------------------------------- the pipeline's own records
 @pytest.mark.slow
-def test_a_pipeline_search_with_the_pruner_feeds_bo_its_stopped_students(tmp_path):
-    """A real search (digits MLP students, torch engine, pareto-asha, bo): the records the pipeline
-    writes are the ones bo reads; every stopped student becomes an observation, computed here from the
-    stored attrs. About 25 s."""
-    torch = pytest.importorskip("torch")
+def test_a_pipeline_search_with_the_pruner_feeds_bo_its_stopped_students(pruned_search):
+    """A real search (the session's: digits MLP students, torch engine, pareto-asha, bo): the records the
+    pipeline writes are the ones bo reads; every stopped student becomes an observation, computed here from
+    the stored attrs."""
+    pytest.importorskip("torch")
     from _support.pruning_task import SPACE as PIPELINE_SPACE
-    from _support.pruning_task import make_ad
 
-    torch.set_num_threads(1)
-    ad = make_ad(tmp_path / "run", algorithm="bo", max_trials=10)
-    ad.search()
-    study = ad.study
+    study = pruned_search.study
     assert isinstance(study.sampler, SpaceBOSampler)
     stopped = [t for t in study.trials if t.state == TrialState.PRUNED and "early_stop" in t.user_attrs]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]

@@ -17,7 +17,7 @@ import torch
 from optuna.trial import TrialState
 
 from _support.common import REPO_ROOT
-from _support.pruning_task import TRAIN_STEPS, build, make_ad, net_params
+from _support.pruning_task import SHARED_SEARCH, TRAIN_STEPS, build, make_ad, net_params
 from nas_distill import ConfigError, admission
 from nas_distill.distill.torch.evaluate import evaluate
 from nas_distill.rungs import EARLY_STOP_ATTR, RUNGS_ATTR, RungMonitor
@@ -60,14 +60,13 @@ def decisions_agree_with_the_rule(trials):
 
 
 @pytest.fixture(scope="module")
-def searched(pruned_run, tmp_path_factory):
-    """The session's search of the 15-point space with the pruner on, reopened on a copy of its run folder
-    (a test here searches on in it)."""
+def searched(pruned_search, tmp_path_factory):
+    """The session's search with the pruner on (pruning_task.SHARED_SEARCH), reopened on a copy of its run
+    folder (a test here searches on in it)."""
     torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("pruning") / "run"
-    shutil.copytree(pruned_run, run_dir)
-    ad = make_ad(run_dir)
-    return ad
+    shutil.copytree(pruned_search.run_dir, run_dir)
+    return make_ad(run_dir, **SHARED_SEARCH)
 
 
 def test_a_search_stores_rung_records_and_stops_students_by_the_rule(searched):

@@ -335,10 +335,10 @@ def test_malformed_rung_records_are_ignored_with_a_debug_line(tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_a_real_pruned_search_is_shown_from_what_it_stored(pruned_run, caplog):
+def test_a_real_pruned_search_is_shown_from_what_it_stored(pruned_search, caplog):
     """The records the runner writes (the session's real search with the pruner on,
     tests/_support/pruning_task.py) are all read, none left out, and shown as stored."""
-    study = optuna.load_study(study_name="pruning", storage=f"sqlite:///{pruned_run / 'study.db'}")
+    study = optuna.load_study(study_name="pruning", storage=pruned_search.storage_url)
     stopped = _stopped(study)
     assert stopped, [(t.number, t.state.name) for t in study.trials]
     with caplog.at_level(logging.DEBUG, logger="nas_distill.records"):

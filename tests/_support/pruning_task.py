@@ -86,6 +86,12 @@ def config(run_dir, *, storage=None, algorithm="grid", max_trials=15, **search) 
             "study": study}
 
 
+# The search the test session runs once (tests/conftest.py: pruned_run) and its readers reopen: bo, so the
+# same study also shows bo fed by the students the pruner stopped (grid with the pruner on runs in the
+# two-worker test).
+SHARED_SEARCH = {"algorithm": "bo", "max_trials": 10}
+
+
 def make_ad(run_dir, **kwargs):
     from nas_distill import AutoDistillation
 
