@@ -18,7 +18,7 @@ from nas_distill.evaluate import call_compute_metrics, measure_each
 from nas_distill.vocabulary import METRICS, base_metric, check_metric_names
 
 from .data import CollatedData, prepare_data
-from .distiller import input_keys, model_logits
+from .distiller import input_keys, model_logits, resolve_device
 from .losses import task_loss
 
 __all__ = ["METRICS", "evaluate", "latency", "eval_pass", "count_params", "model_size_mb"]
@@ -30,12 +30,6 @@ def _settings(settings: Any) -> Any:
 
         return EvaluationSettings()
     return settings
-
-
-def _device(model: Any, device: Any) -> Any:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @contextlib.contextmanager
@@ -94,7 +88,7 @@ def eval_pass(model: Any, data: Any, batch_size: int = 64, device: Any = "auto",
     """One pass of ``model`` over ``data`` in order (inference mode, eval mode, restored after)."""
     import numpy as np
 
-    dev = _device(model, device)
+    dev = resolve_device(device)
     prepared = _eval_fields(data)
     keys = input_keys(model, list(prepared.fields))
     labels_all = prepared.fields.get("labels")
@@ -150,7 +144,7 @@ def latency(model: Any, data: Any, settings: Any = None) -> float:
     The median, not the mean, so one scheduler hiccup does not move the metric.
     """
     s = _settings(settings)
-    dev = _device(model, s.device)
+    dev = resolve_device(s.device)
     prepared = _eval_fields(data)
     n = min(int(s.latency_batch_size), len(prepared))
     idx = torch.arange(n) if n == int(s.latency_batch_size) else torch.arange(int(s.latency_batch_size)) % n
