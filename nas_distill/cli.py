@@ -296,13 +296,14 @@ def _final_summary(args, target: dict[str, Any], started: float, code: int, stud
         return
     verb = "finished" if code == 0 else "interrupted" if code == 130 else "stopped"
     why = f"; stopped by the circuit breaker: {stopped}" if stopped else ""
+    early = f"{counts['stopped']} stopped early, " if counts["stopped"] else ""
     console.event(
         "search_finished",
         f"search {verb} after {elapsed}: {counts['done']} of {budget} trials complete, {counts['failed']} "
-        f"failed, {counts['pruned']} pruned{why} (exit {code})",
+        f"failed, {early}{counts['pruned']} pruned{why} (exit {code})",
         level=logging.INFO if code == 0 else logging.ERROR, seconds=round(time.monotonic() - started, 3),
-        complete=counts["done"], budget=budget, failed=counts["failed"], pruned=counts["pruned"],
-        stopped=stopped, exit_code=code)
+        complete=counts["done"], budget=budget, failed=counts["failed"], stopped_early=counts["stopped"],
+        pruned=counts["pruned"], stopped=stopped, exit_code=code)
     where = f" {args.config}" + (f" --study {args.study_name}" if args.study_name else "") + \
         (f" --run-dir {args.run_dir}" if args.run_dir else "") + (" --storage URL" if args.storage else "")
     commands = [f"{PROG} {c}{where}" for c in ("status", "pareto", "report", "dashboard")]

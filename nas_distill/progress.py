@@ -13,6 +13,8 @@ import sys
 import threading
 from typing import Optional
 
+from .vocabulary import EARLY_STOP_ATTR
+
 log = logging.getLogger(__name__)
 
 
@@ -22,7 +24,10 @@ def wanted(verbosity: int, log_format: str, stream=None) -> bool:
 
 
 def study_counts(study) -> dict[str, int]:
-    """``{'done', 'running', 'failed', 'pruned'}`` of the study: done counts the trials that used a slot."""
+    """``{'done', 'running', 'failed', 'stopped', 'pruned'}`` of the study: done counts the trials that used
+    a slot; stopped, the trials the pruner stopped early; pruned, the other PRUNED trials (never trained:
+    a repeat of a known arch, or given up in a race for the last slot), as the workers' last lines count
+    them."""
     from optuna.trial import TrialState
 
     from . import breaker
@@ -30,11 +35,13 @@ def study_counts(study) -> dict[str, int]:
     from .study import counted_complete, is_counted
 
     trials = optuna_internals.study_storage(study).get_all_trials(optuna_internals.study_id(study), deepcopy=False)
+    stopped = sum(1 for t in trials if t.state == TrialState.PRUNED and EARLY_STOP_ATTR in t.user_attrs)
     return {
         "done": counted_complete(trials),
         "running": sum(1 for t in trials if t.state == TrialState.RUNNING and is_counted(t)),
         "failed": sum(1 for t in trials if breaker._own_failure(t)),
-        "pruned": sum(1 for t in trials if t.state == TrialState.PRUNED),
+        "stopped": stopped,
+        "pruned": sum(1 for t in trials if t.state == TrialState.PRUNED) - stopped,
     }
 
 

@@ -52,6 +52,10 @@ def test_a_keras_search_prunes_by_the_rule(tmp_path):
     stopped = [t for t in trials if EARLY_STOP_ATTR in t.user_attrs]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert stopped and complete, [(t.number, t.state.name, t.user_attrs.get("error")) for t in trials]
+    # The run's last line counts them as the workers' lines and `status` do: stopped early, not "pruned".
+    others_pruned = sum(1 for t in trials if t.state == TrialState.PRUNED) - len(stopped)
+    assert (f"{len(complete)} of 12 trials complete, 0 failed, {len(stopped)} stopped early, {others_pruned} pruned"
+            in proc.stderr + proc.stdout), (proc.stderr + proc.stdout)[-2000:]
     by_number = {t.number: t for t in trials}
 
     def result(t, step):
