@@ -23,28 +23,16 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import optuna
 
+from nas_distill.atomic_file import write_text_atomic
 from nas_distill.reporting.data import StudyData, collect, format_arch
 
 __all__ = ["write_report", "format_arch", "collect", "StudyData"]
 
 _log = logging.getLogger(__name__)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a browser reloading the page never sees half of it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_report(
@@ -100,5 +88,5 @@ def write_report(
         except ImportError as exc:
             _log.warning("PNG copies skipped (%s); install the 'dashboard' extra for matplotlib", exc)
     path = out / filename
-    _write_atomic(path, render_page(data, figures, pngs))
+    write_text_atomic(path, render_page(data, figures, pngs))
     return path

@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .atomic_file import write_text_atomic
 from .records import N_PARAMS, StudyRecords, TrialRecord, parameter_count, read_study
 from .reporting.table import terminal_width, trials_table
 
@@ -109,9 +110,7 @@ def dump_results(study, path: str | os.PathLike, *, records: StudyRecords | None
 
 def write_json(data: Mapping[str, Any], json_path: Path) -> None:
     """The results JSON, replaced atomically (a reader never sees half a file)."""
-    json_tmp = json_path.with_name(json_path.name + ".tmp")
-    json_tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=repr))
-    os.replace(json_tmp, json_path)
+    write_text_atomic(json_path, json.dumps(data, indent=2, sort_keys=False, default=repr))
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:

@@ -30,6 +30,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .atomic_file import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 FOLDER = "AutoDistillationResults"
@@ -88,14 +90,8 @@ def write_results(study, text_path: str | os.PathLike, *, table: bool = True) ->
         dump_results(study, text_path.parent / LATEST_JSON, records=records)
     else:
         write_json(data, text_path.parent / LATEST_JSON)
-    _write_atomic(text_path, results_text(data))
+    write_text_atomic(text_path, results_text(data))
     return text_path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------- reading
