@@ -437,8 +437,9 @@ def run_ours(table: Table, seed: int, budget: int, eta: int) -> Outcome:
     from optuna.trial import TrialState
 
     from nas_distill.errors import SearchSpaceExhausted
-    from nas_distill.rungs import EARLY_STOP_ATTR, RUNGS_ATTR, StoppedEarly, minimize_form, results_at
+    from nas_distill.rungs import StoppedEarly, minimize_form, results_at
     from nas_distill.search.pruner import RungResult, decide
+    from nas_distill.vocabulary import EARLY_STOP_ATTR, RUNGS_ATTR
 
     searcher = make_bo(table, seed)
     study = searcher.study

@@ -21,7 +21,7 @@ from .records import N_PARAMS, parameter_count
 from .store import StudyStore
 from .store.budget import counted_complete, is_counted
 from .store.stale import RETRYABLE_ERRORS
-from .vocabulary import EARLY_STOP_ATTR
+from .vocabulary import stopped_early
 
 #: ``Budget.gate`` verdicts: stop, wait for a slot, ask.
 SPENT, FULL, OPEN = "spent", "full", "open"
@@ -115,7 +115,7 @@ def known_trial(trials: Sequence[Any], arch: dict, number: int) -> Any:
             error_type = t.user_attrs.get("error_type")
             if error_type and error_type not in not_arch_errors:
                 failed = t
-        elif t.state == TrialState.PRUNED and stopped is None and EARLY_STOP_ATTR in t.user_attrs:
+        elif stopped is None and stopped_early(t):
             stopped = t
     return next((t for t in (complete, running, failed, stopped) if t is not None), None)
 

@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Optional
 
-from .vocabulary import EARLY_STOP_ATTR
+from .vocabulary import stopped_early
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def study_counts(study) -> dict[str, int]:
     from .study import counted_complete, is_counted
 
     trials = optuna_internals.study_storage(study).get_all_trials(optuna_internals.study_id(study), deepcopy=False)
-    stopped = sum(1 for t in trials if t.state == TrialState.PRUNED and EARLY_STOP_ATTR in t.user_attrs)
+    stopped = sum(1 for t in trials if stopped_early(t))
     return {
         "done": counted_complete(trials),
         "running": sum(1 for t in trials if t.state == TrialState.RUNNING and is_counted(t)),

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from .store import StudyStore
 from .store.budget import counted_complete
 from .store.optuna_internals import trial_id
-from .vocabulary import EARLY_STOP_ATTR
+from .vocabulary import stopped_early
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def budget_met(store: StudyStore, max_trials: int, space: Any) -> tuple[int, boo
     stopped early by the pruner (a stopped arch is never trained again: the search has seen it)."""
     trials = store.all_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     complete = counted_complete(trials)
-    decided = [t for t in trials if t.state == TrialState.COMPLETE or EARLY_STOP_ATTR in t.user_attrs]
+    decided = [t for t in trials if t.state == TrialState.COMPLETE or stopped_early(t)]
     wanted = min(max_trials, len(space)) if space is not None else max_trials
     met = complete >= wanted or (
         space is not None and len({json.dumps(t.params, sort_keys=True) for t in decided}) >= len(space))

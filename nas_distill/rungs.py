@@ -27,7 +27,7 @@ from .records import rungs_of
 from .search.pruner import NO_PRUNER, PARETO_ASHA, Decision, RungResult, decide
 from .store import StudyStore
 from .store.optuna_internals import trial_id
-from .vocabulary import EARLY_STOP_ATTR, RUNGS_ATTR  # noqa: F401 - the stored form's names, read from here too
+from .vocabulary import RUNGS_ATTR
 
 log = logging.getLogger(__name__)
 

@@ -52,6 +52,7 @@ from .errors import ConfigError, EnvironmentFailure, SearchSpaceExhausted
 from .store import Heartbeat, StudyStore, artifact_store, check_writable, store_of
 from .store.budget import record_budget
 from .store.optuna_internals import trial_id
+from .vocabulary import EARLY_STOP_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -504,7 +505,7 @@ class TrialRunner:
 
     def _tell_stopped(self, trial, stop: rungs.StoppedEarly, clock: trial_record.Clock) -> None:
         """Record a student the pruner stopped: PRUNED with ``early_stop`` (its ``rungs`` are stored)."""
-        self.store.set_user_attrs(trial_id(trial), {rungs.EARLY_STOP_ATTR: stop.record, "timings": clock.stop()})
+        self.store.set_user_attrs(trial_id(trial), {EARLY_STOP_ATTR: stop.record, "timings": clock.stop()})
         self._tell(trial, state=TrialState.PRUNED)
         self._last_environment = None
         self.summary.stopped += 1

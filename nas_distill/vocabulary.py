@@ -6,7 +6,7 @@ the study code can all read the same spellings without importing one another.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 # ---------------------------------------------------------------------------------------------------
 # Frameworks
@@ -110,3 +110,9 @@ DEFAULT_RUNG_EXAMPLES = 512
 #: Trial user attrs of the pruner's stored form (see nas_distill/rungs.py): the rung records, and the stop.
 RUNGS_ATTR = "rungs"
 EARLY_STOP_ATTR = "early_stop"
+
+
+def stopped_early(trial: Any) -> bool:
+    """Whether a stored trial (an Optuna ``FrozenTrial``) is one the pruner stopped: PRUNED with the stop's
+    record, not a repeat nor a trial given up before training (those are PRUNED too)."""
+    return trial.state.name == "PRUNED" and EARLY_STOP_ATTR in trial.user_attrs

@@ -4,6 +4,8 @@ file left is one whole write, and no temporary file is left behind."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 
 from nas_distill.results import write_json
@@ -38,3 +40,12 @@ def test_workers_writing_the_results_json_at_once_all_finish_and_leave_one_whole
     assert final["rows"] == payload["rows"] and 0 <= final["writer"] < 8
     assert [p.name for p in tmp_path.iterdir()] == ["lastest_results.json"]
 
+
+
+def test_the_file_gets_the_permissions_of_any_new_file(tmp_path):
+    """Other users of a shared run folder read results as they read any file the run writes."""
+    path = tmp_path / "lastest_results.json"
+    write_json({"a": 1}, path)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)

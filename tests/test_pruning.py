@@ -20,9 +20,10 @@ from _support.common import REPO_ROOT
 from _support.pruning_task import SHARED_SEARCH, TRAIN_STEPS, build, make_ad, net_params
 from nas_distill import ConfigError, admission
 from nas_distill.distill.torch.evaluate import evaluate
-from nas_distill.rungs import EARLY_STOP_ATTR, RUNGS_ATTR, RungMonitor
+from nas_distill.rungs import RungMonitor
 from nas_distill.search.pruner import RungResult, decide
 from nas_distill.store import store_of
+from nas_distill.vocabulary import EARLY_STOP_ATTR, RUNGS_ATTR
 
 ETA = 3
 # The default rungs, 1/9 and 1/3 of the regular-distillation steps (all of them here).

@@ -16,9 +16,9 @@ import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from _support.common import REPO_ROOT, write_config  # noqa: E402
-from nas_distill.rungs import EARLY_STOP_ATTR, RUNGS_ATTR  # noqa: E402
 from nas_distill.search.pruner import RungResult, decide  # noqa: E402
 from nas_distill.tasks import keras_digits  # noqa: E402
+from nas_distill.vocabulary import EARLY_STOP_ATTR, RUNGS_ATTR  # noqa: E402
 
 KT_STEPS, RD_STEPS = 10, 45
 
