@@ -159,3 +159,52 @@ def test_a_value_failing_only_with_the_smallest_student_is_left_to_the_trials(tm
     with pytest.raises(ConfigError) as info:
         rehearse(ad)
     assert str(info.value).startswith("search.search_space.heads: value 3 breaks every student tried with it")
+
+
+def test_each_student_is_freed_before_the_next_and_the_collector_is_left_as_found(tmp_path):
+    """A student held only by a reference cycle is gone when the next one is built (the collection after
+    each student frees it), and the collector's frozen set is as it was before, also after a refusal."""
+    import gc
+    import weakref
+
+    from nas_distill import AutoDistillation
+    from nas_distill.errors import ConfigError, InvalidArchitecture
+    from nas_distill.rehearsal import rehearse
+
+    class Student:
+        def __init__(self, arch):
+            self.arch = arch
+            self.me = self  # a cycle: only the collector frees it
+
+    previous: list[weakref.ref] = []
+    alive_at_build = []
+    frozen_at_build = []
+
+    def builder(arch):
+        alive_at_build.append(sum(ref() is not None for ref in previous))
+        frozen_at_build.append(gc.get_freeze_count())
+        if arch["heads"] == 3:
+            raise InvalidArchitecture("3 heads never work")
+        student = Student(dict(arch))
+        previous.append(weakref.ref(student))
+        return student
+
+    def make(heads):
+        conf = {"auto_distillation": {"search": {"search_space": {"width": [8, 16], "heads": heads},
+                                                 "metrics": ["acc"]},
+                                      "study": {"run_dir": str(tmp_path / "r")}}}
+        ad = AutoDistillation(builder, conf)
+        ad.train_func, ad.eval_func = (lambda m: None), (lambda m: {"acc": 1.0})
+        return ad
+
+    before = gc.get_freeze_count()
+    rehearse(make([1, 4]))
+    assert len(alive_at_build) >= 4 and set(alive_at_build) == {0}, alive_at_build
+    assert gc.get_freeze_count() == before
+    with pytest.raises(ConfigError):
+        rehearse(make([1, 3]))
+    assert gc.get_freeze_count() == before
+    # The students of a rehearsal are built with the objects made before it set aside (when the process
+    # had frozen nothing itself): that is what keeps each student's collection short.
+    if before == 0:
+        assert all(count > 0 for count in frozen_at_build)
