@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping, Sequence
 
+from optuna.trial import TrialState
+
 from .errors import ConfigError, NasDistillError
 from .records import rungs_of
 from .search.pruner import NO_PRUNER, PARETO_ASHA, Decision, RungResult, decide
@@ -64,9 +66,11 @@ def minimize_form(names: Sequence[str], values: Mapping[str, float], higher: Map
 
 
 def results_at(trials: Sequence[Any], step: int, of: int, partial_names: Sequence[str],
-               known_names: Sequence[str], higher: Mapping[str, bool]) -> list[RungResult]:
+               known_names: Sequence[str], higher: Mapping[str, bool],
+               value_names: Sequence[str] = ()) -> list[RungResult]:
     """Every trial's record at rung ``step`` of ``of`` (trials of another step budget are not compared;
-    a record lacking one of the names is left out)."""
+    a record lacking one of the names is left out). ``value_names``: the names of a trial's values in
+    order; with them, a COMPLETE trial's result carries its final values too."""
     found = []
     for t in trials:
         for rung in rungs_of(t.user_attrs, t.number):
@@ -74,9 +78,21 @@ def results_at(trials: Sequence[Any], step: int, of: int, partial_names: Sequenc
                 continue
             if set(partial_names) <= set(rung.values) and set(known_names) <= set(rung.known):
                 found.append(RungResult(t.number, minimize_form(partial_names, rung.values, higher),
-                                        minimize_form(known_names, rung.known, higher)))
+                                        minimize_form(known_names, rung.known, higher),
+                                        _final(t, partial_names, value_names, higher)))
             break
     return found
+
+
+def _final(trial: Any, partial_names: Sequence[str], value_names: Sequence[str],
+           higher: Mapping[str, bool]) -> tuple | None:
+    values = getattr(trial, "values", None)
+    if trial.state != TrialState.COMPLETE or not values or len(values) != len(value_names):
+        return None
+    named = dict(zip(value_names, values))
+    if not set(partial_names) <= set(named):
+        return None
+    return minimize_form(partial_names, named, higher)
 
 
 class RungMonitor:
@@ -116,7 +132,7 @@ class RungMonitor:
         own = RungResult(self.trial.number, minimize_form(self.partial_names, values, self.higher),
                          minimize_form(self.known_names, known, self.higher))
         others = [r for r in results_at(self.store.all_trials(), step, of, self.partial_names, self.known_names,
-                                        self.higher) if r.number != own.number]
+                                        self.higher, self.ad.metrics) if r.number != own.number]
         return decide(own, others, self.eta), others
 
     def _partial_values(self) -> dict[str, float]:

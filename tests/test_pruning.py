@@ -32,9 +32,10 @@ RUNG_STEPS = [round(TRAIN_STEPS / 9), round(TRAIN_STEPS / 3)]
 
 def rung_result(trial, step):
     """A trial's record at ``step`` as the rule takes it, built here from the stored attr: accuracy
-    maximized (negated), params minimized."""
+    maximized (negated), params minimized; a finished trial's final accuracy (its first value) too."""
     record = next(r for r in trial.user_attrs[RUNGS_ATTR] if r["step"] == step)
-    return RungResult(trial.number, (-record["values"]["accuracy"],), (record["known"]["params"],))
+    final = (-trial.values[0],) if trial.state == TrialState.COMPLETE else None
+    return RungResult(trial.number, (-record["values"]["accuracy"],), (record["known"]["params"],), final)
 
 
 def decisions_agree_with_the_rule(trials):
@@ -131,13 +132,14 @@ def test_rung_values_are_the_evaluation_of_the_rung_slice(tmp_path):
 
 
 def test_a_dominated_slow_student_is_stopped_and_a_fast_one_at_the_same_accuracy_is_not(tmp_path):
-    """A hand-made study: six students at step 10, three small (few params) and three large ones that
-    learn faster. At the same partial accuracy, a large student is stopped and a small one goes on."""
+    """A hand-made study: six finished students at step 10, three small (few params) and three large ones
+    that learn faster, their final accuracies in the order of their rung values (the rung predicts). At
+    the same partial accuracy, a large student is stopped and a small one goes on."""
     ad = make_ad(tmp_path / "run")
     study = ad.study
     for accuracy, params in [(0.80, 5000), (0.78, 5000), (0.76, 5000), (0.50, 300), (0.48, 300), (0.47, 300)]:
         study.add_trial(optuna.trial.create_trial(
-            state=TrialState.PRUNED, params={}, distributions={},
+            state=TrialState.COMPLETE, values=[accuracy + 0.15, params], params={}, distributions={},
             user_attrs={RUNGS_ATTR: [{"step": 10, "of": TRAIN_STEPS, "values": {"accuracy": accuracy},
                                       "known": {"params": params}}]}))
     trial = study.ask()
