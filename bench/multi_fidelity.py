@@ -471,8 +471,7 @@ def run_ours(table: Table, seed: int, budget: int, eta: int) -> Outcome:
                                             ["latency"], higher, METRICS) if r.number != trial.number]
             decision = decide(own, others, eta)
             if not decision.keep:
-                trial.set_user_attr(EARLY_STOP_ATTR, StoppedEarly(step, table.total, decision.reason,
-                                                                  [r.number for r in others]).record)
+                trial.set_user_attr(EARLY_STOP_ATTR, StoppedEarly(step, table.total, decision.reason, others).record)
                 searcher.tell(trial, state=TrialState.PRUNED)
                 stopped = step
                 break

@@ -12,7 +12,8 @@ user attr ``rungs``, one entry per rung reached, in order::
 ``values``: the metrics as measured (not sign-flipped); ``known``: the arch's architecture metrics as the
 pruner compared them (``{}`` when no objective is one). A trial the pruner stops ends PRUNED, without
 values, with the user attr ``early_stop``: ``{"by": "pareto-asha", "step": 200, "of": 600, "reason": ...,
-"compared_with": [trial numbers whose records at that rung it was compared with]}``.
+"compared_with": [trial numbers whose records at that rung it was compared with], "finished": [those of
+them that had finished then, whose final values showed the rung predicts]}``.
 Every worker decides from what the study holds at that moment (the rung records of every trial, whatever
 its state), so no worker waits for a rung to fill.
 """
@@ -38,10 +39,11 @@ log = logging.getLogger(__name__)
 class StoppedEarly(NasDistillError):
     """The pruner stopped a student at a rung; the trial is recorded PRUNED with ``early_stop``."""
 
-    def __init__(self, step: int, of: int, reason: str, compared_with: Sequence[int] = ()):
+    def __init__(self, step: int, of: int, reason: str, compared_with: Sequence[RungResult] = ()):
         super().__init__(f"stopped early at step {step} of {of}: {reason}")
         self.record = {"by": PARETO_ASHA, "step": int(step), "of": int(of), "reason": reason,
-                       "compared_with": sorted(int(n) for n in compared_with)}
+                       "compared_with": sorted(r.number for r in compared_with),
+                       "finished": sorted(r.number for r in compared_with if r.final is not None)}
 
 
 def pruning_on(conf: Any) -> bool:
@@ -124,7 +126,7 @@ class RungMonitor:
         log.info("trial %d, step %d of %d: %s; %s", self.trial.number, done, total,
                  ", ".join(f"{k} {v:.4g}" for k, v in values.items()), decision.reason)
         if not decision.keep:
-            raise StoppedEarly(done, total, decision.reason, [r.number for r in others])
+            raise StoppedEarly(done, total, decision.reason, others)
 
     def decide(self, step: int, of: int, values: Mapping[str, float],
                known: Mapping[str, float]) -> tuple[Decision, list[RungResult]]:

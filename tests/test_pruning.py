@@ -30,12 +30,18 @@ ETA = 3
 RUNG_STEPS = [round(TRAIN_STEPS / 9), round(TRAIN_STEPS / 3)]
 
 
-def rung_result(trial, step):
+def rung_result(trial, step, finished=True):
     """A trial's record at ``step`` as the rule takes it, built here from the stored attr: accuracy
-    maximized (negated), params minimized; a finished trial's final accuracy (its first value) too."""
+    maximized (negated), params minimized; with ``finished``, a finished trial's final accuracy (its first
+    value) too."""
     record = next(r for r in trial.user_attrs[RUNGS_ATTR] if r["step"] == step)
-    final = (-trial.values[0],) if trial.state == TrialState.COMPLETE else None
+    final = (-trial.values[0],) if finished and trial.state == TrialState.COMPLETE else None
     return RungResult(trial.number, (-record["values"]["accuracy"],), (record["known"]["params"],), final)
+
+
+def stopped_with(stop, by_number):
+    """The records a stop names, the ones it names as finished then with their final values."""
+    return [rung_result(by_number[n], stop["step"], finished=n in stop["finished"]) for n in stop["compared_with"]]
 
 
 def decisions_agree_with_the_rule(trials):
@@ -50,7 +56,7 @@ def decisions_agree_with_the_rule(trials):
         for record in records:
             step = record["step"]
             if stop and stop["step"] == step:
-                others = [rung_result(by_number[n], step) for n in stop["compared_with"]]
+                others = stopped_with(stop, by_number)
                 assert not decide(rung_result(t, step), others, ETA).keep, (t.number, stop)
                 stops += 1
             else:
@@ -183,5 +189,4 @@ def test_two_workers_pruning_one_study_agree_with_the_rule(tmp_path):
     by_number = {t.number: t for t in trials}
     for t in stopped:
         stop = t.user_attrs[EARLY_STOP_ATTR]
-        others = [rung_result(by_number[n], stop["step"]) for n in stop["compared_with"]]
-        assert not decide(rung_result(t, stop["step"]), others, ETA).keep
+        assert not decide(rung_result(t, stop["step"]), stopped_with(stop, by_number), ETA).keep

@@ -61,11 +61,11 @@ def test_a_keras_search_prunes_by_the_rule(tmp_path):
             in proc.stderr + proc.stdout), (proc.stderr + proc.stdout)[-2000:]
     by_number = {t.number: t for t in trials}
 
-    def result(t, step):
+    def result(t, step, finished=False):
         record = next(r for r in t.user_attrs[RUNGS_ATTR] if r["step"] == step)
         assert record["of"] == KT_STEPS + RD_STEPS
         assert record["known"]["params"] == keras_digits.student_builder(t.params).count_params()
-        final = (-t.values[0],) if t.state == TrialState.COMPLETE else None
+        final = (-t.values[0],) if finished else None
         return RungResult(t.number, (-record["values"]["accuracy"],), (record["known"]["params"],), final)
 
     for t in complete:
@@ -74,5 +74,7 @@ def test_a_keras_search_prunes_by_the_rule(tmp_path):
         assert t.state == TrialState.PRUNED
         stop = t.user_attrs[EARLY_STOP_ATTR]
         assert stop["step"] in rung_steps
-        others = [result(by_number[n], stop["step"]) for n in stop["compared_with"]]
+        # the ones finished then with their final values: what showed the rung predicts
+        assert set(stop["finished"]) <= set(stop["compared_with"])
+        others = [result(by_number[n], stop["step"], finished=n in stop["finished"]) for n in stop["compared_with"]]
         assert not decide(result(t, stop["step"]), others, 3).keep
