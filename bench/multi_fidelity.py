@@ -10,13 +10,19 @@ What it measures
       ``--trials`` trials. Its step total is the budget of the other two.
     * ``ours``: the same searcher and seed; at each rung a trial is evaluated on the rung slice and
       ``nas_distill.search.pruner.decide`` rules on it against every other trial of the study at that
-      rung (read back from the study's ``rungs`` attrs). A stopped trial is told PRUNED with its
+      rung (read back from the study's ``rungs`` attrs, with the final values of those that finished: a
+      rung stops nobody until they show it ranks students as the end does). A stopped trial is told PRUNED with its
       ``rungs`` and ``early_stop`` attrs (the stored form the pipeline writes) and costs only the steps
       it trained; the searcher never proposes its architecture again. Runs until the budget is spent.
     * ``moasha``: Syne Tune's MO-ASHA (``pip install 'nas-distill[bench]'``; the row says so when it
       is missing) with its own random proposals (a configuration it proposes a second time is skipped
       at no cost), minimising (1 - accuracy, latency) at the same rungs, same budget. Its time
       attribute counts rungs (1, eta, eta^2, ...), so its milestones are exactly our rung steps.
+
+    A bound, per space: the steps a pruner that knew every student's final accuracy would need on the
+    no-pruning search's own proposals (the fewest of them whose front reaches the target trained in full,
+    every other one to the first rung). It is optimistic: with pruning the searcher no longer sees the
+    final values of the stopped students, and proposes differently.
 
     Printed per space and method (median over ``--seeds`` searcher seeds): the steps and CPU seconds
     spent until the hypervolume first reaches 0.99 x the ``none`` run's final hypervolume of the same
@@ -462,11 +468,10 @@ def run_ours(table: Table, seed: int, budget: int, eta: int) -> Outcome:
             own = RungResult(trial.number, minimize_form(["accuracy"], values, higher),
                              minimize_form(["latency"], known, higher))
             others = [r for r in results_at(study.get_trials(deepcopy=False), step, table.total, ["accuracy"],
-                                            ["latency"], higher) if r.number != trial.number]
+                                            ["latency"], higher, METRICS) if r.number != trial.number]
             decision = decide(own, others, eta)
             if not decision.keep:
-                trial.set_user_attr(EARLY_STOP_ATTR, StoppedEarly(step, table.total, decision.reason,
-                                                                  [r.number for r in others]).record)
+                trial.set_user_attr(EARLY_STOP_ATTR, StoppedEarly(step, table.total, decision.reason, others).record)
                 searcher.tell(trial, state=TrialState.PRUNED)
                 stopped = step
                 break
@@ -558,6 +563,25 @@ def score(outcome: Outcome, table: Table, target_hv: float, budget: int) -> Scor
                  started=len(outcome.trials), completed=sum(t.state == "COMPLETE" for t in outcome.trials),
                  pruned=sum(t.state == "PRUNED" for t in outcome.trials),
                  spent=curve[-1][0] if curve else 0)
+
+
+def oracle_bound(none: Outcome, table: Table, target_hv: float) -> float:
+    """The fewest steps any pruning rule could reach ``target_hv`` with, were the searcher to propose what
+    it proposed without pruning: the no-pruning trials up to its first reaching the target, the fewest of
+    them whose front reaches it trained in full, every other one stopped at the first rung (inf: never)."""
+    import itertools
+
+    from nas_distill.search.pareto import find_pareto_front, hypervolume
+
+    reached = next((i for i, (_, _, hv) in enumerate(none.curve(table)) if hv >= target_hv), None)
+    if reached is None:
+        return math.inf
+    points = np.array([table.point(t.arch) for t in none.trials[:reached + 1]])
+    front = list(find_pareto_front(points))
+    needed = next(size for size in range(1, len(front) + 1)
+                  if any(hypervolume(points[list(subset)], table.reference) >= target_hv
+                         for subset in itertools.combinations(front, size)))
+    return needed * table.total + (reached + 1 - needed) * table.rung_steps[0]
 
 
 def median(values: list[float]) -> float:
@@ -652,9 +676,11 @@ def main(argv=None) -> int:
         print(f"  {check}")
         results: dict[str, list[Score]] = {m: [] for m in methods}
         skipped_proposals: dict[str, list[int]] = {m: [] for m in methods}
+        bounds: list[float] = []
         for seed in range(args.seeds):
             none = run_none(table, seed, args.trials)
             target = TARGET * none.curve(table)[-1][2]
+            bounds.append(oracle_bound(none, table, target))
             outcomes = {"none": none}
             if "ours" in methods:
                 outcomes["ours"] = run_ours(table, seed, budget, args.eta)
@@ -692,6 +718,11 @@ def main(argv=None) -> int:
                   (f"; repeated proposals skipped: median {median(repeats):.0f}" if any(repeats) else ""))
             summary[name][method] = {"steps_to_099": round(steps_to) if math.isfinite(steps_to) else None,
                                      "final_hv": round(final, 6)}
+        none_steps = median([s.steps_to for s in results["none"]])
+        print(f"  bound: a pruner knowing every student's final accuracy, on the no-pruning search's own "
+              f"proposals, would need {fmt(median(bounds), '.0f')} steps ({fmt(median(bounds) / none_steps, '.2f')} "
+              f"of none's): the students its front needs in full, every other one to the first rung "
+              f"({table.rung_steps[0]} of {table.total} steps)")
         if "ours" in summary[name]:
             print("  " + acceptance(summary[name], budget, ratios["ours"]))
     print(f"\ntotal: {time.perf_counter() - wall:.0f} s wall, {time.process_time() - cpu0:.0f} s CPU")

@@ -107,6 +107,8 @@ class EarlyStop:
     reason: str
     #: The trials whose records at that rung it was compared with, when recorded.
     compared_with: tuple[int, ...] | None = None
+    #: Those of them that had finished then: their final values showed the rung predicts, when recorded.
+    finished: tuple[int, ...] | None = None
 
     @property
     def steps_saved(self) -> int:
@@ -117,6 +119,8 @@ class EarlyStop:
         out: dict[str, Any] = {"by": self.by, "step": self.step, "of": self.of, "reason": self.reason}
         if self.compared_with is not None:
             out["compared_with"] = list(self.compared_with)
+        if self.finished is not None:
+            out["finished"] = list(self.finished)
         return out
 
 
@@ -153,13 +157,17 @@ def early_stop_of(attrs: Mapping[str, Any], number: int | None = None) -> EarlyS
         _log.debug("trial %s: ignoring user attr %r (expected {by, step, of, reason}): %.200r",
                    number, EARLY_STOP_ATTR, raw)
         return None
-    compared = raw_map.get("compared_with")
-    if compared is not None and not (isinstance(compared, list) and all(_step(n) is not None for n in compared)):
-        _log.debug("trial %s: ignoring %s.compared_with (expected trial numbers): %.200r", number,
-                   EARLY_STOP_ATTR, compared)
-        compared = None
     return EarlyStop(str(raw_map.get("by") or "pruner"), step, of, str(raw_map.get("reason") or ""),
-                     None if compared is None else tuple(compared))
+                     _trial_numbers(raw_map, "compared_with", number), _trial_numbers(raw_map, "finished", number))
+
+
+def _trial_numbers(raw: Mapping[str, Any], key: str, number: int | None) -> tuple[int, ...] | None:
+    numbers = raw.get(key)
+    if numbers is not None and not (isinstance(numbers, list) and all(_step(n) is not None for n in numbers)):
+        _log.debug("trial %s: ignoring %s.%s (expected trial numbers): %.200r", number, EARLY_STOP_ATTR, key,
+                   numbers)
+        numbers = None
+    return None if numbers is None else tuple(numbers)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ user attr ``rungs``, one entry per rung reached, in order::
 ``values``: the metrics as measured (not sign-flipped); ``known``: the arch's architecture metrics as the
 pruner compared them (``{}`` when no objective is one). A trial the pruner stops ends PRUNED, without
 values, with the user attr ``early_stop``: ``{"by": "pareto-asha", "step": 200, "of": 600, "reason": ...,
-"compared_with": [trial numbers whose records at that rung it was compared with]}``.
+"compared_with": [trial numbers whose records at that rung it was compared with], "finished": [those of
+them that had finished then, whose final values showed the rung predicts]}``.
 Every worker decides from what the study holds at that moment (the rung records of every trial, whatever
 its state), so no worker waits for a rung to fill.
 """
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Mapping, Sequence
+
+from optuna.trial import TrialState
 
 from .errors import ConfigError, NasDistillError
 from .records import rungs_of
@@ -36,10 +39,11 @@ log = logging.getLogger(__name__)
 class StoppedEarly(NasDistillError):
     """The pruner stopped a student at a rung; the trial is recorded PRUNED with ``early_stop``."""
 
-    def __init__(self, step: int, of: int, reason: str, compared_with: Sequence[int] = ()):
+    def __init__(self, step: int, of: int, reason: str, compared_with: Sequence[RungResult] = ()):
         super().__init__(f"stopped early at step {step} of {of}: {reason}")
         self.record = {"by": PARETO_ASHA, "step": int(step), "of": int(of), "reason": reason,
-                       "compared_with": sorted(int(n) for n in compared_with)}
+                       "compared_with": sorted(r.number for r in compared_with),
+                       "finished": sorted(r.number for r in compared_with if r.final is not None)}
 
 
 def pruning_on(conf: Any) -> bool:
@@ -64,9 +68,11 @@ def minimize_form(names: Sequence[str], values: Mapping[str, float], higher: Map
 
 
 def results_at(trials: Sequence[Any], step: int, of: int, partial_names: Sequence[str],
-               known_names: Sequence[str], higher: Mapping[str, bool]) -> list[RungResult]:
+               known_names: Sequence[str], higher: Mapping[str, bool],
+               value_names: Sequence[str] = ()) -> list[RungResult]:
     """Every trial's record at rung ``step`` of ``of`` (trials of another step budget are not compared;
-    a record lacking one of the names is left out)."""
+    a record lacking one of the names is left out). ``value_names``: the names of a trial's values in
+    order; with them, a COMPLETE trial's result carries its final values too."""
     found = []
     for t in trials:
         for rung in rungs_of(t.user_attrs, t.number):
@@ -74,9 +80,21 @@ def results_at(trials: Sequence[Any], step: int, of: int, partial_names: Sequenc
                 continue
             if set(partial_names) <= set(rung.values) and set(known_names) <= set(rung.known):
                 found.append(RungResult(t.number, minimize_form(partial_names, rung.values, higher),
-                                        minimize_form(known_names, rung.known, higher)))
+                                        minimize_form(known_names, rung.known, higher),
+                                        _final(t, partial_names, value_names, higher)))
             break
     return found
+
+
+def _final(trial: Any, partial_names: Sequence[str], value_names: Sequence[str],
+           higher: Mapping[str, bool]) -> tuple | None:
+    values = getattr(trial, "values", None)
+    if trial.state != TrialState.COMPLETE or not values or len(values) != len(value_names):
+        return None
+    named = dict(zip(value_names, values))
+    if not set(partial_names) <= set(named):
+        return None
+    return minimize_form(partial_names, named, higher)
 
 
 class RungMonitor:
@@ -108,7 +126,7 @@ class RungMonitor:
         log.info("trial %d, step %d of %d: %s; %s", self.trial.number, done, total,
                  ", ".join(f"{k} {v:.4g}" for k, v in values.items()), decision.reason)
         if not decision.keep:
-            raise StoppedEarly(done, total, decision.reason, [r.number for r in others])
+            raise StoppedEarly(done, total, decision.reason, others)
 
     def decide(self, step: int, of: int, values: Mapping[str, float],
                known: Mapping[str, float]) -> tuple[Decision, list[RungResult]]:
@@ -116,7 +134,7 @@ class RungMonitor:
         own = RungResult(self.trial.number, minimize_form(self.partial_names, values, self.higher),
                          minimize_form(self.known_names, known, self.higher))
         others = [r for r in results_at(self.store.all_trials(), step, of, self.partial_names, self.known_names,
-                                        self.higher) if r.number != own.number]
+                                        self.higher, self.ad.metrics) if r.number != own.number]
         return decide(own, others, self.eta), others
 
     def _partial_values(self) -> dict[str, float]:

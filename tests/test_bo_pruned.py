@@ -281,6 +281,27 @@ def test_stopped_trials_the_model_can_use_count_toward_the_start_up_trials():
     assert off.score_candidates(study).gain is None
 
 
+
+def test_start_up_trials_the_pruner_stopped_still_spread_the_start_up_over_the_known_latency():
+    """Before two trials finish, a stopped trial gives the model nothing (no gain to learn), but it was
+    started: the next start-up trial must come from the next slice of the known latency, not the same one.
+    Five start-up trials, each stopped, span the latency range: the fastest and the slowest fifth."""
+    study = _study()
+    study.sampler = SpaceBOSampler(SPACE, seed=3, known_objectives=_known, n_startup_trials=5)
+    latencies = []
+    for started in range(5):
+        assert study.sampler.score_candidates(study).startup_position == started
+        trial = study.ask()
+        arch = {k: trial.suggest_categorical(k, v) for k, v in SPACE.items()}
+        latencies.append(_latency(arch))
+        partial = [{"loss": 2.0}]
+        trial.set_user_attr("rungs", _rungs(partial))
+        trial.set_user_attr("early_stop", _stop(partial))
+        study.tell(trial, state=TrialState.PRUNED)
+    everywhere = sorted(_latency(SearchSpace(SPACE).point(i)) for i in range(32))
+    assert min(latencies) <= everywhere[len(everywhere) // 5]
+    assert max(latencies) >= everywhere[-len(everywhere) // 5]
+
 # ---------------------------------------------------------------------- the pipeline's own records
 @pytest.mark.slow
 def test_a_pipeline_search_with_the_pruner_feeds_bo_its_stopped_students(pruned_search):

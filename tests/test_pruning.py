@@ -30,11 +30,18 @@ ETA = 3
 RUNG_STEPS = [round(TRAIN_STEPS / 9), round(TRAIN_STEPS / 3)]
 
 
-def rung_result(trial, step):
+def rung_result(trial, step, finished=True):
     """A trial's record at ``step`` as the rule takes it, built here from the stored attr: accuracy
-    maximized (negated), params minimized."""
+    maximized (negated), params minimized; with ``finished``, a finished trial's final accuracy (its first
+    value) too."""
     record = next(r for r in trial.user_attrs[RUNGS_ATTR] if r["step"] == step)
-    return RungResult(trial.number, (-record["values"]["accuracy"],), (record["known"]["params"],))
+    final = (-trial.values[0],) if finished and trial.state == TrialState.COMPLETE else None
+    return RungResult(trial.number, (-record["values"]["accuracy"],), (record["known"]["params"],), final)
+
+
+def stopped_with(stop, by_number):
+    """The records a stop names, the ones it names as finished then with their final values."""
+    return [rung_result(by_number[n], stop["step"], finished=n in stop["finished"]) for n in stop["compared_with"]]
 
 
 def decisions_agree_with_the_rule(trials):
@@ -49,7 +56,7 @@ def decisions_agree_with_the_rule(trials):
         for record in records:
             step = record["step"]
             if stop and stop["step"] == step:
-                others = [rung_result(by_number[n], step) for n in stop["compared_with"]]
+                others = stopped_with(stop, by_number)
                 assert not decide(rung_result(t, step), others, ETA).keep, (t.number, stop)
                 stops += 1
             else:
@@ -131,13 +138,14 @@ def test_rung_values_are_the_evaluation_of_the_rung_slice(tmp_path):
 
 
 def test_a_dominated_slow_student_is_stopped_and_a_fast_one_at_the_same_accuracy_is_not(tmp_path):
-    """A hand-made study: six students at step 10, three small (few params) and three large ones that
-    learn faster. At the same partial accuracy, a large student is stopped and a small one goes on."""
+    """A hand-made study: six finished students at step 10, three small (few params) and three large ones
+    that learn faster, their final accuracies in the order of their rung values (the rung predicts). At
+    the same partial accuracy, a large student is stopped and a small one goes on."""
     ad = make_ad(tmp_path / "run")
     study = ad.study
     for accuracy, params in [(0.80, 5000), (0.78, 5000), (0.76, 5000), (0.50, 300), (0.48, 300), (0.47, 300)]:
         study.add_trial(optuna.trial.create_trial(
-            state=TrialState.PRUNED, params={}, distributions={},
+            state=TrialState.COMPLETE, values=[accuracy + 0.15, params], params={}, distributions={},
             user_attrs={RUNGS_ATTR: [{"step": 10, "of": TRAIN_STEPS, "values": {"accuracy": accuracy},
                                       "known": {"params": params}}]}))
     trial = study.ask()
@@ -181,5 +189,4 @@ def test_two_workers_pruning_one_study_agree_with_the_rule(tmp_path):
     by_number = {t.number: t for t in trials}
     for t in stopped:
         stop = t.user_attrs[EARLY_STOP_ATTR]
-        others = [rung_result(by_number[n], stop["step"]) for n in stop["compared_with"]]
-        assert not decide(rung_result(t, stop["step"]), others, ETA).keep
+        assert not decide(rung_result(t, stop["step"]), stopped_with(stop, by_number), ETA).keep

@@ -310,8 +310,9 @@ def test_malformed_rung_records_are_ignored_with_a_debug_line(tmp_path, caplog):
                                                                                "values": {"accuracy": 1}}]}),
         (TrialState.PRUNED, {"rungs": [good], "early_stop": "soon"}),
         (TrialState.PRUNED, {"rungs": [good], "early_stop": {"step": -1, "of": 9, "reason": "x"}}),
-        # No reason: still read; a malformed list of the trials compared with: left out, the stop kept.
-        (TrialState.PRUNED, {"rungs": None, "early_stop": {"step": 3, "of": 9, "compared_with": "all"}}),
+        # No reason: still read; malformed lists of the trials compared with: left out, the stop kept.
+        (TrialState.PRUNED, {"rungs": None, "early_stop": {"step": 3, "of": 9, "compared_with": "all",
+                                                           "finished": [1, "two"]}}),
     ]
     archs = [{"width": w, "depth": 1} for w in SPACE["width"]] + [{"width": 8, "depth": 2}]
     for i, (state, attrs) in enumerate(bad_attrs):
@@ -324,7 +325,7 @@ def test_malformed_rung_records_are_ignored_with_a_debug_line(tmp_path, caplog):
     assert [t.number for t in records.stopped_early] == [4]
     assert records.reasons["PRUNED"] == {"pruned": 2, "stopped early": 1}
     ignored = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
-    assert sum("ignoring" in m for m in ignored) == 1 + 5 + 2 + 1  # per bad attr or bad entry
+    assert sum("ignoring" in m for m in ignored) == 1 + 5 + 2 + 2  # per bad attr or bad entry
     assert records.trials[4].early_stop.to_json() == {"by": "pruner", "step": 3, "of": 9, "reason": ""}
     assert any(m.startswith("trial 0: ignoring user attr 'rungs'") for m in ignored)
     assert any(m.startswith("trial 2: ignoring user attr 'early_stop'") for m in ignored)

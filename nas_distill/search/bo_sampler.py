@@ -149,7 +149,9 @@ class SpaceBOSampler(_ClaimingSampler):
         stopped = self._stopped(study, trials)
         n_stopped = 0 if stopped is None else len(stopped.digits)
         if len(complete) + n_stopped < self._n_startup:
-            return CandidateScores(candidates, startup_position=len(complete) + len(pending) + n_stopped)
+            # every trial started so far moves the spread on, the stopped ones the model cannot use yet too
+            pruned = sum(1 for t in trials if t.state == TrialState.PRUNED and trial_index(t, self._space) is not None)
+            return CandidateScores(candidates, startup_position=len(complete) + len(pending) + pruned)
         # Candidates and the points other workers are running share one posterior.
         pool = self._digits(list(candidates) + pending)
         archs = [self._point(d) for d in pool]
