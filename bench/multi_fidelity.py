@@ -65,7 +65,7 @@ Spaces
 
 Usage::
 
-    OMP_NUM_THREADS=1 python bench/multi_fidelity.py                      # both spaces, 10 seeds
+    OMP_NUM_THREADS=1 python bench/multi_fidelity.py                      # both spaces, 30 seeds
     OMP_NUM_THREADS=1 python bench/multi_fidelity.py --spaces text --seeds 1 --trials 8   # a smoke run
 """
 
@@ -618,7 +618,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spaces", default=",".join(SPACES), help="comma-separated spaces (default: both)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default: all)")
-    parser.add_argument("--seeds", type=int, default=10, help="searcher seeds (default 10)")
+    parser.add_argument("--seeds", type=int, default=30, help="searcher seeds (default 30)")
     parser.add_argument("--trials", type=int, default=24, help="trials of the no-pruning run (default 24)")
     parser.add_argument("--eta", type=int, default=3, help="reduction factor (default 3)")
     parser.add_argument("--rungs", default=None,
