@@ -30,12 +30,15 @@ lint: install
 	$(VENV)/bin/ruff check --no-cache $(RUFF_PATHS)
 
 # The whole suite, slow tests and the throwaway PostgreSQL server included (tests/conftest.py starts it).
+# Two tests at a time (pytest-xdist), then alone the tests marked serial (three or more busy processes at
+# once): beside those, a test's own processes would wait for CPU past their time limits.
 test: install browser lint
-	$(PY) -m pytest -q --durations=30
+	$(PY) -m pytest -q -n 2 -m "not serial" --durations=30
+	$(PY) -m pytest -q -m serial --durations=30
 
 # Everything but the tests marked slow, for a quick local loop.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" --durations=30
+	$(PY) -m pytest -q -n 2 -m "not slow" --durations=30
 
 # The fast tests on the lowest versions pyproject.toml allows (tools/lowest_versions.py pins every direct
 # dependency to its floor; torch stays at constraints-dev.txt's pin), in a venv of their own.

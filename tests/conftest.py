@@ -29,6 +29,17 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# Tests run two at a time (pytest-xdist, `make test`): each test process gets its own folder of the
+# per-machine locks (nas_distill.machine_lock), as if on a machine of its own, so one test's trainings
+# never hold another's latency measurements.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import atexit
+    import shutil
+    import tempfile
+
+    _locks = tempfile.mkdtemp(prefix=f"nas-distill-locks-{os.environ['PYTEST_XDIST_WORKER']}-")
+    os.environ["NAS_DISTILL_LOCK_DIR"] = _locks
+    atexit.register(shutil.rmtree, _locks, ignore_errors=True)
 _pp = os.environ.get("PYTHONPATH", "")
 if str(REPO_ROOT) not in _pp.split(os.pathsep):
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([_pp] if _pp else []))
@@ -88,3 +99,10 @@ def task_module(tmp_path, monkeypatch):
     return "nd_test_task"
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test marked serial must be marked slow too: `make test-fast` runs the tests that are not slow two
+    at a time, and a serial one among them would run beside another."""
+    lonely = [item.nodeid for item in items
+              if item.get_closest_marker("serial") and not item.get_closest_marker("slow")]
+    if lonely:
+        raise pytest.UsageError(f"marked serial but not slow: {', '.join(lonely)}")

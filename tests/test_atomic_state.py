@@ -152,6 +152,7 @@ def _assert_each_retry_claimed_once(kind: str, per_round: list[Counter]) -> None
     assert twice == 0 and never == 0, per_round
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_eight_workers_racing_for_three_retries_claim_each_once(tmp_path, kind):
@@ -159,6 +160,7 @@ def test_eight_workers_racing_for_three_retries_claim_each_once(tmp_path, kind):
     _assert_each_retry_claimed_once(kind, per_round)
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_eight_workers_racing_for_three_retries_claim_each_once_postgres(postgres_url, fresh_pg_study_name):

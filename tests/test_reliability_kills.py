@@ -129,6 +129,7 @@ def _victim(workers: Workers, phase_dir: Path, phase: str, timeout: float,
     return None
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_repeated_kill9_during_cache_fill_training_and_tell(tmp_path):
     from nas_distill.distill.torch import cache as cache_mod

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from _support.common import REPO_ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.serial]
 
 WORKERS = 16
 TRIALS = 2000

@@ -42,6 +42,7 @@ def _complete(url: str, name: str) -> dict[int, tuple]:
             if t.state == TrialState.COMPLETE}
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_postgres_outage_mid_search_workers_wait_and_finish(tmp_path, task_module, own_postgres):
@@ -105,6 +106,7 @@ def test_postgres_outage_mid_search_workers_wait_and_finish(tmp_path, task_modul
     assert log.count("Traceback") <= 1, log[-4000:]
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_sqlite_eight_workers_no_database_is_locked(tmp_path, task_module):
     run_dir = tmp_path / "run"

@@ -62,6 +62,7 @@ def _mount_point(service: dict, volume: str) -> str:
     raise AssertionError(f"the service mounts no {volume!r} volume: {service.get('volumes')}")
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_compose_topology_on_postgres(tmp_path, task_module, postgres_url, fresh_pg_study_name):

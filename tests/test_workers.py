@@ -70,6 +70,7 @@ def _assert_exact_budget(study, max_trials):
     return complete, workers
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_four_workers_sqlite_exact_budget(tmp_path, task_module):
     run_dir = _run_workers(tmp_path, None, "sq", workers=4, max_trials=12)
@@ -84,6 +85,7 @@ def test_four_workers_sqlite_exact_budget(tmp_path, task_module):
         assert {"host", "pid"} <= set(t.user_attrs["worker"])
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_four_workers_postgres_exact_budget(tmp_path, task_module, postgres_url, fresh_pg_study_name):
@@ -93,6 +95,7 @@ def test_four_workers_postgres_exact_budget(tmp_path, task_module, postgres_url,
     assert len(workers) >= 2
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_three_workers_journal_exact_budget(tmp_path, task_module):
     journal = tmp_path / "run" / "study.log"
@@ -117,6 +120,7 @@ def _wait_running_trial_of(url, name, label, timeout=60):
     raise AssertionError(f"worker {label} never ran a trial")
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_kill9_worker_trial_failed_and_retried(tmp_path, task_module, backend, request):
@@ -250,6 +254,7 @@ def test_gloo_two_ranks_complete_three_trials(tmp_path):
     assert best and all(set(b) == {"width", "depth"} for b in best)
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_ctrl_c_on_run_stops_every_worker_cleanly(tmp_path, task_module):
     """Ctrl-C in a terminal sends SIGINT to the whole process group: the parent and its workers."""
