@@ -31,7 +31,7 @@ lint: install
 
 # The whole suite, slow tests and the throwaway PostgreSQL server included (tests/conftest.py starts it).
 # Two tests at a time (pytest-xdist), then alone the tests marked serial (three or more busy processes at
-# once): beside those, a test's own processes would wait for CPU past their time limits.
+# once, or latencies timed): beside another test they would wait for CPU past their time limits, or time noise.
 test: install browser lint
 	$(PY) -m pytest -q -n 2 -m "not serial" --durations=30
 	$(PY) -m pytest -q -m serial --durations=30

@@ -259,6 +259,7 @@ DEMO_LATENCY_MEDIAN_BOUND_PCT = 40.0
 DEMO_LATENCY_RANK_BOUND = 0.6
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_latency_predictor_on_held_out_demo_students(tmp_path):
     """60 of the demo's ViT students measured untrained by the pipeline; 40 fit, 20 predicted: the median
